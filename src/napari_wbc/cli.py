@@ -1,0 +1,146 @@
+"""The ``napari-wbc`` command: segment, evaluate, train, demo.
+
+Errors a user can cause print one line and exit non-zero; nothing here imports napari
+except ``demo``, which opens the viewer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .core.io import InputError
+from .models import MissingWeightsError
+
+log = logging.getLogger("napari_wbc")
+
+
+def _bar(total: int, desc: str, unit: str = "it"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=None, dynamic_ncols=True)
+
+
+def cmd_segment(args) -> int:
+    from .core.batch import segment_files
+
+    with _bar(len(args.inputs), "segment", "image") as bar:
+        failures = segment_files(
+            args.inputs, args.out, model=args.model, weights=args.weights, device=args.device,
+            pixel_size=args.pixel_size, on_done=lambda name: bar.update(1),
+            on_error=lambda path, msg: bar.write(f"error: {msg}", file=sys.stderr),
+        )
+    print(f"wrote results for {len(args.inputs) - failures} of {len(args.inputs)} inputs to {args.out}")
+    return 1 if failures else 0
+
+
+def cmd_evaluate(args) -> int:
+    from .core.evaluate import evaluate_dataset, format_markdown
+
+    with _bar(0, f"evaluate {Path(args.dataset).name}", "image") as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        result = evaluate_dataset(args.dataset, split=args.split, model=args.model, weights=args.weights,
+                                  device=args.device, out=args.out, progress=progress)
+    print(format_markdown(result))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .core.device import pick_device
+    from .core.train import TrainConfig, train
+
+    device = pick_device(args.device)
+    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, patch=args.patch,
+                         lr=args.lr, max_steps=args.max_steps, val_every=args.val_every,
+                         bf16=args.bf16, seed=args.seed)
+    with _bar(0, f"train {args.model} on {device}", "step") as bar:
+        def progress(step, total, info):
+            bar.total = total
+            bar.n = step
+            bar.set_postfix({k: round(v, 4) for k, v in info.items() if isinstance(v, float)}, refresh=False)
+            bar.refresh()
+
+        history = train(args.data, args.out, config, device=device, resume=args.resume,
+                        init_weights=args.init, progress=progress)
+    best = history.get("best") or {}
+    print(f"trained {history['steps']} steps; best validation: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if isinstance(v, float)))
+    print(f"weights: {Path(args.out).resolve()}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(headless=args.headless, out=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="napari-wbc", description="White blood cell segmentation for napari.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(sp):
+        sp.add_argument("--model", default=None, help="model name (default: the shipped default model)")
+        sp.add_argument("--weights", default=None, help="a weights folder written by `napari-wbc train`")
+        sp.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+
+    s = sub.add_parser("segment", help="segment smear images; write cells, nuclei and measurements")
+    s.add_argument("inputs", nargs="+", help="image files or folders")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--pixel-size", type=float, default=None, help="um per pixel, when the files do not say")
+    model_args(s)
+    s.set_defaults(func=cmd_segment)
+
+    e = sub.add_parser("evaluate", help="the six metrics of the papers on a dataset split")
+    e.add_argument("--dataset", required=True, help="a dataset folder (images/, labels/, split.csv)")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--out", default=None, help="folder for the JSON and Markdown reports")
+    model_args(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    t = sub.add_parser("train", help="train a model on dataset folders (CPU or GPU)")
+    t.add_argument("--model", default="mifnet")
+    t.add_argument("--data", nargs="+", required=True, help="dataset folders")
+    t.add_argument("--out", required=True, help="folder for weights, checkpoint and history")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--patch", type=int, default=192)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--val-every", type=int, default=200)
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AVX512-BF16 CPUs, GPUs)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", default=None, help="weights folder to fine-tune from")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--device", default="auto")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("demo", help="open napari on the sample smear and segment it")
+    d.add_argument("--headless", action="store_true", help="no window: segment the samples to --out")
+    d.add_argument("--out", default="demo-output", help="output folder for --headless")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except (InputError, MissingWeightsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

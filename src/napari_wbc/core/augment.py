@@ -1,0 +1,93 @@
+"""Augmentations for smear patches: geometry, scale, elastic, stain, blur, noise.
+
+One geometric warp per sample: scale, rotation, flip, an elastic displacement and the
+crop are folded into a single coordinate map, so the image is resampled once
+(bilinear) and the label once (nearest). Colour augmentations jitter the stain in
+haematoxylin-eosin-DAB space, then brightness, contrast, gamma and saturation, so the
+network sees stains, lamps and cameras other than those of the training sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    size: int = 192
+    scale: tuple[float, float] = (0.7, 1.5)  # zoom range (log-uniform), relative to native
+    rotate: bool = True
+    elastic_p: float = 0.3
+    elastic_alpha: float = 6.0  # displacement in px
+    stain_p: float = 0.8
+    blur_p: float = 0.2
+    noise_p: float = 0.2
+    gray_p: float = 0.03
+    focus_p: float = 0.8  # probability that the patch is centred near a white cell
+
+
+def _coordinates(shape_in, label, cfg: AugmentConfig, rng: np.random.Generator, scale_range):
+    h, w = shape_in
+    size = cfg.size
+    zoom = float(np.exp(rng.uniform(*np.log(scale_range))))
+    angle = rng.uniform(0, 2 * np.pi) if cfg.rotate else 0.0
+    flip = rng.random() < 0.5
+    fg = np.flatnonzero(label.ravel() > 0)
+    if fg.size and rng.random() < cfg.focus_p:
+        idx = fg[rng.integers(fg.size)]
+        cy, cx = divmod(int(idx), w)
+        jitter = 0.25 * size / zoom
+        cy += rng.uniform(-jitter, jitter)
+        cx += rng.uniform(-jitter, jitter)
+    else:
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy -= size / 2
+    xx -= size / 2
+    if flip:
+        xx = -xx
+    if rng.random() < cfg.elastic_p:
+        coarse = rng.normal(0, cfg.elastic_alpha, (2, 5, 5))
+        dy, dx = (ndimage.zoom(c, size / 5, order=3)[:size, :size] for c in coarse)
+        yy, xx = yy + dy, xx + dx
+    c, s = np.cos(angle), np.sin(angle)
+    sy = (c * yy - s * xx) / zoom + cy
+    sx = (s * yy + c * xx) / zoom + cx
+    return np.stack([sy, sx])
+
+
+def _stain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(image)
+    hed = hed * rng.uniform(0.75, 1.25, 3) + rng.uniform(-0.04, 0.04, 3)
+    return np.clip(hed2rgb(hed), 0, 1).astype(np.float32)
+
+
+def augment(image: np.ndarray, label: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator,
+            scale_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A random (size, size, 3) float32 patch in 0..1 and its (size, size) int64 label."""
+    coords = _coordinates(image.shape[:2], label, cfg, rng, scale_range or cfg.scale)
+    img = image.astype(np.float32) / 255.0
+    out = np.stack(
+        [ndimage.map_coordinates(img[..., k], coords, order=1, mode="mirror") for k in range(3)], -1
+    )
+    lab = ndimage.map_coordinates(label, coords, order=0, mode="mirror")
+    if rng.random() < cfg.stain_p:
+        out = _stain(out, rng)
+    # lamp and camera: brightness, contrast, gamma, saturation
+    out = out * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
+    mean = out.mean()
+    out = (out - mean) * rng.uniform(0.8, 1.2) + mean
+    out = np.clip(out, 0, 1) ** np.exp(rng.uniform(-0.3, 0.3))
+    gray = out.mean(-1, keepdims=True)
+    out = gray + (out - gray) * (0.0 if rng.random() < cfg.gray_p else rng.uniform(0.7, 1.3))
+    if rng.random() < cfg.blur_p:
+        sigma = rng.uniform(0.5, 1.8)
+        out = ndimage.gaussian_filter(out, (sigma, sigma, 0))
+    if rng.random() < cfg.noise_p:
+        out = out + rng.normal(0, rng.uniform(0.005, 0.03), out.shape)
+    return np.clip(out, 0, 1).astype(np.float32), lab.astype(np.int64)

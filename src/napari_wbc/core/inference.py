@@ -1,0 +1,86 @@
+"""Run a segmentation network on a smear image.
+
+``segment`` is a generator: it yields progress as ``(done, total, message)`` and returns a
+:class:`Segmentation` (class map, cell and nucleus instances). The CLI drains it with a
+terminal progress bar, the widget in a ``thread_worker`` with a napari progress bar; a
+consumer that stops iterating cancels the run between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .postprocess import instances_from_classes
+
+Progress = tuple[int, int, str]
+
+
+@dataclass
+class Segmentation:
+    classes: np.ndarray  # (H, W) uint8: 0 background, 1 cytoplasm, 2 nucleus
+    cells: np.ndarray  # (H, W) uint32 cell instances
+    nuclei: np.ndarray  # (H, W) uint32, nucleus pixels carry their cell's id
+    scale: float  # factor the image was resampled by for the network
+
+
+def working_scale(spec, pixel_size: float | None) -> float:
+    """Resampling factor from the image's pixel size to the network's working pixel size."""
+    if pixel_size is None or spec.pixel_size is None:
+        return 1.0
+    return float(pixel_size) / float(spec.pixel_size)
+
+
+def _resize(array: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
+    from skimage.transform import resize
+
+    return resize(array, shape, order=order, preserve_range=True, anti_aliasing=order > 0 and
+                  shape[0] < array.shape[0]).astype(array.dtype)
+
+
+def predict_probabilities(net, spec, image: np.ndarray, device: str = "cpu",
+                          scale: float = 1.0) -> np.ndarray:
+    """(C, H, W) float32 class probabilities for an (H, W, 3) uint8 image."""
+    import torch
+
+    h, w = image.shape[:2]
+    work = image
+    if abs(scale - 1.0) > 1e-3:
+        work = _resize(image, (max(8, round(h * scale)), max(8, round(w * scale))), 1)
+    x = (work.astype(np.float32) / 255.0 - np.float32(spec.mean)) / np.float32(spec.std)
+    ph, pw = (-x.shape[0]) % 8, (-x.shape[1]) % 8
+    x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(x.shape[:2]) > 8 else "edge")
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(device)
+    with torch.inference_mode():
+        prob = torch.softmax(net(t).float(), 1)[0].cpu().numpy()
+    prob = prob[:, : work.shape[0], : work.shape[1]]
+    if prob.shape[1:] != (h, w):
+        prob = np.stack([_resize(p, (h, w), 1) for p in prob])
+    return prob
+
+
+def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float | None = None,
+            ) -> Generator[Progress, None, Segmentation]:
+    """Segment one RGB uint8 field: network, then instances. Yields progress, returns result."""
+    scale = working_scale(spec, pixel_size)
+    yield 0, 3, "running the network"
+    prob = predict_probabilities(net, spec, image, device, scale)
+    yield 1, 3, "separating cells"
+    classes = prob.argmax(0).astype(np.uint8)
+    cell_px = None if pixel_size is None else 10.0 / pixel_size  # a ~10 um white cell
+    cells, nuclei = instances_from_classes(classes, cell_diameter=cell_px)
+    yield 3, 3, "done"
+    return Segmentation(classes, cells, nuclei, scale)
+
+
+def run(gen: Generator, progress=None):
+    """Drain a progress generator, calling ``progress(done, total, message)``; return its value."""
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(*step)

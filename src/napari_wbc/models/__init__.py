@@ -1,0 +1,152 @@
+"""Model registry, saved weights (``config.json`` + ``model.safetensors``) and loading.
+
+A weights folder holds ``config.json`` (architecture name and arguments, the input
+normalisation, the classes, the working pixel size) and ``model.safetensors``. Loading
+never unpickles anything. Shipped weights live in ``models/weights/<name>``; weights the
+user trains go to the user data folder (``$NAPARI_WBC_HOME`` or
+``~/.local/share/napari-wbc/models/<name>``) and are found there by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .registry import create_model, list_models
+
+__all__ = [
+    "ModelSpec", "create_model", "list_models", "load_model", "save_model",
+    "available_weights", "resolve_weights", "MissingWeightsError", "sha256",
+]
+
+SHIPPED = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "mifnet"
+
+
+class MissingWeightsError(FileNotFoundError):
+    """No trained weights for the model the user picked."""
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    cfg: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] = ("background", "cytoplasm", "nucleus")
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    # pixel size (um/px) the network was trained at; None: the native scale of its data
+    pixel_size: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "cfg": self.cfg, "classes": list(self.classes),
+                "mean": list(self.mean), "std": list(self.std),
+                "pixel_size": self.pixel_size, **self.extra}
+
+    @classmethod
+    def from_json(cls, d: dict) -> ModelSpec:
+        known = {"name", "cfg", "classes", "mean", "std", "pixel_size"}
+        return cls(d["name"], d.get("cfg", {}), tuple(d.get("classes", cls.classes)),
+                   tuple(d.get("mean", cls.mean)), tuple(d.get("std", cls.std)),
+                   d.get("pixel_size"), {k: v for k, v in d.items() if k not in known})
+
+
+def user_model_dir() -> Path:
+    home = os.environ.get("NAPARI_WBC_HOME")
+    if home:
+        return Path(home) / "models"
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "napari-wbc" / "models"
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def available_weights() -> dict[str, Path]:
+    """Model name -> weights folder, for every model that has trained weights.
+
+    Weights the user trained take precedence over shipped weights of the same name.
+    """
+    found = {}
+    for root in (SHIPPED, user_model_dir()):
+        if root.is_dir():
+            for d in sorted(root.iterdir()):
+                if (d / "config.json").exists() and (d / "model.safetensors").exists():
+                    found[d.name] = d
+    return found
+
+
+def resolve_weights(model: str | None = None, weights: str | Path | None = None) -> Path:
+    """The weights folder for a model name or an explicit path, or a clear error."""
+    if weights is not None:
+        path = Path(weights)
+        if path.is_file():
+            path = path.parent
+        if not (path / "model.safetensors").exists() or not (path / "config.json").exists():
+            raise MissingWeightsError(
+                f"{weights}: no config.json and model.safetensors there; point --weights at "
+                "a folder written by `napari-wbc train`"
+            )
+        return path
+    name = model or DEFAULT_MODEL
+    found = available_weights()
+    if name not in found:
+        raise MissingWeightsError(
+            f"model {name!r} has no trained weights yet; train it with "
+            f"`napari-wbc train --model {name} --data DATASET_DIR --out {user_model_dir() / name}` "
+            f"or pick one of {sorted(found) or 'none'}"
+        )
+    return found[name]
+
+
+def save_model(net, spec: ModelSpec, folder: str | Path, half: bool = False) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (optionally as float16) atomically."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    tmp = folder / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, folder / "model.safetensors")
+    tmp = folder / "config.json.tmp"
+    tmp.write_text(json.dumps(spec.to_json(), indent=2))
+    os.replace(tmp, folder / "config.json")
+    return folder
+
+
+def read_spec(folder: str | Path) -> ModelSpec:
+    return ModelSpec.from_json(json.loads((Path(folder) / "config.json").read_text()))
+
+
+def load_model(model: str | None = None, weights: str | Path | None = None, device: str = "cpu"):
+    """(network in eval mode on ``device``, its ModelSpec); cached per (folder, device)."""
+    folder = resolve_weights(model, weights)
+    return _load(str(folder.resolve()), str(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(folder: str, device: str):
+    import torch
+    from safetensors.torch import load_file
+
+    spec = read_spec(folder)
+    net = create_model(spec.name, **spec.cfg)
+    state = load_file(str(Path(folder) / "model.safetensors"))
+    reference = net.state_dict()
+    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+    net.load_state_dict(state)
+    net.eval().to(torch.device(device))
+    return net, spec
