@@ -15,11 +15,25 @@ from .dataset import list_pairs, load_pair
 from .metrics import METRICS, class_map_metrics, mean_metrics
 
 
+def reference_count(pair, label) -> int:
+    """White cells in a reference: the VOC WBC boxes when the dataset has them, else the
+    connected white-cell regions of the mask."""
+    import xml.etree.ElementTree as ET
+
+    from scipy import ndimage
+
+    voc = pair.image.parent.parent / "annotations_voc" / f"{pair.stem}.xml"
+    if voc.exists():
+        return sum(o.findtext("name") == "WBC" for o in ET.parse(voc).getroot().iter("object"))
+    return int(ndimage.label(label > 0)[1])
+
+
 def evaluate_dataset(dataset, split="test", model=None, weights=None, device="auto", out=None,
                      progress=None) -> dict:
     from ..models import load_model, resolve_weights, sha256
     from .device import pick_device
     from .inference import predict_probabilities
+    from .postprocess import instances_from_classes
 
     device = pick_device(device)
     folder = resolve_weights(model, weights)
@@ -27,11 +41,13 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
     pairs = list_pairs(dataset, split)
     if not pairs:
         raise FileNotFoundError(f"{dataset}: no images in split {split!r}")
-    per_image = []
+    per_image, count_errors = [], []
     for i, pair in enumerate(pairs):
         image, label = load_pair(pair)
-        pred = predict_probabilities(net, spec, image, device).argmax(0)
+        pred = predict_probabilities(net, spec, image, device).argmax(0).astype("uint8")
         per_image.append(class_map_metrics(pred, label))
+        cells, _ = instances_from_classes(pred)
+        count_errors.append(int(cells.max()) - reference_count(pair, label))
         if progress:
             progress(i + 1, len(pairs))
     result = {
@@ -39,6 +55,9 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
         "weights": str(folder), "weights_sha256": sha256(folder / "model.safetensors"),
         "device": device, "machine": platform.machine(), "date": datetime.date.today().isoformat(),
         "metrics": mean_metrics(per_image),
+        "count": {"mean_abs_error": sum(map(abs, count_errors)) / len(count_errors),
+                  "exact": sum(e == 0 for e in count_errors) / len(count_errors),
+                  "over": sum(e > 0 for e in count_errors), "under": sum(e < 0 for e in count_errors)},
     }
     if out is not None:
         out = Path(out)
@@ -56,4 +75,8 @@ def format_markdown(result: dict) -> str:
     lines = [head, "", "| region | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for region, scores in result["metrics"].items():
         lines.append(f"| {region} | " + " | ".join(f"{100 * scores[m]:.2f}" for m in METRICS) + " |")
+    c = result.get("count")
+    if c:
+        lines += ["", f"White-cell count per image: mean absolute error {c['mean_abs_error']:.3f}, "
+                      f"exact in {100 * c['exact']:.1f}% of images ({c['over']} over, {c['under']} under)"]
     return "\n".join(lines)

@@ -12,9 +12,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-# below these, a blob is not a white cell (a lymphocyte is ~7 um across)
-MIN_DIAMETER_FRACTION = 0.35  # of the expected cell diameter
-MIN_AREA_PX = 150  # when the pixel size is unknown
+# A white cell is 7-20 um across (small lymphocyte to monocyte), a platelet 2-3 um: a blob
+# narrower than MIN_DIAMETER_FRACTION of a typical 10 um cell is not a white cell.
+MIN_DIAMETER_FRACTION = 0.45
+# Without a pixel size the image is taken to be at the network's working scale, where a
+# typical white cell is ~100 px across (0.1 um/px).
+DEFAULT_CELL_DIAMETER_PX = 100.0
 MIN_NUCLEUS_FRACTION = 0.02
 
 
@@ -49,17 +52,16 @@ def instances_from_classes(classes: np.ndarray, cell_diameter: float | None = No
                            ) -> tuple[np.ndarray, np.ndarray]:
     """(cells, nuclei) uint32 instance maps from a 0/1/2 class map.
 
-    ``cell_diameter`` is the expected white-cell diameter in px (from the pixel size);
-    without it, thresholds adapt to each object.
+    ``cell_diameter`` is the expected diameter of a typical (10 um) white cell in px, known
+    from the pixel size. Without it the minimum size assumes the network's working scale,
+    and the split of touching cells adapts to each object.
     """
     from skimage.measure import regionprops
     from skimage.segmentation import relabel_sequential
 
     classes = np.asarray(classes)
     fg = ndimage.binary_fill_holes(classes > 0)
-    min_area = MIN_AREA_PX
-    if cell_diameter:
-        min_area = np.pi * (MIN_DIAMETER_FRACTION * cell_diameter / 2) ** 2
+    min_area = np.pi * (MIN_DIAMETER_FRACTION * (cell_diameter or DEFAULT_CELL_DIAMETER_PX) / 2) ** 2
     cells = _split_touching(fg, None if cell_diameter is None else cell_diameter / 2)
     nucleus = classes == 2
     keep = np.zeros(int(cells.max()) + 1, bool)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -151,10 +152,18 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
         step, best, stale = int(state["step"]), float(state["best"]), int(state["stale"])
         history = json.loads((out / "history.json").read_text())
         sampler.rng = np.random.default_rng(config.seed + step)
+    def checkpoint():
+        (out / "history.json").write_text(json.dumps(history))
+        state = {"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                 "step": step, "best": best, "stale": stale}
+        torch.save(state, out / "checkpoint.pt.tmp")
+        os.replace(out / "checkpoint.pt.tmp", ckpt)
+
     net.train()
-    t0, running = time.time(), None
+    t0, running, start = time.time(), None, step
     while step < total:
         if cancelled is not None and cancelled():
+            checkpoint()
             break
         x, y = sampler.batch(config.batch_size)
         x = (x - np.float32(spec.mean)) / np.float32(spec.std)
@@ -170,7 +179,7 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
         step += 1
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         history["loss"].append([step, round(loss.item(), 5)])
-        info = {"loss": running, "epoch": step / steps_per_epoch, "s_per_step": (time.time() - t0) / step}
+        info = {"loss": running, "epoch": step / steps_per_epoch, "s_per_step": (time.time() - t0) / (step - start)}
         if step % config.val_every == 0 or step == total:
             scores = validate(net, spec, val_pairs, device) if val_pairs else {"dice_cell": -step}
             score = scores["dice_cell"] + scores.get("dice_nucleus", 0.0)
@@ -182,9 +191,7 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
                 save_model(net, spec, out)
             else:
                 stale += 1
-            (out / "history.json").write_text(json.dumps(history))
-            torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": step, "best": best, "stale": stale}, ckpt)
+            checkpoint()
             if stale >= config.patience:
                 log.info("early stop at step %d: no improvement in %d validations", step, stale)
                 break

@@ -120,6 +120,7 @@ def save_model(net, spec: ModelSpec, folder: str | Path, half: bool = False) -> 
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp))
+    tmp.chmod(0o644)
     os.replace(tmp, folder / "model.safetensors")
     tmp = folder / "config.json.tmp"
     tmp.write_text(json.dumps(spec.to_json(), indent=2))

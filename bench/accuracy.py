@@ -1,0 +1,47 @@
+"""Dice of the shipped (or given) model on the test splits, beside the papers' figures.
+
+Usage: python bench/accuracy.py [--model mifnet] [--weights DIR] [--out docs/eval]
+Prints a Markdown table; per-dataset JSON/Markdown reports go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+# ../shared/papers/README.md: MIF-Net cytoplasm / nucleus; WBC-Net whole cell (Dice, %)
+PAPERS = {
+    "zheng_d1": {"mifnet_cytoplasm": 98.93, "mifnet_nucleus": 95.84, "wbcnet_cell": 98.92},
+    "zheng_d2": {"mifnet_cytoplasm": 98.38, "mifnet_nucleus": 97.53, "wbcnet_cell": 99.28},
+}
+
+
+def main() -> None:
+    from napari_wbc.core.evaluate import evaluate_dataset
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default=None)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None)
+    p.add_argument("--datasets", nargs="+", default=["zheng_d1", "zheng_d2", "bccd"])
+    args = p.parse_args()
+    print("| dataset (test split) | images | Dice cell | Dice cytoplasm | Dice nucleus | mIoU cell "
+          "| ME cell | count MAE | count exact | paper: MIF-Net cytoplasm / nucleus | paper: WBC-Net cell |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.datasets:
+        r = evaluate_dataset(DATASETS / name, "test", args.model, args.weights, args.device, args.out)
+        m = r["metrics"]
+        ref = PAPERS.get(name, {})
+        paper_mif = f"{ref['mifnet_cytoplasm']} / {ref['mifnet_nucleus']}" if ref else "-"
+        print(f"| {name} | {r['images']} | {100 * m['cell']['dice']:.2f} | {100 * m['cytoplasm']['dice']:.2f} "
+              f"| {100 * m['nucleus']['dice']:.2f} | {100 * m['cell']['miou']:.2f} | {100 * m['cell']['me']:.2f} "
+              f"| {r['count']['mean_abs_error']:.3f} | {100 * r['count']['exact']:.0f}% "
+              f"| {paper_mif} | {ref.get('wbcnet_cell', '-')} |", flush=True)
+    print(f"\nweights: {r['weights']} (sha256 {r['weights_sha256'][:16]}...), device {r['device']}")
+
+
+if __name__ == "__main__":
+    main()

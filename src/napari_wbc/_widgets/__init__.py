@@ -1,0 +1,1 @@
+"""napari widgets: the only part of napari-wbc that imports napari.qt, qtpy or magicgui."""

@@ -1,0 +1,267 @@
+"""Segment widget: pick an RGB smear layer and a trained model, get cells, nuclei and a table.
+
+The work is :func:`napari_wbc.core.inference.segment`, the same generator the CLI drains,
+run in a ``thread_worker`` so the viewer stays responsive: each yielded step moves the
+progress bars, Cancel asks the worker to stop at the next step. The result goes into two
+labels layers, ``"<image> cells"`` and ``"<image> nuclei"`` (nucleus pixels carry their
+cell's id), which a second run updates instead of duplicating. The cells layer owns the
+measurements (``features``, one row per cell) and the counts (``metadata["counts"]``);
+the measurement table widget is docked to show them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton
+from napari.layers import Image, Labels
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QSizePolicy
+
+from ..core.io import InputError, to_rgb8
+from ..models import DEFAULT_MODEL, MissingWeightsError
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+PLUGIN = "napari-wbc"
+MEASURE_WIDGET = "Cell measurements"  # display name in napari.yaml
+
+TIPS = {
+    "image": "RGB smear field to segment",
+    "model": "trained network (shipped, or trained with `napari-wbc train`)",
+    "device": "where the network runs; auto picks a GPU when there is one",
+    "pixel_size": "micrometres per pixel; 0 = take it from the file, else unknown. "
+                  "With a pixel size the image is resampled to the model's scale and "
+                  "areas are also given in um^2",
+    "run": "segment the chosen image (results replace an earlier run on the same image)",
+    "cancel": "stop the segmentation after the current step",
+}
+
+
+def _rgb_field(layer) -> tuple[np.ndarray, list[str]]:
+    """The layer's pixels as (H, W, 3) uint8, or an InputError that says what to do."""
+    if layer is None:
+        raise InputError("open a smear image first (File > Open, or File > Open Sample > napari WBC)")
+    if not isinstance(layer, Image):
+        raise InputError(f"layer {layer.name!r} is not an image layer; pick an RGB smear image")
+    if layer.multiscale:
+        raise InputError(f"layer {layer.name!r} is a multi-resolution (whole-slide) image; "
+                         "open a single smear field instead")
+    if not layer.rgb or layer.ndim != 2:
+        raise InputError(
+            f"layer {layer.name!r} is not a single RGB colour image (data shape "
+            f"{tuple(layer.data.shape)}); white cells are found by their stain colour. Pick an RGB "
+            "layer, or open the file with File > Open and the napari WBC reader, which converts "
+            "grayscale and RGBA files"
+        )
+    notes: list[str] = []
+    return to_rgb8(np.asarray(layer.data), notes), notes
+
+
+class SegmentationError(Exception):
+    """A RuntimeError (torch's usual error type) raised in the worker, passed on as such.
+
+    The thread worker takes a RuntimeError from its generator for "worker deleted" and
+    then emits neither ``errored`` nor ``finished``, which would leave the widget waiting.
+    """
+
+
+@thread_worker(ignore_errors=True)  # errors are shown as notifications by the widget
+def _segment_job(image: np.ndarray, model: str, device: str, pixel_size: float | None):
+    """Load the model, segment, measure: yields (done, total, message), returns (result, table)."""
+    from ..core.inference import segment
+    from ..core.measure import measure_cells
+    from ..models import load_model
+
+    try:
+        yield 0, 3, "loading the model"
+        net, spec = load_model(model, device=device)
+        result = yield from segment(image, net, spec, device, pixel_size)
+        table = measure_cells(result.cells, result.nuclei, pixel_size)
+    except RuntimeError as err:
+        raise SegmentationError(str(err)) from err
+    return result, table
+
+
+class SegmentWidget(Container):
+    """Segment white blood cells in an RGB smear layer."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        from ..core.device import available_devices
+        from ..models import available_weights
+
+        super().__init__()
+        self._viewer = viewer
+        self.worker = None  # the running GeneratorWorker, if any
+        self._pbar = None
+        models = sorted(available_weights())
+        self.image = ComboBox(label="image", choices=self._image_layers, tooltip=TIPS["image"])
+        # a callable: models trained while the widget is open appear on the next refresh
+        self.model = ComboBox(label="model", choices=lambda _w: sorted(available_weights()),
+                              tooltip=TIPS["model"])
+        if DEFAULT_MODEL in models:
+            self.model.value = DEFAULT_MODEL
+        self.device = ComboBox(label="device", choices=available_devices(), value="auto",
+                               tooltip=TIPS["device"])
+        self.pixel_size = FloatSpinBox(label="pixel size (µm/px)", value=0.0, min=0.0, max=100.0,
+                                       step=0.01, tooltip=TIPS["pixel_size"])
+        self.run_button = PushButton(text="Segment", tooltip=TIPS["run"])
+        self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=TIPS["cancel"])
+        self.progress_bar = ProgressBar(label="progress", min=0, max=3, value=0)
+        self.status = Label(value="" if models else "no trained model found: see `napari-wbc train`")
+        self.extend([self.image, self.model, self.device, self.pixel_size, self.run_button,
+                     self.cancel_button, self.progress_bar, self.status])
+
+        # take only the height the controls need, so a dock below (the table) gets the rest
+        self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        events = viewer.layers.events
+        for emitter in (events.inserted, events.removed, events.reordered, events.renamed):
+            emitter.connect(self._refresh_images)
+        viewer.layers.selection.events.active.connect(self._follow_active)
+
+    def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_images(self, _event=None) -> None:
+        self.image.reset_choices()
+
+    def _follow_active(self, _event=None) -> None:
+        """The image the user last clicked in the layer list is the one to segment."""
+        active = self._viewer.layers.selection.active
+        if isinstance(active, Image) and self.worker is None:
+            self.image.reset_choices()
+            self.image.value = active
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _pixel_size(self, layer) -> float | None:
+        if self.pixel_size.value > 0:
+            return float(self.pixel_size.value)
+        return (layer.metadata or {}).get("pixel_size") or None
+
+    def run(self, _value=None):
+        """Start segmenting the chosen image; returns the worker (None if nothing started)."""
+        from ..core.device import pick_device
+        from ..models import resolve_weights
+
+        if self.worker is not None:
+            return None
+        layer = self.image.value
+        try:
+            image, notes = _rgb_field(layer)
+            model = self.model.value
+            resolve_weights(model)  # a clear message when there is no trained model
+            device = pick_device(self.device.value)
+        except (InputError, MissingWeightsError) as err:
+            show_error(str(err))
+            return None
+        if notes:
+            show_info(f"{layer.name}: " + "; ".join(notes))
+        pixel_size = self._pixel_size(layer)
+        worker = _segment_job(image, model, device, pixel_size)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda out: self._show_result(layer, model, pixel_size, *out))
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._pbar = progress(total=3, desc=f"segmenting {layer.name}")
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = f"segmenting {layer.name} on {device}"
+        worker.start()
+        return worker
+
+    def cancel(self, _value=None) -> None:
+        if self.worker is not None:
+            self.status.value = "cancelling after the current step"
+            self.worker.quit()
+
+    def _on_progress(self, step) -> None:
+        done, total, message = step
+        self.progress_bar.max = total
+        self.progress_bar.value = done
+        self.status.value = message
+        pbar = self._pbar  # napari's progress may process events, even `finished`, while updating
+        if pbar is not None:
+            pbar.total = total
+            pbar.set_description(message)
+            pbar.update(done - pbar.n)
+
+    def _on_error(self, err: Exception) -> None:
+        if isinstance(err, InputError | MissingWeightsError):
+            show_error(str(err))
+        else:
+            log.error("segmentation failed", exc_info=err)
+            show_error(f"segmentation failed: {err}")
+        self.status.value = "failed"
+
+    def _on_aborted(self) -> None:
+        self.status.value = "cancelled"
+        show_info("segmentation cancelled")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+
+    # -- results ---------------------------------------------------------------------------
+
+    def _upsert_labels(self, name: str, data: np.ndarray, like, **style) -> Labels:
+        """Update the labels layer called ``name``, or add it with ``style``; aligned with ``like``."""
+        align = {"scale": like.scale, "translate": like.translate, "units": like.units}
+        layers = self._viewer.layers
+        if name in layers and isinstance(layers[name], Labels):
+            target = layers[name]  # keep the user's display settings
+            target.data = data
+            for key, value in align.items():
+                setattr(target, key, value)
+            return target
+        target = self._viewer.add_labels(data, name=name, **align)
+        for key, value in style.items():
+            setattr(target, key, value)
+        return target
+
+    def _show_result(self, layer, model, pixel_size, result, table) -> None:
+        try:
+            self._update_layers(layer, model, pixel_size, result, table)
+        except Exception as err:  # a slot must not raise: say it once, keep the details in the log
+            log.error("could not show the segmentation", exc_info=err)
+            show_error(f"could not show the segmentation of {layer.name!r}: {err}")
+            self.status.value = "failed"
+
+    def _update_layers(self, layer, model, pixel_size, result, table) -> None:
+        from ..core.measure import count_summary
+
+        counts = count_summary(table)
+        features = table.assign(index=table["label"])  # napari maps label -> row by `index`
+        nuclei = self._upsert_labels(f"{layer.name} nuclei", result.nuclei, layer, opacity=0.6)
+        cells = self._upsert_labels(f"{layer.name} cells", result.cells, layer, contour=2, opacity=1.0)
+        cells.features = features
+        meta = {"counts": counts, "source_layer": layer.name, "source": (layer.metadata or {}).get("source"),
+                "model": model, "pixel_size": pixel_size}
+        cells.metadata = {**cells.metadata, **meta}
+        nuclei.metadata = {**nuclei.metadata, "source_layer": layer.name, "model": model}
+        self.status.value = f"{counts['white_cells']} white cells ({counts['complete_cells']} complete)"
+        self._show_measurements(cells)
+
+    def _show_measurements(self, cells: Labels) -> None:
+        try:
+            _, table = self._viewer.window.add_plugin_dock_widget(PLUGIN, MEASURE_WIDGET)
+        except Exception as err:  # e.g. no window (headless viewer model): the layer still has it all
+            log.info("measurement table not docked: %s", err)
+            return
+        table.show_layer(cells)

@@ -1,0 +1,74 @@
+"""The `napari-wbc` command on real bccd fields, with the shipped weights."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from napari_wbc.cli import main
+
+FIELDS = ("BloodImage_00001", "BloodImage_00007")
+
+
+def test_segment_writes_labels_tables_and_summary(tmp_path, datasets, capsys):
+    images = [datasets / "bccd" / "images" / f"{stem}.jpg" for stem in FIELDS]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(images[0].read_bytes()[:2000])
+    out = tmp_path / "out"
+    code = main(["segment", str(images[0]), str(broken), str(images[1]), "--out", str(out), "--device", "cpu"])
+    assert code == 1  # one input failed ...
+    assert "broken.jpg" in capsys.readouterr().err
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 2  # ... and the others still got done
+    for stem in FIELDS:
+        cells = tifffile.imread(out / f"{stem}_cells.tif")
+        nuclei = tifffile.imread(out / f"{stem}_nuclei.tif")
+        assert cells.dtype == np.uint32 and cells.shape == (480, 640)
+        assert np.array_equal(nuclei[nuclei > 0], cells[nuclei > 0])  # nucleus id = its cell's id
+        table = pd.read_csv(out / f"{stem}_cells.csv")
+        assert list(table["label"]) == sorted(set(np.unique(cells)) - {0})
+        assert "Unnamed: 0" not in table  # no index column
+        assert table["ncr"].between(0.05, 20).all()
+        ref = np.asarray(tifffile.imread(out / f"{stem}_cells.tif"))  # round trip
+        assert ref.max() == len(table)
+    # each bccd field shows one or two white cells
+    assert summary["white_cells"].between(1, 2).all()
+
+
+def test_segment_pixel_size_gives_um(tmp_path, datasets):
+    image = datasets / "bccd" / "images" / f"{FIELDS[0]}.jpg"
+    assert main(["segment", str(image), "--out", str(tmp_path), "--pixel-size", "0.1"]) == 0
+    table = pd.read_csv(tmp_path / f"{FIELDS[0]}_cells.csv")
+    assert np.allclose(table["cell_area_um2"], table["cell_area_px"] * 0.01)
+
+
+def test_missing_weights_and_device_are_clear_errors(tmp_path, datasets, capsys):
+    image = str(datasets / "bccd" / "images" / f"{FIELDS[0]}.jpg")
+    assert main(["segment", image, "--out", str(tmp_path), "--weights", str(tmp_path)]) == 2
+    assert "napari-wbc train" in capsys.readouterr().err
+    assert main(["segment", image, "--out", str(tmp_path), "--device", "cuda"]) == 2
+    assert "not available" in capsys.readouterr().err
+
+
+def test_evaluate_writes_json_and_markdown(tmp_path, datasets, capsys):
+    root = tmp_path / "mini"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    stems = ["001", "002"]
+    for stem in stems:
+        shutil.copy(datasets / "zheng_d2" / "images" / f"{stem}.png", root / "images")
+        shutil.copy(datasets / "zheng_d2" / "labels" / f"{stem}.png", root / "labels")
+    (root / "split.csv").write_text("stem,split\n" + "".join(f"{s},test\n" for s in stems))
+    assert main(["evaluate", "--dataset", str(root), "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "| cell |" in printed and "| nucleus |" in printed
+    result = json.loads((tmp_path / "eval" / "mini_test_mifnet.json").read_text())
+    assert result["images"] == 2 and len(result["weights_sha256"]) == 64
+    for region in ("cell", "cytoplasm", "nucleus"):
+        m = result["metrics"][region]
+        assert set(m) == {"precision", "dice", "miou", "me", "fpr", "fnr"}
+        assert 0.8 < m["dice"] <= 1 and 0 <= m["me"] < 0.1
+    assert (tmp_path / "eval" / "mini_test_mifnet.md").read_text().startswith("mifnet on mini test")

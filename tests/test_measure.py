@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from napari_wbc.core.measure import count_summary, measure_cells
+
+
+def _two_cells():
+    cells = np.zeros((60, 60), np.uint32)
+    nuclei = np.zeros_like(cells)
+    cells[2:12, 2:12] = 1  # 100 px, inside the image
+    nuclei[4:8, 4:8] = 1  # 16 px, one lobe
+    cells[30:60, 0:20] = 2  # 600 px, touches the left and bottom border
+    nuclei[32:40, 2:10] = 2  # two lobes of 64 px
+    nuclei[45:53, 2:10] = 2
+    return cells, nuclei
+
+
+def test_areas_ncr_lobes_border():
+    table = measure_cells(*_two_cells()).set_index("label")
+    assert list(table.index) == [1, 2]
+    assert table.loc[1, "cell_area_px"] == 100
+    assert table.loc[1, "nucleus_area_px"] == 16
+    assert table.loc[1, "cytoplasm_area_px"] == 84
+    assert table.loc[1, "ncr"] == pytest.approx(16 / 84)
+    assert table.loc[1, "nucleus_cell_ratio"] == pytest.approx(0.16)
+    assert table.loc[1, "nucleus_lobes"] == 1
+    assert not table.loc[1, "touches_border"]
+    assert table.loc[1, "centroid_y"] == pytest.approx(6.5)
+    assert table.loc[2, "cell_area_px"] == 600
+    assert table.loc[2, "nucleus_area_px"] == 128
+    assert table.loc[2, "ncr"] == pytest.approx(128 / 472)
+    assert table.loc[2, "nucleus_lobes"] == 2
+    assert table.loc[2, "touches_border"]
+    assert "cell_area_um2" not in table
+
+
+def test_mifnet_ncr_example():
+    # MIF-Net Eq. 10: nucleus 1945 px, cytoplasm 3403 px -> NCR 0.571
+    cells = np.zeros((100, 100), np.uint32)
+    nuclei = np.zeros_like(cells)
+    flat_cells, flat_nuclei = cells.reshape(-1), nuclei.reshape(-1)
+    flat_cells[: 1945 + 3403] = 1
+    flat_nuclei[:1945] = 1
+    table = measure_cells(cells, nuclei)
+    assert table.loc[0, "ncr"] == pytest.approx(1945 / 3403) == pytest.approx(0.571, abs=1e-3)
+
+
+def test_pixel_size_gives_um():
+    table = measure_cells(*_two_cells(), pixel_size=0.5).set_index("label")
+    assert table.loc[1, "cell_area_um2"] == pytest.approx(25.0)
+    assert table.loc[1, "nucleus_area_um2"] == pytest.approx(4.0)
+    assert table.loc[1, "cytoplasm_area_um2"] == pytest.approx(21.0)
+    assert table.loc[1, "perimeter_um"] == pytest.approx(table.loc[1, "perimeter_px"] * 0.5)
+
+
+def test_nucleus_outside_its_cell_is_not_counted():
+    cells, nuclei = _two_cells()
+    nuclei[20:25, 20:25] = 1  # claims cell 1, but lies in background
+    table = measure_cells(cells, nuclei).set_index("label")
+    assert table.loc[1, "nucleus_area_px"] == 16
+
+
+def test_shape_of_a_disc():
+    yy, xx = np.mgrid[:101, :101]
+    cells = (((yy - 50) ** 2 + (xx - 50) ** 2) <= 40**2).astype(np.uint32)
+    table = measure_cells(cells, np.zeros_like(cells))
+    assert table.loc[0, "perimeter_px"] == pytest.approx(2 * np.pi * 40, rel=0.02)
+    assert table.loc[0, "circularity"] == pytest.approx(1.0, abs=0.03)
+    assert table.loc[0, "ncr"] == 0
+
+
+def test_empty_and_counts():
+    empty = measure_cells(np.zeros((10, 10), np.uint32), np.zeros((10, 10), np.uint32))
+    assert len(empty) == 0 and "ncr" in empty
+    assert count_summary(empty) == {"white_cells": 0, "complete_cells": 0}
+    assert count_summary(measure_cells(*_two_cells())) == {"white_cells": 2, "complete_cells": 1}

@@ -1,0 +1,191 @@
+"""The napari reader: what it claims, what layers it returns, and how it reports bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_wbc._reader import get_reader, read_smears
+from napari_wbc._sample_data import sample_path
+
+
+def _rgb(h=40, w=50, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _read_one(path):
+    reader = get_reader(str(path))
+    assert callable(reader)
+    layers = reader(str(path))
+    assert len(layers) == 1
+    data, kwargs, kind = layers[0]
+    assert kind == "image"
+    assert kwargs["rgb"] is True
+    assert data.dtype == np.uint8 and data.ndim == 3 and data.shape[-1] == 3
+    return data, kwargs
+
+
+@pytest.mark.parametrize("name", ["a.png", "a.PNG", "b.jpg", "c.jpeg", "d.tif", "e.TIFF", "f.bmp"])
+def test_claims_smear_image_types(tmp_path, name):
+    assert get_reader(str(tmp_path / name)) is read_smears
+
+
+@pytest.mark.parametrize("name", ["a.txt", "b.zarr", "c.czi", "d.csv"])
+def test_leaves_other_files_alone(tmp_path, name):
+    assert get_reader(str(tmp_path / name)) is None
+
+
+def test_leaves_folders_stacks_pyramids_and_labels_to_other_readers(tmp_path):
+    folder = tmp_path / "images.png"
+    folder.mkdir()
+    assert get_reader(str(folder)) is None
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((5, 32, 32), np.uint16))
+    assert get_reader(str(stack)) is None
+    pages = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(pages) as tif:
+        tif.write(np.zeros((32, 32, 3), np.uint8))
+        tif.write(np.zeros((16, 16, 3), np.uint8))
+    assert get_reader(str(pages)) is None
+    pyramid = tmp_path / "pyramid.tif"
+    with tifffile.TiffWriter(pyramid) as tif:
+        tif.write(np.zeros((64, 64, 3), np.uint8), subifds=1, photometric="rgb")
+        tif.write(np.zeros((32, 32, 3), np.uint8), subfiletype=1, photometric="rgb")
+    assert get_reader(str(pyramid)) is None
+    labels = tmp_path / "field_cells.tif"  # as `napari-wbc segment` writes them
+    tifffile.imwrite(labels, np.zeros((32, 32), np.uint32))
+    assert get_reader(str(labels)) is None
+
+
+def test_list_of_paths_reads_each(tmp_path):
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"f{i}.png"))
+        Image.fromarray(_rgb(seed=i)).save(paths[-1])
+    layers = get_reader(paths)(paths)
+    assert [kw["name"] for _, kw, _ in layers] == ["f0", "f1"]
+    np.testing.assert_array_equal(layers[1][0], _rgb(seed=1))
+
+
+def test_png_rgb_is_returned_unchanged(tmp_path, notifications):
+    rgb = _rgb()
+    path = tmp_path / "field.png"
+    Image.fromarray(rgb).save(path)
+    data, kwargs = _read_one(path)
+    np.testing.assert_array_equal(data, rgb)
+    assert kwargs["name"] == "field"
+    assert kwargs["metadata"] == {"pixel_size": None, "source": str(path), "notes": []}
+    assert "scale" not in kwargs  # unknown pixel size: pixel units
+    assert notifications == []
+
+
+def test_bundled_jpeg(notifications):
+    path = sample_path("two_cells")
+    data, kwargs = _read_one(path)
+    assert data.shape == (480, 640, 3)
+    with Image.open(path) as im:
+        np.testing.assert_array_equal(data, np.asarray(im.convert("RGB")))
+    assert kwargs["name"] == "BloodImage_00034"
+    assert notifications == []
+
+
+def test_grayscale_becomes_three_equal_channels(tmp_path, notifications):
+    gray = np.arange(40 * 50, dtype=np.uint32).reshape(40, 50) % 256
+    path = tmp_path / "gray.png"
+    Image.fromarray(gray.astype(np.uint8), mode="L").save(path)
+    data, kwargs = _read_one(path)
+    for c in range(3):
+        np.testing.assert_array_equal(data[..., c], gray)
+    assert any("grayscale" in n for n in kwargs["metadata"]["notes"])
+    assert len(notifications) == 1
+    severity, message = notifications[0]
+    assert "info" in severity and "gray.png" in message and "grayscale" in message
+
+
+def test_rgba_drops_alpha(tmp_path, notifications):
+    rgba = np.dstack([_rgb(), np.full((40, 50), 128, np.uint8)])
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rgba, mode="RGBA").save(path)
+    data, _ = _read_one(path)
+    np.testing.assert_array_equal(data, rgba[..., :3])
+    assert len(notifications) == 1 and "alpha" in notifications[0][1]
+
+
+def test_16bit_tiff_with_pixel_size(tmp_path, notifications):
+    ramp = np.tile(np.linspace(1000, 40000, 64).astype(np.uint16), (32, 1))
+    path = tmp_path / "deep.tif"
+    # 0.25 um/px = 40000 px per cm
+    tifffile.imwrite(path, ramp, resolution=(40000, 40000), resolutionunit="CENTIMETER")
+    data, kwargs = _read_one(path)
+    assert data.shape == (32, 64, 3)
+    assert np.all(np.diff(data[0, :, 0].astype(int)) >= 0)  # order of intensities kept
+    assert data[0, 0, 0] <= 1 and data[0, -1, 0] >= 254  # stretched to the full 8 bits
+    assert kwargs["metadata"]["pixel_size"] == pytest.approx(0.25)
+    assert kwargs["scale"] == pytest.approx((0.25, 0.25))
+    assert kwargs["units"] == ("um", "um")
+    messages = " ".join(m for _, m in notifications)
+    assert "uint16" in messages and "grayscale" in messages
+
+
+@pytest.mark.parametrize("name", ["cut.jpg", "cut.png", "cut.tif"])
+def test_truncated_file_gives_one_clear_error(tmp_path, notifications, name):
+    whole = tmp_path / f"whole{name[3:]}"
+    if name.endswith(".tif"):
+        tifffile.imwrite(whole, _rgb(200, 200))
+    else:
+        Image.fromarray(_rgb(200, 200)).save(whole)
+    raw = whole.read_bytes()
+    path = tmp_path / name
+    path.write_bytes(raw[: len(raw) // 3])
+    reader = get_reader(str(path))
+    assert reader is read_smears
+    assert reader(str(path)) == [(None,)]  # handled: nothing to add, no exception
+    assert len(notifications) == 1
+    severity, message = notifications[0]
+    assert "error" in severity
+    assert name in message and "cannot read" in message
+
+
+def test_napari_opens_through_the_plugin(tmp_path, notifications):
+    from napari.components import ViewerModel
+    from npe2 import PluginManager
+
+    PluginManager.instance().discover()  # what napari does when its window starts
+
+    rgb = _rgb()
+    path = tmp_path / "field.png"
+    Image.fromarray(rgb).save(path)
+    viewer = ViewerModel()
+    layers = viewer.open(str(path), plugin="napari-wbc")
+    assert [layer.name for layer in layers] == ["field"]
+    assert layers[0].rgb
+    np.testing.assert_array_equal(layers[0].data, rgb)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    assert viewer.open(str(bad), plugin="napari-wbc") == []
+    assert len(viewer.layers) == 1
+    assert [s for s, _ in notifications] == ["error"]
+
+
+def test_a_tiff_too_large_for_a_field_is_left_to_other_readers(tmp_path, monkeypatch):
+    from napari_wbc import _reader
+
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, _rgb(40, 50))
+    assert get_reader(str(path)) is read_smears
+    monkeypatch.setattr(_reader, "MAX_FIELD_PIXELS", 40 * 50 - 1)
+    assert get_reader(str(path)) is None
+
+
+def test_reader_samples_and_demo_import_without_torch_or_qt():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, napari_wbc._reader, napari_wbc._sample_data, napari_wbc.demo\n"
+        "heavy = sorted(m for m in ('torch', 'napari', 'qtpy', 'PyQt6', 'magicgui') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,55 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from napari_wbc.core.dataset import list_pairs, load_pair
+from napari_wbc.core.train import TrainConfig, segmentation_loss, train
+from napari_wbc.models import load_model
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, datasets):
+    src = datasets / "zheng_d1"
+    root = tmp_path / "tiny"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rows = ["stem,split"]
+    for stem, split in (("001", "train"), ("002", "train"), ("003", "val")):
+        shutil.copy(src / "images" / f"{stem}.png", root / "images")
+        shutil.copy(src / "labels" / f"{stem}.png", root / "labels")
+        rows.append(f"{stem},{split}")
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_dataset_layout(tiny_dataset):
+    pairs = list_pairs(tiny_dataset)
+    assert [(p.stem, p.split) for p in pairs] == [("001", "train"), ("002", "train"), ("003", "val")]
+    image, label = load_pair(pairs[0])
+    assert image.dtype == np.uint8 and image.shape[2] == 3 and set(np.unique(label)) <= {0, 1, 2}
+
+
+def test_train_saves_weights_and_resumes(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    config = TrainConfig(batch_size=2, patch=64, max_steps=4, val_every=2)
+    calls = []
+    history = train([tiny_dataset], out, config, progress=lambda s, t, i: calls.append(s),
+                    cancelled=lambda: len(calls) >= 3)
+    assert history["steps"] == 3 and calls == [1, 2, 3]
+    assert (out / "checkpoint.pt").exists() and (out / "model.safetensors").exists()
+    assert json.loads((out / "history.json").read_text())["val"][0]["step"] == 2
+    history = train([tiny_dataset], out, config, resume=True)
+    assert history["steps"] == 4  # resumed at step 3, not from scratch
+    net, spec = load_model(weights=out)
+    assert spec.name == "mifnet" and spec.pixel_size == pytest.approx(0.1)
+
+
+def test_loss_prefers_the_truth():
+    import torch
+
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6] = 2
+    good = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 10
+    assert segmentation_loss(good, target) < segmentation_loss(-good, target)

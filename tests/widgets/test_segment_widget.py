@@ -1,0 +1,186 @@
+"""Segment widget on the real sample field with the shipped model, and its error paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from napari_wbc._widgets.segment import SegmentWidget
+
+pytestmark = pytest.mark.gui
+
+SAMPLE = "BloodImage_00034"
+TIMEOUT_MS = 120_000  # generous: the CI machine may be busy; a run takes a few seconds
+
+
+@pytest.fixture
+def viewer(make_napari_viewer_proxy):
+    return make_napari_viewer_proxy()
+
+
+def _widget(viewer) -> SegmentWidget:
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="segment")
+    return widget
+
+
+def _run(qtbot, widget):
+    worker = widget.run()
+    assert worker is not None, "the run did not start"
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+
+
+def _errors(notifications):
+    return [message for severity, message in notifications if "error" in severity]
+
+
+def test_segment_sample_field(viewer, qtbot, trained_model, notifications, datasets):
+    image = viewer.open_sample("napari-wbc", "two_cells")[0]
+    widget = _widget(viewer)
+    assert widget.image.value == image
+    assert widget.model.value == trained_model
+    _run(qtbot, widget)
+    assert _errors(notifications) == []
+    assert [layer.name for layer in viewer.layers] == [SAMPLE, f"{SAMPLE} nuclei", f"{SAMPLE} cells"]
+    cells_layer, nuclei_layer = viewer.layers[f"{SAMPLE} cells"], viewer.layers[f"{SAMPLE} nuclei"]
+    cells, nuclei = np.asarray(cells_layer.data), np.asarray(nuclei_layer.data)
+    assert cells.shape == nuclei.shape == (480, 640)
+    assert cells.dtype == nuclei.dtype == np.uint32
+
+    ids = np.unique(cells[cells > 0])
+    assert set(np.unique(nuclei[nuclei > 0])) <= set(ids)
+    assert np.array_equal(cells[nuclei > 0], nuclei[nuclei > 0])  # a nucleus lies in its own cell
+
+    # both white cells of the reference mask are found (IoU >= 0.5 with a predicted cell)
+    reference, n = ndimage.label(np.asarray(Image.open(datasets / "bccd" / "labels" / f"{SAMPLE}.png")) > 0)
+    assert n == 2
+    for i in range(1, n + 1):
+        ref = reference == i
+        best = max((ref & (cells == j)).sum() / (ref | (cells == j)).sum() for j in ids)
+        assert best >= 0.5, f"reference cell {i} not found (best IoU {best:.2f})"
+
+    features = cells_layer.features
+    assert len(features) == len(ids)
+    assert sorted(features["label"]) == list(ids)
+    assert list(features["index"]) == list(features["label"])  # napari's label -> row key
+    for label in ids:  # hovering a cell shows its own measurements in napari's status bar
+        pixel = tuple(np.argwhere(cells == label)[0])
+        assert f"label: {label}," in cells_layer.get_status(pixel, world=False)["coordinates"]
+    for _, row in features.iterrows():
+        own = cells == row["label"]
+        assert row["cell_area_px"] == own.sum()
+        assert row["nucleus_area_px"] == (nuclei == row["label"]).sum()
+    counts = cells_layer.metadata["counts"]
+    assert counts["white_cells"] == len(ids)
+    assert widget.status.value.startswith(f"{len(ids)} white cells")
+    assert widget.progress_bar.value == widget.progress_bar.max == 3
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+    # the measurement table was docked and shows this layer, one row per cell
+    _, table = viewer.window.add_plugin_dock_widget("napari-wbc", "Cell measurements")
+    assert table.layer.value == cells_layer
+    assert table.table.rowCount() == len(ids)
+    assert table.summary.value.startswith(f"{len(ids)} white cells")
+
+
+def test_running_again_updates_the_layers(viewer, qtbot, trained_model, notifications):
+    image = viewer.open_sample("napari-wbc", "two_cells")[0]
+    widget = _widget(viewer)
+    _run(qtbot, widget)
+    cells_layer = viewer.layers[f"{SAMPLE} cells"]
+    first_id, first = cells_layer.unique_id, np.asarray(cells_layer.data).copy()
+    first_features = cells_layer.features.copy()
+    # spoil the result, move the image: a second run must restore it, aligned with the image
+    cells_layer.data = np.zeros_like(first)
+    cells_layer.features = {}
+    image.scale = (0.5, 0.5)
+    _run(qtbot, widget)
+    assert _errors(notifications) == []
+    assert [layer.name for layer in viewer.layers] == [SAMPLE, f"{SAMPLE} nuclei", f"{SAMPLE} cells"]
+    cells_layer = viewer.layers[f"{SAMPLE} cells"]
+    assert cells_layer.unique_id == first_id  # the same layer, updated
+    np.testing.assert_array_equal(cells_layer.data, first)
+    assert cells_layer.features.equals(first_features)
+    for name in (f"{SAMPLE} cells", f"{SAMPLE} nuclei"):
+        assert tuple(viewer.layers[name].scale) == (0.5, 0.5)
+
+
+def test_cancel_leaves_no_result(viewer, qtbot, trained_model, notifications):
+    viewer.open_sample("napari-wbc", "two_cells")
+    widget = _widget(viewer)
+    assert widget.run() is not None
+    assert widget.cancel_button.enabled
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert [layer.name for layer in viewer.layers] == [SAMPLE]
+    assert widget.status.value == "cancelled"
+    assert ("info", "segmentation cancelled") in notifications
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_grayscale_layer_is_refused_with_a_notification(viewer, notifications):
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")
+    widget = _widget(viewer)
+    assert widget.run() is None
+    errors = _errors(notifications)
+    assert len(errors) == 1
+    assert "'gray' is not a single RGB colour image" in errors[0]
+    assert [layer.name for layer in viewer.layers] == ["gray"]
+    assert widget.worker is None and widget.run_button.enabled
+
+
+def test_no_image_is_refused_with_a_notification(viewer, notifications):
+    widget = _widget(viewer)
+    assert widget.image.value is None
+    widget.run_button.clicked.emit()
+    errors = _errors(notifications)
+    assert len(errors) == 1 and "open a smear image first" in errors[0]
+
+
+def test_missing_model_is_refused_with_a_notification(viewer, notifications, monkeypatch, tmp_path):
+    import napari_wbc.models as models
+
+    monkeypatch.setattr(models, "SHIPPED", tmp_path / "no-shipped-weights")
+    monkeypatch.setenv("NAPARI_WBC_HOME", str(tmp_path / "no-user-weights"))
+    viewer.open_sample("napari-wbc", "two_cells")
+    widget = _widget(viewer)
+    assert widget.model.choices == () and widget.model.value is None
+    assert "no trained model" in widget.status.value
+    assert widget.run() is None
+    errors = _errors(notifications)
+    assert len(errors) == 1
+    assert "no trained weights" in errors[0] and "napari-wbc train" in errors[0]
+    assert [layer.name for layer in viewer.layers] == [SAMPLE]
+
+
+def test_failure_in_the_worker_becomes_a_notification(viewer, qtbot, trained_model, notifications,
+                                                      monkeypatch):
+    import napari_wbc.core.inference as inference
+
+    def broken(*args, **kwargs):
+        yield 0, 3, "running the network"
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(inference, "segment", broken)
+    viewer.open_sample("napari-wbc", "two_cells")
+    widget = _widget(viewer)
+    _run(qtbot, widget)
+    assert _errors(notifications) == ["segmentation failed: out of memory"]
+    assert [layer.name for layer in viewer.layers] == [SAMPLE]
+    assert widget.status.value == "failed" and widget.run_button.enabled
+
+
+def test_image_choice_follows_the_active_layer(viewer):
+    sample = viewer.open_sample("napari-wbc", "two_cells")[0]
+    other = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="other", rgb=True)
+    widget = _widget(viewer)
+    viewer.add_labels(np.zeros((64, 64), np.uint32), name="not an image")
+    assert [layer.name for layer in widget.image.choices] == [SAMPLE, "other"]
+    viewer.layers.selection.active = sample
+    assert widget.image.value == sample
+    viewer.layers.selection.active = other
+    assert widget.image.value == other
+    viewer.layers.selection.active = viewer.layers["not an image"]
+    assert widget.image.value == other  # labels are not offered
