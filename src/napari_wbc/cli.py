@@ -1,4 +1,4 @@
-"""The ``napari-wbc`` command: segment, evaluate, train, demo.
+"""The ``napari-wbc`` command: segment, evaluate, compare, train, demo.
 
 Errors a user can cause print one line and exit non-zero; nothing here imports napari
 except ``demo``, which opens the viewer.
@@ -49,6 +49,22 @@ def cmd_evaluate(args) -> int:
                                   device=args.device, out=args.out, progress=progress)
     print(format_markdown(result))
     return 0
+
+
+def cmd_compare(args) -> int:
+    from .core.compare import compare_folders
+
+    with _bar(0, "compare", "image") as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        failures = compare_folders(args.pred, args.ref, args.out, images=args.images, min_iou=args.min_iou,
+                                   progress=progress,
+                                   on_error=lambda stem, msg: bar.write(f"error: {msg}", file=sys.stderr))
+    print(f"wrote the review to {args.out}" + (f"; {failures} images failed" if failures else ""))
+    return 1 if failures else 0
 
 
 def cmd_train(args) -> int:
@@ -104,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="folder for the JSON and Markdown reports")
     model_args(e)
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compare", help="review predictions against references: TP/FP/FN images, metrics")
+    c.add_argument("--pred", required=True, help="predictions: a `segment` output folder or 0/1/2 masks")
+    c.add_argument("--ref", required=True, help="references: a dataset folder, 0/1/2 masks or instance TIFFs")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--images", default=None, help="images for overlays (default: the dataset's images/)")
+    c.add_argument("--min-iou", type=float, default=0.5, help="IoU for a cell to count as matched")
+    c.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("train", help="train a model on dataset folders (CPU or GPU)")
     t.add_argument("--model", default="mifnet")

@@ -1,0 +1,286 @@
+"""Cell-level corrections on (cells, nuclei) instance maps, for a reviewer's editor.
+
+Contract: every edit takes ``cells`` and ``nuclei`` (2D integer maps, nucleus id = owning
+cell id) and returns an :class:`Edited` ``(cells, nuclei, ids)``: new uint32 arrays, the
+inputs untouched, unless ``inplace=True`` (then the inputs, which must be uint32, are
+changed and returned; for large slides). ``ids`` are the cell ids the edit produced or
+changed, for the caller to re-measure and select. Given maps that satisfy
+:func:`check_invariants`, every edit returns maps that do too: each cell id is one
+8-connected object and every nucleus pixel lies in the cell of the same id.
+
+Splitting, for a widget to drive: :func:`split_cell` takes two or more clicked seed
+points and floods the cell from them (marker watershed on its distance transform: the
+cut falls on the waist between touching cells; the first seed's piece keeps the id);
+:func:`cut_cell` takes a drawn polyline that crosses the cell (the largest piece keeps
+the id). New pieces get the next free ids.
+
+Per-cell type and reviewed flag live in the measurement table (``cell_type``,
+``reviewed``); :func:`remeasure` recomputes it after an edit and keeps those columns.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+EIGHT = np.ones((3, 3), bool)
+USER_COLUMNS = {"cell_type": None, "reviewed": False}  # column -> value for a new cell
+
+
+class Edited(NamedTuple):
+    cells: np.ndarray
+    nuclei: np.ndarray
+    ids: list[int]
+
+
+def _start(cells, nuclei, inplace: bool) -> tuple[np.ndarray, np.ndarray]:
+    if inplace and not all(isinstance(a, np.ndarray) and a.dtype == np.uint32 for a in (cells, nuclei)):
+        raise TypeError("in-place edits need uint32 numpy arrays")
+    if np.shape(cells) != np.shape(nuclei) or np.ndim(cells) != 2:
+        raise ValueError(f"cells {np.shape(cells)} and nuclei {np.shape(nuclei)} must be 2D, of one shape")
+    if inplace:
+        return cells, nuclei
+    return np.asarray(cells).astype(np.uint32), np.asarray(nuclei).astype(np.uint32)
+
+
+def _need(cells: np.ndarray, cell_id: int) -> np.ndarray:
+    mask = cells == cell_id
+    if cell_id <= 0 or not mask.any():
+        raise ValueError(f"there is no cell {cell_id}")
+    return mask
+
+
+def next_free_id(cells: np.ndarray, nuclei: np.ndarray | None = None) -> int:
+    """One more than the largest id in use."""
+    top = int(np.max(cells, initial=0))
+    if nuclei is not None:
+        top = max(top, int(np.max(nuclei, initial=0)))
+    return top + 1
+
+
+def delete_cell(cells, nuclei, cell_id: int, *, inplace=False) -> Edited:
+    """Remove a cell and its nucleus."""
+    cells, nuclei = _start(cells, nuclei, inplace)
+    mask = _need(cells, cell_id)
+    cells[mask] = 0
+    nuclei[nuclei == cell_id] = 0
+    return Edited(cells, nuclei, [int(cell_id)])
+
+
+def merge_cells(cells, nuclei, cell_ids, *, inplace=False) -> Edited:
+    """Merge touching cells into the smallest of their ids (nuclei follow)."""
+    ids = sorted({int(i) for i in cell_ids})
+    if len(ids) < 2:
+        raise ValueError("pick at least two different cells to merge")
+    cells, nuclei = _start(cells, nuclei, inplace)
+    for i in ids:
+        _need(cells, i)
+    union = np.isin(cells, ids)
+    if ndimage.label(union, structure=EIGHT)[1] != 1:
+        raise ValueError(f"cells {ids} do not touch; draw the missing part first, then merge")
+    cells[union] = ids[0]
+    nuclei[np.isin(nuclei, ids)] = ids[0]
+    return Edited(cells, nuclei, ids[:1])
+
+
+def _assign_pieces(cells, nuclei, cell_id, sl, pieces, keep: int) -> list[int]:
+    """Relabel one cell from ``pieces`` (1..k, 0 outside) over its box ``sl``; ``keep`` keeps the id."""
+    new_id = next_free_id(cells, nuclei)
+    cells, nuclei = cells[sl], nuclei[sl]  # views: written through
+    mask = cells == cell_id
+    ids = [int(cell_id)]
+    lut = np.zeros(int(pieces.max()) + 1, np.uint32)
+    for k in range(1, len(lut)):
+        if k == keep:
+            lut[k] = cell_id
+        else:
+            lut[k] = new_id
+            ids.append(new_id)
+            new_id += 1
+    cells[mask] = lut[pieces[mask]]
+    own = mask & (nuclei == cell_id)
+    nuclei[own] = cells[own]
+    return ids
+
+
+def split_cell(cells, nuclei, cell_id: int, seeds, *, inplace=False) -> Edited:
+    """Split a cell into one piece per seed point (y, x); the first seed's piece keeps the id."""
+    from skimage.segmentation import watershed
+
+    cells, nuclei = _start(cells, nuclei, inplace)
+    mask = _need(cells, cell_id)
+    points = list(dict.fromkeys(tuple(int(round(v)) for v in s) for s in seeds))  # in click order
+    if len(points) < 2:
+        raise ValueError("click at least two different points inside the cell to split it")
+    h, w = mask.shape
+    for y, x in points:
+        if not (0 <= y < h and 0 <= x < w and mask[y, x]):
+            raise ValueError(f"the point ({y}, {x}) is not inside cell {cell_id}")
+    sl = ndimage.find_objects(mask.astype(np.uint8))[0]
+    local = mask[sl]
+    markers = np.zeros(local.shape, np.int32)
+    for k, (y, x) in enumerate(points, start=1):
+        markers[y - sl[0].start, x - sl[1].start] = k
+    # 8-connected flooding reaches every pixel of an 8-connected cell, and each piece stays one object
+    pieces = watershed(-ndimage.distance_transform_edt(local), markers, mask=local, connectivity=2)
+    return Edited(cells, nuclei, _assign_pieces(cells, nuclei, cell_id, sl, pieces, keep=1))
+
+
+def cut_cell(cells, nuclei, cell_id: int, line, *, inplace=False, min_piece: int = 10) -> Edited:
+    """Cut a cell along a polyline [(y, x), ...] drawn across it; the largest piece keeps the id.
+
+    Pieces under ``min_piece`` px (or 1% of the cell) and the line's own pixels join the
+    piece that reaches them first through the cell, so no area is lost.
+    """
+    from skimage.draw import line as draw_line
+    from skimage.segmentation import watershed
+
+    cells, nuclei = _start(cells, nuclei, inplace)
+    mask = _need(cells, cell_id)
+    pts = [tuple(int(round(v)) for v in p) for p in line]
+    if len(pts) < 2:
+        raise ValueError("draw a line with at least two points across the cell")
+    sl = ndimage.find_objects(mask.astype(np.uint8))[0]
+    mask = mask[sl]
+    cut = np.zeros(mask.shape, bool)
+    for (y0, x0), (y1, x1) in zip(pts[:-1], pts[1:], strict=True):
+        rr, cc = draw_line(y0 - sl[0].start, x0 - sl[1].start, y1 - sl[0].start, x1 - sl[1].start)
+        inside = (rr >= 0) & (rr < mask.shape[0]) & (cc >= 0) & (cc < mask.shape[1])
+        cut[rr[inside], cc[inside]] = True
+    # 2x2 thickening makes the line 4-connected, so that 8-connected pieces cannot leak across it
+    cut = ndimage.binary_dilation(cut, structure=np.ones((2, 2), bool)) & mask
+    pieces, n = ndimage.label(mask & ~cut, structure=EIGHT)
+    sizes = np.bincount(pieces.ravel(), minlength=n + 1)
+    big = np.flatnonzero(sizes >= max(min_piece, 0.01 * mask.sum()))
+    big = big[big > 0]
+    if len(big) < 2:
+        raise ValueError(f"the line does not cut cell {cell_id} in two; draw it from edge to edge")
+    lut = np.zeros(n + 1, np.int32)
+    lut[big] = np.arange(1, len(big) + 1)
+    # flooding from the pieces through the cell keeps each piece one 8-connected object
+    pieces = watershed(np.zeros(mask.shape), lut[pieces], mask=mask, connectivity=2)
+    keep = int(np.argmax(np.bincount(pieces[mask])[1:])) + 1
+    return Edited(cells, nuclei, _assign_pieces(cells, nuclei, cell_id, sl, pieces, keep=keep))
+
+
+def new_cell(cells, nuclei, mask, nucleus=None, *, inplace=False) -> Edited:
+    """Add a cell drawn as ``mask`` with the next free id, on background only.
+
+    Pixels of other cells stay theirs; if that leaves the drawing in pieces, the largest
+    is kept. ``nucleus`` (optional) is clipped to the new cell.
+    """
+    cells, nuclei = _start(cells, nuclei, inplace)
+    free = np.asarray(mask, bool) & (cells == 0)
+    pieces, n = ndimage.label(free, structure=EIGHT)
+    if n == 0:
+        raise ValueError("the new cell has no pixels on background; draw it where no cell is")
+    largest = pieces == int(np.argmax(np.bincount(pieces.ravel())[1:])) + 1
+    if nucleus is not None and not (np.asarray(nucleus, bool) & largest).any():
+        raise ValueError("the nucleus lies outside the new cell; draw it inside the cell")
+    new_id = next_free_id(cells, nuclei)
+    cells[largest] = new_id
+    if nucleus is not None:
+        nuclei[np.asarray(nucleus, bool) & largest] = new_id
+    return Edited(cells, nuclei, [new_id])
+
+
+def set_nucleus(cells, nuclei, cell_id: int, mask, mode: str = "replace", *, inplace=False) -> Edited:
+    """Replace, add to or remove from a cell's nucleus; what is drawn outside the cell is dropped."""
+    if mode not in ("replace", "add", "remove"):
+        raise ValueError(f"mode must be replace, add or remove, not {mode!r}")
+    cells, nuclei = _start(cells, nuclei, inplace)
+    cell = _need(cells, cell_id)
+    drawn = np.asarray(mask, bool) & cell
+    if mode == "remove":
+        nuclei[drawn & (nuclei == cell_id)] = 0
+        return Edited(cells, nuclei, [int(cell_id)])
+    if not drawn.any():
+        raise ValueError(f"the nucleus lies outside cell {cell_id}; draw it inside the cell")
+    if mode == "replace":
+        nuclei[nuclei == cell_id] = 0
+    nuclei[drawn] = cell_id
+    return Edited(cells, nuclei, [int(cell_id)])
+
+
+def clip_nuclei(cells, nuclei) -> np.ndarray:
+    """Nuclei made consistent with the cells: nucleus pixels outside cells dropped, ids = cell ids."""
+    cells, nuclei = np.asarray(cells), np.asarray(nuclei)
+    return np.where((nuclei > 0) & (cells > 0), cells, 0).astype(np.uint32)
+
+
+def check_invariants(cells, nuclei, connected: bool = True) -> list[str]:
+    """What is wrong with a pair of instance maps, one message per problem (empty: valid)."""
+    from skimage.measure import label
+
+    cells, nuclei = np.asarray(cells), np.asarray(nuclei)
+    if cells.shape != nuclei.shape or cells.ndim != 2:
+        return [f"cells {cells.shape} and nuclei {nuclei.shape} must be 2D maps of one shape"]
+    problems = []
+    for name, a in (("cells", cells), ("nuclei", nuclei)):
+        if not np.issubdtype(a.dtype, np.integer) or (a.size and a.min() < 0):
+            problems.append(f"{name} must hold non-negative integer ids")
+    outside = (nuclei > 0) & (cells == 0)
+    if outside.any():
+        problems.append(f"{int(outside.sum())} nucleus pixels lie outside every cell "
+                        f"(nuclei {sorted(set(np.unique(nuclei[outside]).tolist()))})")
+    wrong = (nuclei > 0) & (cells > 0) & (nuclei != cells)
+    if wrong.any():
+        problems.append(f"{int(wrong.sum())} nucleus pixels carry another cell's id "
+                        f"(cells {sorted(set(np.unique(cells[wrong]).tolist()))})")
+    if connected and cells.any():
+        objects = label(cells, background=0, connectivity=2)
+        owner = np.zeros(int(objects.max()) + 1, np.int64)
+        owner[objects.ravel()] = cells.ravel()
+        ids, n = np.unique(owner[1:], return_counts=True)
+        if (n > 1).any():
+            problems.append(f"cells {ids[n > 1].tolist()} are each split into separate objects")
+    return problems
+
+
+def edited_cells(before_cells, before_nuclei, cells, nuclei) -> list[int]:
+    """Ids (before or after) of the cells whose cell or nucleus pixels changed."""
+    changed = (np.asarray(before_cells) != cells) | (np.asarray(before_nuclei) != nuclei)
+    ids = np.union1d(np.asarray(before_cells)[changed], np.asarray(cells)[changed])
+    return [int(i) for i in ids if i > 0]
+
+
+def _rows(features: pd.DataFrame, cell_ids) -> pd.Series:
+    ids = [int(cell_ids)] if np.isscalar(cell_ids) else [int(i) for i in cell_ids]
+    missing = set(ids) - set(features["label"].astype(int))
+    if missing:
+        raise ValueError(f"no cell {sorted(missing)} in the table")
+    return features["label"].isin(ids)
+
+
+def set_type(features: pd.DataFrame, cell_ids, cell_type: str | None) -> pd.DataFrame:
+    """A copy of the table with ``cell_type`` set for these cells (None: untyped)."""
+    out = features.copy()
+    if "cell_type" not in out:
+        out["cell_type"] = pd.Series([None] * len(out), index=out.index, dtype=object)
+    out.loc[_rows(out, cell_ids), "cell_type"] = cell_type
+    return out
+
+
+def mark_reviewed(features: pd.DataFrame, cell_ids, reviewed: bool = True) -> pd.DataFrame:
+    """A copy of the table with ``reviewed`` set for these cells."""
+    out = features.copy()
+    if "reviewed" not in out:
+        out["reviewed"] = False
+    out.loc[_rows(out, cell_ids), "reviewed"] = bool(reviewed)
+    return out
+
+
+def remeasure(features: pd.DataFrame | None, cells, nuclei, pixel_size: float | None = None) -> pd.DataFrame:
+    """Fresh measurements of the edited maps, keeping each surviving cell's type and flag."""
+    from .measure import measure_cells
+
+    table = measure_cells(cells, nuclei, pixel_size)
+    for column, default in USER_COLUMNS.items():
+        old = {} if features is None or column not in features else dict(zip(features["label"],
+                                                                               features[column], strict=True))
+        table[column] = pd.Series([old.get(label, default) for label in table["label"]], index=table.index,
+                                  dtype=bool if column == "reviewed" else object)
+    return table

@@ -1,0 +1,228 @@
+"""Cell edits keep ids unique and nuclei inside their cells; measurements follow."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.draw import disk
+
+from napari_wbc.core import edit
+from napari_wbc.core.measure import count_summary
+
+
+def assert_valid(cells, nuclei):
+    """Checked here without check_invariants: one object per id, nucleus id = cell id."""
+    assert cells.dtype == nuclei.dtype == np.uint32
+    for i in np.unique(cells[cells > 0]):
+        assert ndimage.label(cells == i, structure=np.ones((3, 3)))[1] == 1, f"cell {i} is in pieces"
+    inside = nuclei > 0
+    assert np.array_equal(nuclei[inside], cells[inside]), "a nucleus outside its cell"
+    assert edit.check_invariants(cells, nuclei) == []
+
+
+@pytest.fixture
+def scene():
+    """Cell 1: two touching discs (a missed split) with a nucleus in each; cells 2 and 3 side
+    by side (touching); cell 4 alone."""
+    cells = np.zeros((80, 140), np.uint32)
+    nuclei = np.zeros_like(cells)
+    for centre in ((30, 30), (30, 58)):
+        cells[disk(centre, 16, shape=cells.shape)] = 1
+        nuclei[disk(centre, 6, shape=cells.shape)] = 1
+    cells[5:25, 90:105] = 2
+    nuclei[10:15, 95:100] = 2
+    cells[5:25, 105:120] = 3
+    nuclei[10:20, 110:115] = 3
+    cells[50:70, 100:120] = 4
+    nuclei[55:60, 105:110] = 4
+    assert_valid(cells, nuclei)
+    return cells, nuclei
+
+
+def test_check_invariants_finds_each_kind_of_problem(scene):
+    cells, nuclei = scene
+    bad = nuclei.copy()
+    bad[0, 0] = 9  # nucleus on background
+    assert any("outside every cell" in p for p in edit.check_invariants(cells, bad))
+    bad = nuclei.copy()
+    bad[10, 92] = 3  # cell 3's nucleus in cell 2
+    assert any("another cell's id" in p for p in edit.check_invariants(cells, bad))
+    split = cells.copy()
+    split[75:78, 0:3] = 4  # a second object with id 4
+    assert any("[4]" in p for p in edit.check_invariants(split, nuclei))
+    assert edit.check_invariants(split, nuclei, connected=False) == []
+    assert edit.check_invariants(cells, nuclei[:10]) != []
+
+
+def test_delete_removes_cell_and_nucleus_and_leaves_inputs(scene):
+    cells, nuclei = scene
+    before = cells.copy(), nuclei.copy()
+    out = edit.delete_cell(cells, nuclei, 2)
+    assert out.ids == [2]
+    assert 2 not in out.cells and 2 not in out.nuclei
+    assert np.array_equal(out.cells[cells != 2], cells[cells != 2])
+    assert np.array_equal(cells, before[0]) and np.array_equal(nuclei, before[1])  # pure
+    assert_valid(out.cells, out.nuclei)
+    with pytest.raises(ValueError, match="no cell 8"):
+        edit.delete_cell(cells, nuclei, 8)
+
+
+def test_merge_touching_cells_into_the_smaller_id(scene):
+    cells, nuclei = scene
+    out = edit.merge_cells(cells, nuclei, [3, 2])
+    assert out.ids == [2] and 3 not in out.cells and 3 not in out.nuclei
+    assert np.count_nonzero(out.cells == 2) == np.count_nonzero(np.isin(cells, [2, 3]))
+    assert np.count_nonzero(out.nuclei == 2) == np.count_nonzero(np.isin(nuclei, [2, 3]))
+    assert_valid(out.cells, out.nuclei)
+    with pytest.raises(ValueError, match="do not touch"):
+        edit.merge_cells(cells, nuclei, [2, 4])
+    with pytest.raises(ValueError, match="two different"):
+        edit.merge_cells(cells, nuclei, [2, 2])
+
+
+def test_split_by_two_clicks_cuts_at_the_waist(scene):
+    cells, nuclei = scene
+    out = edit.split_cell(cells, nuclei, 1, [(30, 58), (30.4, 29.6)])
+    assert out.ids == [1, 5]  # the first click keeps the id, the other piece gets the next free id
+    assert out.cells[30, 58] == 1 and out.cells[30, 30] == 5
+    assert np.array_equal(out.cells > 0, cells > 0)  # no pixel lost or added
+    a, b = np.count_nonzero(out.cells == 1), np.count_nonzero(out.cells == 5)
+    assert abs(a - b) <= 0.05 * (a + b)  # symmetric discs, symmetric halves
+    cut_cols = np.flatnonzero((out.cells == 5).any(0))
+    assert cut_cols.max() in (43, 44, 45)  # the cut falls on the waist at x = 44
+    assert np.count_nonzero(out.nuclei == 1) == np.count_nonzero(out.nuclei == 5) > 0
+    assert_valid(out.cells, out.nuclei)
+    with pytest.raises(ValueError, match="not inside cell 1"):
+        edit.split_cell(cells, nuclei, 1, [(30, 30), (70, 5)])
+    with pytest.raises(ValueError, match="two different points"):
+        edit.split_cell(cells, nuclei, 1, [(30, 30), (30.2, 30.1)])
+
+
+@pytest.mark.parametrize("line", [[(0, 44), (79, 44)], [(5, 30), (55, 58)], [(0, 40), (30, 46), (79, 42)]])
+def test_cut_along_a_line_gives_connected_pieces(scene, line):
+    cells, nuclei = scene
+    out = edit.cut_cell(cells, nuclei, 1, line)
+    assert len(out.ids) == 2 and out.ids[0] == 1 and out.ids[1] == 5
+    assert np.array_equal(out.cells > 0, cells > 0)
+    assert np.count_nonzero(out.cells == 1) >= np.count_nonzero(out.cells == 5)  # largest keeps the id
+    assert np.array_equal(out.cells[cells != 1], cells[cells != 1])
+    assert_valid(out.cells, out.nuclei)
+
+
+def test_a_line_that_does_not_cross_is_refused(scene):
+    cells, nuclei = scene
+    with pytest.raises(ValueError, match="edge to edge"):
+        edit.cut_cell(cells, nuclei, 1, [(0, 44), (30, 44)])
+
+
+def test_new_cell_takes_background_only_and_the_next_id(scene):
+    cells, nuclei = scene
+    mask = np.zeros(cells.shape, bool)
+    mask[40:75, 80:110] = True  # overlaps cell 4
+    nucleus = np.zeros(cells.shape, bool)
+    nucleus[45:60, 85:105] = True  # partly inside cell 4: clipped away there
+    out = edit.new_cell(cells, nuclei, mask, nucleus)
+    assert out.ids == [5]
+    assert np.array_equal(out.cells[cells == 4], cells[cells == 4])  # cell 4 keeps its pixels
+    assert np.array_equal(out.cells == 5, mask & (cells == 0))
+    assert np.array_equal(out.nuclei == 5, nucleus & (cells == 0))
+    assert_valid(out.cells, out.nuclei)
+    with pytest.raises(ValueError, match="no pixels on background"):
+        edit.new_cell(cells, nuclei, cells == 4)
+    far = np.zeros(cells.shape, bool)
+    far[0:3, 0:3] = True
+    with pytest.raises(ValueError, match="outside the new cell"):
+        edit.new_cell(cells, nuclei, mask, far)
+
+
+def test_new_cell_split_by_another_keeps_its_largest_piece(scene):
+    cells, nuclei = scene
+    band = np.zeros(cells.shape, bool)
+    band[8:12, 80:140] = True  # crosses cells 2 and 3: background left of 2 (10 px wide) and right of 3
+    out = edit.new_cell(cells, nuclei, band)
+    assert np.count_nonzero(out.cells == 5) == 4 * 20  # columns 120..139
+    assert_valid(out.cells, out.nuclei)
+
+
+def test_set_nucleus_is_clipped_to_the_cell(scene):
+    cells, nuclei = scene
+    drawn = np.zeros(cells.shape, bool)
+    drawn[0:30, 85:100] = True  # spills out of cell 2
+    out = edit.set_nucleus(cells, nuclei, 2, drawn)
+    assert np.array_equal(out.nuclei == 2, drawn & (cells == 2))
+    assert_valid(out.cells, out.nuclei)
+    added = edit.set_nucleus(cells, nuclei, 2, drawn, mode="add")
+    assert np.array_equal(added.nuclei == 2, (drawn & (cells == 2)) | (nuclei == 2))
+    removed = edit.set_nucleus(cells, nuclei, 3, cells > 0, mode="remove")
+    assert 3 not in removed.nuclei and np.array_equal(removed.nuclei == 2, nuclei == 2)
+    with pytest.raises(ValueError, match="outside cell 4"):
+        edit.set_nucleus(cells, nuclei, 4, drawn)
+    with pytest.raises(ValueError, match="mode"):
+        edit.set_nucleus(cells, nuclei, 4, drawn, mode="paint")
+
+
+def test_in_place_edits_change_and_return_the_inputs(scene):
+    cells, nuclei = scene
+    out = edit.delete_cell(cells, nuclei, 4, inplace=True)
+    assert out.cells is cells and 4 not in cells
+    with pytest.raises(TypeError):
+        edit.delete_cell(cells.astype(np.int32), nuclei, 2, inplace=True)
+
+
+def test_random_edit_sequences_keep_the_invariants(scene):
+    rng = np.random.default_rng(0)
+    cells, nuclei = scene
+    for _ in range(40):
+        ids = np.unique(cells[cells > 0])
+        op = rng.integers(5)
+        try:
+            if op == 0 and len(ids) > 2:
+                cells, nuclei, _ = edit.delete_cell(cells, nuclei, int(rng.choice(ids)))
+            elif op == 1:
+                target = int(rng.choice(ids))
+                ys, xs = np.nonzero(cells == target)
+                pick = rng.choice(len(ys), 2, replace=False)
+                cells, nuclei, _ = edit.split_cell(cells, nuclei, target, list(zip(ys[pick], xs[pick],
+                                                                                  strict=True)))
+            elif op == 2:
+                y, x = rng.integers(0, 80), rng.integers(0, 140)
+                mask = np.zeros(cells.shape, bool)
+                mask[disk((y, x), rng.integers(3, 12), shape=cells.shape)] = True
+                cells, nuclei, _ = edit.new_cell(cells, nuclei, mask, mask)
+            elif op == 3:
+                a = int(rng.choice(ids))
+                ring = ndimage.binary_dilation(cells == a, np.ones((3, 3))) & (cells != a) & (cells > 0)
+                if ring.any():
+                    cells, nuclei, _ = edit.merge_cells(cells, nuclei, [a, int(cells[ring][0])])
+            else:
+                target = int(rng.choice(ids))
+                ys, xs = np.nonzero(cells == target)
+                y0, x0 = ys.min(), xs.min()
+                cells, nuclei, _ = edit.cut_cell(cells, nuclei, target, [(y0 - 1, x0 - 1),
+                                                                       (ys.max() + 1, xs.max() + 1)])
+        except ValueError:
+            continue  # a refused edit (cell too small to cut, no background...) changes nothing
+        assert_valid(cells, nuclei)
+        assert len(np.unique(cells[cells > 0])) >= 1
+
+
+def test_edited_cells_and_table_follow_the_edits(scene):
+    cells, nuclei = scene
+    table = edit.remeasure(None, cells, nuclei)
+    assert table["label"].tolist() == [1, 2, 3, 4] and not table["reviewed"].any()
+    table = edit.set_type(table, [2, 3], "neutrophil")
+    table = edit.set_type(table, 4, "lymphocyte")
+    table = edit.mark_reviewed(table, 2)
+    assert count_summary(table)["n_neutrophil"] == 2
+    with pytest.raises(ValueError, match="no cell"):
+        edit.mark_reviewed(table, 9)
+
+    out = edit.split_cell(cells, nuclei, 1, [(30, 30), (30, 58)])
+    out = edit.delete_cell(out.cells, out.nuclei, 3)
+    assert edit.edited_cells(cells, nuclei, out.cells, out.nuclei) == [1, 3, 5]
+    table = edit.remeasure(table, out.cells, out.nuclei, pixel_size=0.1)
+    assert table["label"].tolist() == [1, 2, 4, 5]
+    assert table["cell_type"].tolist() == [None, "neutrophil", "lymphocyte", None]
+    assert table["reviewed"].tolist() == [False, True, False, False]
+    assert count_summary(table) == {"white_cells": 4, "complete_cells": 4, "n_lymphocyte": 1,
+                                    "n_neutrophil": 1}
+    assert "cell_area_um2" in table
