@@ -36,10 +36,12 @@ def main() -> None:
         m = r["metrics"]
         ref = PAPERS.get(name, {})
         paper_mif = f"{ref['mifnet_cytoplasm']} / {ref['mifnet_nucleus']}" if ref else "-"
-        print(f"| {name} | {r['images']} | {100 * m['cell']['dice']:.2f} | {100 * m['cytoplasm']['dice']:.2f} "
-              f"| {100 * m['nucleus']['dice']:.2f} | {100 * m['cell']['miou']:.2f} | {100 * m['cell']['me']:.2f} "
-              f"| {r['count']['mean_abs_error']:.3f} | {100 * r['count']['exact']:.0f}% "
-              f"| {paper_mif} | {ref.get('wbcnet_cell', '-')} |", flush=True)
+        cells = [f"{100 * m[region][metric]:.2f}" for region, metric in
+                 (("cell", "dice"), ("cytoplasm", "dice"), ("nucleus", "dice"), ("cell", "miou"), ("cell", "me"))]
+        count = r["count"]
+        row = [name, str(r["images"]), *cells, f"{count['mean_abs_error']:.3f}", f"{100 * count['exact']:.0f}%",
+               paper_mif, str(ref.get("wbcnet_cell", "-"))]
+        print("| " + " | ".join(row) + " |", flush=True)
     print(f"\nweights: {r['weights']} (sha256 {r['weights_sha256'][:16]}...), device {r['device']}")
 
 

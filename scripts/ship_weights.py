@@ -22,7 +22,8 @@ def main() -> None:
     net, spec = load_model(weights=args.run)
     name = args.name or spec.name
     history = json.loads((Path(args.run) / "history.json").read_text())
-    spec.extra["trained"] = {"best": history.get("best"), "steps": history.get("steps") or len(history["loss"]),
+    steps = history.get("steps") or len(history["loss"])
+    spec.extra["trained"] = {"best": history.get("best"), "steps": steps,
                              "data": [Path(d).name for d in history["data"]]}
     folder = save_model(net, spec, SHIPPED / name, half=True)
     assert read_spec(folder).name == spec.name

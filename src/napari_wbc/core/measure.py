@@ -3,7 +3,7 @@
 Columns: ``label`` (the cell id), centroid, areas of cell, nucleus and cytoplasm (cell
 minus nucleus), ``ncr`` = nucleus area / cytoplasm area (MIF-Net Eq. 10),
 ``nucleus_cell_ratio`` = nucleus area / cell area, perimeter, circularity
-(4 pi area / perimeter^2, 1 for a disc; Crofton perimeter estimate), the number of nucleus lobes, and whether the
+(4 pi area / perimeter^2, 1 for a disc; Crofton perimeter), the number of nucleus lobes, and whether the
 cell touches the image border. With a pixel size, areas in um^2 and lengths in um too.
 """
 

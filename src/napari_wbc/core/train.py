@@ -76,7 +76,8 @@ class PatchSampler:
 
     def batch(self, n: int):
         idx = self.rng.integers(len(self.items), size=n)
-        xs, ys = zip(*(augment(*self.items[i][:2], self.aug, self.rng, self.items[i][2]) for i in idx))
+        xs, ys = zip(*(augment(*self.items[i][:2], self.aug, self.rng, self.items[i][2]) for i in idx),
+                     strict=True)
         return np.stack(xs), np.stack(ys)
 
 
@@ -169,7 +170,8 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
         x = (x - np.float32(spec.mean)) / np.float32(spec.std)
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
         yt = torch.from_numpy(y).to(device)
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=config.bf16):
+        kind = device.split(":")[0]
+        with torch.autocast(device_type=kind, dtype=torch.bfloat16, enabled=config.bf16):
             logits = net(xt)
         loss = segmentation_loss(logits.float(), yt, config.dice_weight)
         opt.zero_grad(set_to_none=True)
@@ -179,7 +181,8 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
         step += 1
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         history["loss"].append([step, round(loss.item(), 5)])
-        info = {"loss": running, "epoch": step / steps_per_epoch, "s_per_step": (time.time() - t0) / (step - start)}
+        seconds = (time.time() - t0) / (step - start)
+        info = {"loss": running, "epoch": step / steps_per_epoch, "s_per_step": seconds}
         if step % config.val_every == 0 or step == total:
             scores = validate(net, spec, val_pairs, device) if val_pairs else {"dice_cell": -step}
             score = scores["dice_cell"] + scores.get("dice_nucleus", 0.0)
