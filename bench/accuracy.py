@@ -36,11 +36,11 @@ def main() -> None:
         m = r["metrics"]
         ref = PAPERS.get(name, {})
         paper_mif = f"{ref['mifnet_cytoplasm']} / {ref['mifnet_nucleus']}" if ref else "-"
-        cells = [f"{100 * m[region][metric]:.2f}" for region, metric in
-                 (("cell", "dice"), ("cytoplasm", "dice"), ("nucleus", "dice"), ("cell", "miou"), ("cell", "me"))]
+        columns = (("cell", "dice"), ("cytoplasm", "dice"), ("nucleus", "dice"), ("cell", "miou"), ("cell", "me"))
+        cells = [f"{100 * m[region][metric]:.2f}" for region, metric in columns]
         count = r["count"]
-        row = [name, str(r["images"]), *cells, f"{count['mean_abs_error']:.3f}", f"{100 * count['exact']:.0f}%",
-               paper_mif, str(ref.get("wbcnet_cell", "-"))]
+        row = [name, str(r["images"]), *cells, f"{count['mean_abs_error']:.3f}",
+               f"{100 * count['exact']:.0f}%", paper_mif, str(ref.get("wbcnet_cell", "-"))]
         print("| " + " | ".join(row) + " |", flush=True)
     print(f"\nweights: {r['weights']} (sha256 {r['weights_sha256'][:16]}...), device {r['device']}")
 
