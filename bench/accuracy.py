@@ -36,7 +36,8 @@ def main() -> None:
         m = r["metrics"]
         ref = PAPERS.get(name, {})
         paper_mif = f"{ref['mifnet_cytoplasm']} / {ref['mifnet_nucleus']}" if ref else "-"
-        columns = (("cell", "dice"), ("cytoplasm", "dice"), ("nucleus", "dice"), ("cell", "miou"), ("cell", "me"))
+        columns = (("cell", "dice"), ("cytoplasm", "dice"), ("nucleus", "dice"),
+                   ("cell", "miou"), ("cell", "me"))
         cells = [f"{100 * m[region][metric]:.2f}" for region, metric in columns]
         count = r["count"]
         row = [name, str(r["images"]), *cells, f"{count['mean_abs_error']:.3f}",
