@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
@@ -28,7 +29,6 @@ from ..core.io import InputError
 
 if TYPE_CHECKING:
     import napari
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,13 @@ LABEL_ROLE = Qt.ItemDataRole.UserRole
 NAPARI_ONLY_COLUMNS = ("index",)  # napari's label -> row key, equal to `label`
 
 
+# after the cell id: the review's verdict (sort by IoU for the cells to fix), the user's marks, the NCR
+FIRST_COLUMNS = ("label", "status", "iou", "cell_type", "reviewed", "edited", "ncr", "nucleus_cell_ratio")
+
+
 def display_order(columns) -> list[str]:
-    """The NCR first after the cell id, centroids last (they matter to the export, not the eye)."""
-    first = [c for c in ("label", "ncr", "nucleus_cell_ratio") if c in columns]
+    """Review and user columns, then the NCR, after the cell id; centroids last (for the export)."""
+    first = [c for c in FIRST_COLUMNS if c in columns]
     last = [c for c in columns if c.startswith("centroid_")]
     return first + [c for c in columns if c not in first and c not in last] + last
 
@@ -49,6 +53,8 @@ def _is_cells_layer(layer) -> bool:
 
 def _cell_text(value):
     """What a table cell shows: numbers stay numbers (so sorting is numeric), rounded."""
+    if value is None or value is pd.NA:  # e.g. no reference cell for an extra cell
+        return "–"
     if isinstance(value, bool | np.bool_):
         return "yes" if value else "no"
     if isinstance(value, int | np.integer):

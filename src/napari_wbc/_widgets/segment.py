@@ -20,6 +20,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QSizePolicy
 
 from ..core.io import InputError, to_rgb8
@@ -90,6 +91,20 @@ def _segment_job(image: np.ndarray, model: str, device: str, pixel_size: float |
     return result, table
 
 
+class _RefreshOnOpen(QObject):
+    """Rebuilds a combo box's choices as the user opens it (e.g. models trained meanwhile)."""
+
+    def __init__(self, combo):
+        super().__init__(combo.native)
+        self._combo = combo
+        combo.native.installEventFilter(self)
+
+    def eventFilter(self, _obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.MouseButtonPress:
+            self._combo.reset_choices()
+        return False
+
+
 class SegmentWidget(Container):
     """Segment white blood cells in an RGB smear layer."""
 
@@ -108,6 +123,7 @@ class SegmentWidget(Container):
                               tooltip=TIPS["model"])
         if DEFAULT_MODEL in models:
             self.model.value = DEFAULT_MODEL
+        self._model_refresh = _RefreshOnOpen(self.model)
         self.device = ComboBox(label="device", choices=available_devices(), value="auto",
                                tooltip=TIPS["device"])
         self.pixel_size = FloatSpinBox(label="pixel size (µm/px)", value=0.0, min=0.0, max=100.0,

@@ -1,0 +1,85 @@
+"""Screenshot of the review flow: a bccd sample field segmented, reviewed against its ground truth.
+
+Writes docs/screenshot_review.png: the "<image> review" layer (TP cytoplasm yellow, TP
+nucleus blue, false positive green, false negative red) over the field, with the Review
+widget and the measurement table (review columns joined) docked. Needs a display and
+../shared/datasets; on a server run it under Xvfb:
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" env QT_QPA_PLATFORM=xcb \
+        .venv/bin/python bench/screenshot_review.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+REVIEW_WIDGET = "Review against a reference"  # display name in napari.yaml
+
+
+def _wait(app, busy, timeout: float, what: str) -> bool:
+    deadline = time.monotonic() + timeout
+    while busy():
+        if time.monotonic() > deadline:
+            print(f"{what} still running after {timeout:.0f} s", file=sys.stderr)
+            return False
+        app.processEvents()
+        time.sleep(0.05)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(ROOT / "docs" / "screenshot_review.png"))
+    p.add_argument("--sample", default="two_cells")
+    p.add_argument("--size", default="1500x950", help="window size, WIDTHxHEIGHT")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each step")
+    args = p.parse_args(argv)
+
+    import napari
+    from PIL import Image
+    from qtpy.QtWidgets import QApplication
+
+    from napari_wbc._sample_data import sample_path
+    from napari_wbc.demo import PLUGIN, start_demo
+
+    stem = sample_path(args.sample).stem
+    truth = DATASETS / "bccd" / "labels" / f"{stem}.png"
+    if not truth.exists():
+        print(f"no ground truth for {stem} at {truth}", file=sys.stderr)
+        return 1
+    viewer = napari.Viewer(title="napari WBC", show=True)
+    width, height = (int(v) for v in args.size.split("x"))
+    viewer.window.resize(width, height)
+    app = QApplication.instance()
+    segment = start_demo(viewer, args.sample)
+    running = lambda: segment.worker is not None  # noqa: E731
+    if segment.worker is None or not _wait(app, running, args.timeout, "segmentation"):
+        return 1
+    viewer.window.remove_dock_widget(segment.native)  # the review is the subject here
+    _, review = viewer.window.add_plugin_dock_widget(PLUGIN, REVIEW_WIDGET)
+    review.prediction.value = viewer.layers[f"{stem} cells"]
+    review.open_reference(truth)
+    if review.run() is None or not _wait(app, lambda: review.worker is not None, args.timeout, "review"):
+        return 1
+    viewer.layers[f"{stem} nuclei"].visible = False  # the review colours say it all
+    viewer.layers.selection.active = viewer.layers[f"{stem} cells"]
+    viewer.reset_view()
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.05)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(shot).save(out, optimize=True)
+    print(f"wrote {out} ({shot.shape[1]}x{shot.shape[0]}): {review.summary.value}")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

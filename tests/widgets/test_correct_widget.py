@@ -1,0 +1,271 @@
+"""Correct widget: every edit keeps the labels valid and the measurements current; save for training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_wbc._widgets.correct import CorrectWidget
+from napari_wbc._widgets.review import ReviewWidget
+from napari_wbc.core.dataset import read_manifest, validate_training_folder
+from napari_wbc.core.edit import check_invariants
+from napari_wbc.core.measure import measure_cells
+from napari_wbc.core.review import FN, TP_CYTOPLASM, classes_from_instances
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 30_000
+SCALE = (0.5, 0.5)
+
+
+def _labels():
+    cells = np.zeros((80, 100), np.uint32)
+    cells[5:25, 5:25] = 1
+    cells[5:25, 25:45] = 2  # touches cell 1
+    cells[40:70, 10:60] = 3  # wide: two cells to split
+    nuclei = np.zeros_like(cells)
+    nuclei[10:20, 10:20] = 1
+    nuclei[10:20, 30:40] = 2
+    nuclei[50:60, 15:25] = 3
+    nuclei[50:60, 45:55] = 3
+    return cells, nuclei
+
+
+@pytest.fixture
+def setup(make_napari_viewer_proxy):
+    return _setup(make_napari_viewer_proxy())
+
+
+def _setup(viewer):
+    image = np.zeros((80, 100, 3), np.uint8)
+    image[..., 0] = 200
+    viewer.add_image(image, name="smear", rgb=True, scale=SCALE, metadata={"source": "/data/smear.png"})
+    cells, nuclei = _labels()
+    meta = {"source_layer": "smear", "model": "mifnet", "source": "/data/smear.png"}
+    nuclei_layer = viewer.add_labels(nuclei, name="smear nuclei", scale=SCALE, metadata=meta)
+    table = measure_cells(cells, nuclei)
+    cells_layer = viewer.add_labels(cells, name="smear cells", scale=SCALE, metadata=meta,
+                                    features=table.assign(index=table["label"]))
+    widget = CorrectWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="correct")
+    assert widget.layer.value == cells_layer
+    return viewer, cells_layer, nuclei_layer, widget
+
+
+def _settle(qtbot, widget):
+    """Wait for the measurements to follow the last edit."""
+    qtbot.waitUntil(lambda: not widget.tracker.busy, timeout=TIMEOUT_MS)
+
+
+def _state(cells_layer, nuclei_layer):
+    cells, nuclei = np.asarray(cells_layer.data), np.asarray(nuclei_layer.data)
+    assert check_invariants(cells, nuclei) == []
+    features = cells_layer.features
+    assert sorted(features["label"]) == sorted(np.unique(cells[cells > 0]))
+    for row in features.itertuples():
+        assert row.cell_area_px == (cells == row.label).sum()
+        assert row.nucleus_area_px == (nuclei == row.label).sum()
+    assert cells_layer.metadata["counts"]["white_cells"] == len(features)
+    return cells, nuclei, features.set_index("label")
+
+
+def test_delete_and_merge(setup, qtbot, notifications):
+    _, cells_layer, nuclei_layer, widget = setup
+    widget.ids.value = "2"
+    widget.delete_button.clicked.emit()
+    _settle(qtbot, widget)
+    cells, nuclei, features = _state(cells_layer, nuclei_layer)
+    assert 2 not in cells and 2 not in nuclei and list(features.index) == [1, 3]
+    assert widget.edited == {2} and widget.ids.value == ""
+    nuclei_layer.undo()  # napari's undo, in both layers, brings the cell back with its nucleus
+    cells_layer.undo()
+    _settle(qtbot, widget)
+    cells, nuclei, features = _state(cells_layer, nuclei_layer)
+    assert list(features.index) == [1, 2, 3] and features.loc[2, "nucleus_area_px"] == 100
+    assert widget.edited == {2}  # it was edited, even if back as it was
+
+    widget.ids.value = "1, 2"
+    widget.merge_button.clicked.emit()
+    _settle(qtbot, widget)
+    cells, nuclei, features = _state(cells_layer, nuclei_layer)
+    assert list(features.index) == [1, 3]
+    assert features.loc[1, "cell_area_px"] == 800 and cells_layer.selected_label == 1
+    assert widget.edited == {1, 2} and bool(features.loc[1, "edited"]) and not features.loc[3, "edited"]
+    widget.ids.value = "1, 3"  # not touching
+    widget.merge_button.clicked.emit()
+    assert "do not touch" in notifications[-1][1]
+
+
+def test_split_with_points_and_with_a_line(setup, qtbot):
+    _, cells_layer, nuclei_layer, widget = setup
+    points = widget.add_drawing("points")
+    assert points.name == "smear edit points" and widget.drawing.value == points
+    points.data = np.array([[55, 20], [55, 50]]) # (y, x): the points layer shares the cells' scale
+    widget.split_button.clicked.emit()
+    _settle(qtbot, widget)
+    cells, nuclei, features = _state(cells_layer, nuclei_layer)
+    assert list(features.index) == [1, 2, 3, 4]
+    assert cells[55, 20] == 3 and cells[55, 50] == 4
+    assert len(points.data) == 0  # the drawing was used up
+
+    shapes = widget.add_drawing("shapes")
+    shapes.add(np.array([[0, 15], [30, 15]]), shape_type="line")  # across cell 1
+    widget.ids.value = ""
+    widget.split_button.clicked.emit()
+    _settle(qtbot, widget)
+    cells, _, features = _state(cells_layer, nuclei_layer)
+    assert list(features.index) == [1, 2, 3, 4, 5]
+    assert {int(cells[15, 8]), int(cells[15, 22])} == {1, 5}
+    assert widget.edited == {1, 3, 4, 5}
+
+
+def test_new_cell_from_a_polygon_or_a_mask_and_its_nucleus(setup, qtbot):
+    viewer, cells_layer, nuclei_layer, widget = setup
+    shapes = widget.add_drawing("shapes")
+    shapes.add(np.array([[72, 70], [72, 95], [79, 95], [79, 70]]), shape_type="polygon")
+    widget.new_button.clicked.emit()
+    _settle(qtbot, widget)
+    cells, _, features = _state(cells_layer, nuclei_layer)
+    assert list(features.index) == [1, 2, 3, 4] and cells[75, 80] == 4
+    assert widget.ids.value == "4" and cells_layer.selected_label == 4
+
+    mask = widget.add_drawing("mask")
+    painted = np.zeros((80, 100), np.uint8)
+    painted[30:38, 70:90] = 1
+    mask.data = painted
+    widget.new_button.clicked.emit()
+    _settle(qtbot, widget)
+    cells, _, features = _state(cells_layer, nuclei_layer)
+    assert features.loc[5, "cell_area_px"] == 8 * 20 and not mask.data.any()
+
+    # a nucleus drawn over the new cell and beyond it: only its part inside the cell counts
+    viewer.layers.selection.active = shapes  # the drawing follows the active drawing layer
+    assert widget.drawing.value == shapes
+    shapes.add(np.array([[28, 75], [28, 80], [34, 80], [34, 75]]), shape_type="rectangle")
+    widget.nucleus_button.clicked.emit()
+    _settle(qtbot, widget)
+    _, nuclei, features = _state(cells_layer, nuclei_layer)
+    assert features.loc[5, "nucleus_area_px"] == (nuclei == 5).sum() > 0
+    assert not (nuclei[28:30, 75:81]).any()  # above the cell
+    widget.nucleus_mode.value = "remove"
+    shapes.add(np.array([[0, 0], [0, 99], [79, 99], [79, 0]]), shape_type="rectangle")
+    widget.ids.value = "3"
+    widget.nucleus_button.clicked.emit()
+    _settle(qtbot, widget)
+    _, nuclei, features = _state(cells_layer, nuclei_layer)
+    assert features.loc[3, "nucleus_area_px"] == 0 and features.loc[1, "nucleus_area_px"] == 100
+
+
+def test_brush_edits_keep_nuclei_inside_their_cells(setup, qtbot):
+    _, cells_layer, nuclei_layer, widget = setup
+    cells_layer.brush_size = 5
+    cells_layer.paint((12, 12), 0)  # erase a hole in cell 1, over its nucleus
+    nuclei_layer.paint((60, 80), 3)  # a nucleus on background
+    _settle(qtbot, widget)
+    cells, nuclei, _ = _state(cells_layer, nuclei_layer)
+    assert cells[12, 12] == 0 and nuclei[12, 12] == 0 and nuclei[60, 80] == 0
+    assert widget.edited == {1}  # the stray nucleus was dropped: cell 3 is as it was
+    cells_layer.paint((75, 90), 9)  # a new cell, painted
+    _settle(qtbot, widget)
+    _, _, features = _state(cells_layer, nuclei_layer)
+    assert 9 in features.index and widget.edited == {1, 9}
+    cells_layer.data = _labels()[0]  # a new segmentation: nothing edited yet
+    nuclei_layer.data = _labels()[1]
+    _settle(qtbot, widget)
+    _state(cells_layer, nuclei_layer)
+    assert widget.edited == set() and cells_layer.metadata["edited"] == []
+
+
+def test_type_and_reviewed_survive_edits(setup, qtbot):
+    _, cells_layer, nuclei_layer, widget = setup
+    cells_layer.selected_label = 3
+    assert widget.ids.value == "3" and not widget.reviewed.value
+    widget.cell_type.value = "neutrophil"
+    widget.type_button.clicked.emit()
+    widget.reviewed.value = True
+    features = cells_layer.features.set_index("label")
+    assert features.loc[3, "cell_type"] == "neutrophil" and bool(features.loc[3, "reviewed"])
+    assert features.loc[1, "cell_type"] is None and not features.loc[1, "reviewed"]
+    widget.ids.value = "1"
+    widget.delete_button.clicked.emit()
+    _settle(qtbot, widget)
+    _, _, features = _state(cells_layer, nuclei_layer)
+    assert features.loc[3, "cell_type"] == "neutrophil" and bool(features.loc[3, "reviewed"])
+    cells_layer.selected_label = 3
+    assert widget.reviewed.value  # the check box shows the selected cell's flag
+
+
+def test_edits_update_the_review(setup, qtbot):
+    viewer, cells_layer, nuclei_layer, widget = setup
+    cells, nuclei = _labels()
+    viewer.add_labels(classes_from_instances(cells == 1, nuclei == 1), name="truth", scale=SCALE)
+    review = ReviewWidget(viewer)
+    viewer.window.add_dock_widget(review, name="review")
+    review.prediction.value, review.reference.value = cells_layer, viewer.layers["truth"]
+    review.run()
+    qtbot.waitUntil(lambda: review.worker is None, timeout=TIMEOUT_MS)
+    assert review.summary.value.startswith("cells: 1 matched, 0 missed, 2 extra")
+    widget.ids.value = "2, 3"  # delete both extra cells
+    widget.delete_button.clicked.emit()
+    _settle(qtbot, widget)
+    assert review.summary.value.startswith("cells: 1 matched, 0 missed, 0 extra")
+    assert cells_layer.features["status"].tolist() == ["matched"]
+    widget.ids.value = "1"
+    widget.delete_button.clicked.emit()
+    _settle(qtbot, widget)
+    codes = np.asarray(viewer.layers["smear review"].data)
+    assert codes[7, 7] == FN and TP_CYTOPLASM not in codes
+    assert review.summary.value.startswith("cells: 0 matched, 1 missed, 0 extra")
+
+
+def test_save_as_training_data(setup, qtbot, tmp_path, notifications):
+    from napari_wbc.models import resolve_weights, sha256
+
+    _, cells_layer, nuclei_layer, widget = setup
+    widget.ids.value = "1, 2"
+    widget.merge_button.clicked.emit()
+    _settle(qtbot, widget)
+    folder = tmp_path / "training"
+    widget.folder.value = folder
+    widget.save_button.clicked.emit()
+    assert validate_training_folder(folder) == []
+    (record,) = read_manifest(folder)
+    assert record["stem"] == "smear" and record["source"] == "/data/smear.png"
+    assert record["cells_edited"] == 2 and record["edited_ids"] == [1, 2]
+    assert record["model"] == "mifnet"
+    assert record["weights_sha256"] == sha256(resolve_weights("mifnet") / "model.safetensors")
+    assert record["n_cells"] == 2 and record["shape"] == [80, 100] and "date" in record
+    assert ("info", f"saved smear to {folder} (2 cells edited)") in notifications
+    widget.save_button.clicked.emit()  # a second save never overwrites the first
+    assert [r["stem"] for r in read_manifest(folder)] == ["smear", "smear-2"]
+    assert validate_training_folder(folder) == []
+
+
+def test_ctrl_click_adds_a_cell_to_the_ids(setup):
+    from types import SimpleNamespace
+
+    _, cells_layer, _, widget = setup
+    cells_layer.selected_label = 1
+    click = SimpleNamespace(type="mouse_press", modifiers=("Control",), position=(15 * 0.5, 35 * 0.5),
+                            view_direction=None, dims_displayed=[0, 1])
+    assert widget._on_click in cells_layer.mouse_drag_callbacks
+    widget._on_click(cells_layer, click)  # what napari calls on a click on the cells layer
+    assert widget.cell_ids() == [1, 2]
+    widget._on_click(cells_layer, SimpleNamespace(**{**vars(click), "modifiers": ()}))
+    assert widget.cell_ids() == [1, 2]  # a plain click does not pick
+
+
+def test_save_the_visible_part(make_napari_viewer_proxy, qtbot, tmp_path):
+    viewer, _, _, widget = _setup(make_napari_viewer_proxy(show=True))  # drawn: the view is known
+    image = viewer.layers["smear"]
+    viewer.scene.camera.center = (20 * 0.5, 25 * 0.5)
+    viewer.scene.camera.zoom *= 1.5
+    qtbot.waitUntil(lambda: np.asarray(image.corner_pixels)[1, 0] < 79, timeout=10_000)
+    widget.visible_only.value = True
+    widget.folder.value = tmp_path / "training"
+    widget.save_button.clicked.emit()
+    (record,) = read_manifest(tmp_path / "training")
+    y0, x0, y1, x1 = record["region"]
+    assert record["shape"] == [y1 - y0, x1 - x0] and record["shape"] != [80, 100]
+    assert record["stem"] == f"smear_y{y0}_x{x0}"
+    assert validate_training_folder(tmp_path / "training") == []
