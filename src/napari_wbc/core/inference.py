@@ -13,17 +13,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .postprocess import instances_from_classes
+from .postprocess import DEFAULT_CELL_DIAMETER_PX, instances_from_classes
 
 Progress = tuple[int, int, str]
+
+# without a pixel size, white cells wider or narrower than this (px) are brought to the
+# target width; the network was trained on cells 60-200 px wide and is best in between
+AUTO_SCALE_RANGE = (60.0, 125.0)
+AUTO_SCALE_TARGET = 105.0
 
 
 @dataclass
 class Segmentation:
-    classes: np.ndarray  # (H, W) uint8: 0 background, 1 cytoplasm, 2 nucleus
+    classes: np.ndarray  # (H, W) uint8 of the result: 0 background, 1 cytoplasm, 2 nucleus
     cells: np.ndarray  # (H, W) uint32 cell instances
     nuclei: np.ndarray  # (H, W) uint32, nucleus pixels carry their cell's id
     scale: float  # factor the image was resampled by for the network
+    network: np.ndarray | None = None  # (H, W) uint8 argmax of the network, before clean-up
 
 
 def working_scale(spec, pixel_size: float | None) -> float:
@@ -62,17 +68,49 @@ def predict_probabilities(net, spec, image: np.ndarray, device: str = "cpu",
 
 
 def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float | None = None,
-            ) -> Generator[Progress, None, Segmentation]:
-    """Segment one RGB uint8 field: network, then instances. Yields progress, returns result."""
+            auto_scale: bool = True) -> Generator[Progress, None, Segmentation]:
+    """Segment one RGB uint8 field: network, then instances. Yields progress, returns result.
+
+    With a pixel size the image is resampled to the network's working pixel size. Without
+    one and with ``auto_scale``, a first pass measures how wide the white cells are; when
+    they lie outside the width the network sees best (``AUTO_SCALE_RANGE``), the image is
+    resampled so that they are ``AUTO_SCALE_TARGET`` px wide and segmented again, which
+    handles fields from other magnifications.
+    """
     scale = working_scale(spec, pixel_size)
-    yield 0, 3, "running the network"
+    yield 0, 4, "running the network"
     prob = predict_probabilities(net, spec, image, device, scale)
-    yield 1, 3, "separating cells"
-    classes = prob.argmax(0).astype(np.uint8)
-    cell_px = None if pixel_size is None else 10.0 / pixel_size  # a ~10 um white cell
-    cells, nuclei = instances_from_classes(classes, cell_diameter=cell_px)
-    yield 3, 3, "done"
-    return Segmentation(classes, cells, nuclei, scale)
+    if pixel_size is None and auto_scale:
+        width = typical_cell_width(prob.argmax(0))
+        lo, hi = AUTO_SCALE_RANGE
+        if width is not None and not lo <= width <= hi:
+            scale = AUTO_SCALE_TARGET / width
+            yield 1, 4, f"white cells are ~{width:.0f} px wide: segmenting again at {scale:.2f}x"
+            prob = predict_probabilities(net, spec, image, device, scale)
+    yield 2, 4, "separating cells"
+    network = prob.argmax(0).astype(np.uint8)
+    # a typical 10 um white cell in image pixels, when the scale is known or was measured
+    diameter = None if scale == 1.0 else DEFAULT_CELL_DIAMETER_PX / scale
+    cells, nuclei = instances_from_classes(network, cell_diameter=diameter)
+    classes = np.where(nuclei > 0, 2, np.where(cells > 0, 1, 0)).astype(np.uint8)
+    yield 4, 4, "done"
+    return Segmentation(classes, cells, nuclei, scale, network)
+
+
+def typical_cell_width(network_classes: np.ndarray) -> float | None:
+    """Median equivalent diameter (px) of the larger white-cell blobs with a nucleus."""
+    from scipy import ndimage
+
+    blobs, n = ndimage.label(network_classes > 0)
+    if n == 0:
+        return None
+    index = np.arange(1, n + 1)
+    area = ndimage.sum_labels(np.ones_like(blobs), blobs, index)
+    nucleus = ndimage.sum_labels(network_classes == 2, blobs, index)
+    ok = (nucleus > 0.02 * area) & (area >= 0.3 * area.max()) & (area >= 200)
+    if not ok.any():
+        return None
+    return float(np.median(np.sqrt(4 * area[ok] / np.pi)))
 
 
 def run(gen: Generator, progress=None):

@@ -19,6 +19,8 @@ MIN_DIAMETER_FRACTION = 0.45
 # typical white cell is ~100 px across (0.1 um/px).
 DEFAULT_CELL_DIAMETER_PX = 100.0
 MIN_NUCLEUS_FRACTION = 0.02
+# nucleus pinholes and specks below this fraction of a typical cell's area are speckle
+SPECK_FRACTION = 0.01
 
 
 def _split_touching(mask: np.ndarray, radius: float | None) -> np.ndarray:
@@ -57,13 +59,18 @@ def instances_from_classes(classes: np.ndarray, cell_diameter: float | None = No
     and the split of touching cells adapts to each object.
     """
     from skimage.measure import regionprops
+    from skimage.morphology import remove_small_holes, remove_small_objects
     from skimage.segmentation import relabel_sequential
 
     classes = np.asarray(classes)
     fg = ndimage.binary_fill_holes(classes > 0)
-    min_area = np.pi * (MIN_DIAMETER_FRACTION * (cell_diameter or DEFAULT_CELL_DIAMETER_PX) / 2) ** 2
+    typical_area = np.pi * ((cell_diameter or DEFAULT_CELL_DIAMETER_PX) / 2) ** 2
+    min_area = MIN_DIAMETER_FRACTION**2 * typical_area
     cells = _split_touching(fg, None if cell_diameter is None else cell_diameter / 2)
-    nucleus = classes == 2
+    # speckle: pinholes in a nucleus are nucleus, specks of "nucleus" in cytoplasm are not
+    speck = max(4, int(SPECK_FRACTION * typical_area))
+    nucleus = remove_small_holes(classes == 2, max_size=speck)
+    nucleus = remove_small_objects(nucleus, max_size=speck)
     keep = np.zeros(int(cells.max()) + 1, bool)
     for region in regionprops(cells):
         rr, cc = region.coords[:, 0], region.coords[:, 1]

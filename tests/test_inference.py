@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from napari_wbc.core.dataset import list_pairs, load_pair
+from napari_wbc.core.inference import (
+    AUTO_SCALE_RANGE, AUTO_SCALE_TARGET, predict_probabilities, run, segment, typical_cell_width, working_scale,
+)
+from napari_wbc.models import ModelSpec, load_model
+
+
+def _disc(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+
+
+def test_typical_cell_width_ignores_fragments_and_blobs_without_nucleus():
+    classes = np.zeros((400, 400), np.uint8)
+    classes[_disc(classes.shape, 100, 100, 80)] = 1
+    classes[_disc(classes.shape, 100, 100, 30)] = 2
+    classes[_disc(classes.shape, 300, 300, 60)] = 1  # no nucleus: not a white cell
+    classes[_disc(classes.shape, 300, 80, 8)] = 2  # a small fragment
+    assert typical_cell_width(classes) == pytest.approx(160, rel=0.02)
+    assert typical_cell_width(np.zeros((10, 10), np.uint8)) is None
+
+
+def test_working_scale():
+    spec = ModelSpec("mifnet", pixel_size=0.1)
+    assert working_scale(spec, 0.25) == pytest.approx(2.5)
+    assert working_scale(spec, None) == 1.0
+    assert working_scale(ModelSpec("mifnet"), 0.25) == 1.0
+
+
+def test_probabilities_sum_to_one_at_any_size(trained_model):
+    net, spec = load_model(trained_model)
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    prob = predict_probabilities(net, spec, image, scale=1.7)
+    assert prob.shape == (3, 37, 53)
+    assert np.allclose(prob.sum(0), 1, atol=1e-4)
+
+
+def test_auto_scale_on_large_cells(datasets, trained_model):
+    """zheng_d2 crops show cells ~175 px wide: the second pass brings them to the target."""
+    net, spec = load_model(trained_model)
+    image, _ = load_pair(list_pairs(datasets / "zheng_d2", "test")[0])
+    steps = []
+    gen = segment(image, net, spec)
+    result = run(gen, lambda *step: steps.append(step))
+    assert result.scale < AUTO_SCALE_TARGET / AUTO_SCALE_RANGE[1] + 0.05
+    assert any("segmenting again" in message for _, _, message in steps)
+    assert result.cells.shape == image.shape[:2] and result.cells.max() >= 1
+    fixed = run(segment(image, net, spec, auto_scale=False))
+    assert fixed.scale == 1.0
+    # the result class map is the instances' own: nucleus inside cells, nothing outside
+    assert np.array_equal(result.classes > 0, result.cells > 0)
+    assert np.array_equal(result.classes == 2, result.nuclei > 0)
