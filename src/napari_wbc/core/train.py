@@ -134,6 +134,11 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
     if init_weights:
         from safetensors.torch import load_file
 
+        from ..models import sha256
+
+        spec.extra.pop("trained", None)  # the base model's record is not this model's
+        spec.extra["init"] = {"weights": str(init_weights),
+                              "sha256": sha256(Path(init_weights) / "model.safetensors")}
         state = load_file(str(Path(init_weights) / "model.safetensors"))
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -164,6 +169,7 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
     t0, running, start = time.time(), None, step
     while step < total:
         if cancelled is not None and cancelled():
+            history["cancelled"] = True
             checkpoint()
             break
         x, y = sampler.batch(config.batch_size)
