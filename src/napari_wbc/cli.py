@@ -24,16 +24,49 @@ def _bar(total: int, desc: str, unit: str = "it"):
 
 
 def cmd_segment(args) -> int:
-    from .core.batch import segment_files
+    from .core.batch import expand_inputs, segment_files
+    from .core.slide import SLIDE_SUFFIXES, is_slide
 
-    with _bar(len(args.inputs), "segment", "image") as bar:
-        failures = segment_files(
-            args.inputs, args.out, model=args.model, weights=args.weights, device=args.device,
-            pixel_size=args.pixel_size, on_done=lambda name: bar.update(1),
-            on_error=lambda path, msg: bar.write(f"error: {msg}", file=sys.stderr),
-        )
-    print(f"wrote results for {len(args.inputs) - failures} of {len(args.inputs)} inputs to {args.out}")
+    items = expand_inputs(args.inputs)
+    items += [p for item in map(Path, args.inputs) if item.is_dir()
+              for p in sorted(item.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES]
+    slides = [p for p in items if is_slide(p)]
+    fields = [p for p in items if p not in slides]
+    failures = 0
+    if fields:
+        with _bar(len(fields), "segment", "image") as bar:
+            failures = segment_files(
+                fields, args.out, model=args.model, weights=args.weights, device=args.device,
+                pixel_size=args.pixel_size, on_done=lambda name: bar.update(1),
+                on_error=lambda path, msg: bar.write(f"error: {msg}", file=sys.stderr),
+            )
+    for path in slides:
+        try:
+            _segment_slide(path, args)
+        except InputError as err:
+            failures += 1
+            print(f"error: {err}", file=sys.stderr)
+    print(f"wrote results for {len(items) - failures} of {len(items)} inputs to {args.out}")
     return 1 if failures else 0
+
+
+def _segment_slide(path: Path, args) -> None:
+    """A whole slide, in tiles: resumes a stopped run in the same output folder."""
+    from .core.device import pick_device
+    from .core.wholeslide import segment_slide
+    from .models import load_model
+
+    device = pick_device(args.device)
+    net, spec = load_model(args.model, args.weights, device)
+    gen = segment_slide(path, args.out, net, spec, tile=args.tile, pixel_size=args.pixel_size, device=device)
+    with _bar(0, f"slide {path.name}", "tile") as bar:
+        while True:
+            try:
+                done, total, _ = next(gen)
+            except StopIteration:
+                return
+            bar.total, bar.n = total, done
+            bar.refresh()
 
 
 def cmd_evaluate(args) -> int:
@@ -107,10 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--weights", default=None, help="a weights folder written by `napari-wbc train`")
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
 
-    s = sub.add_parser("segment", help="segment smear images; write cells, nuclei and measurements")
-    s.add_argument("inputs", nargs="+", help="image files or folders")
+    s = sub.add_parser("segment", help="segment smear images and whole slides; write cells, nuclei and "
+                                       "measurements")
+    s.add_argument("inputs", nargs="+", help="image or slide files, or folders")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--pixel-size", type=float, default=None, help="um per pixel, when the files do not say")
+    s.add_argument("--tile", type=int, default=None,
+                   help="tile side (px) for whole slides (SVS, pyramidal or huge TIFF); any size gives the "
+                        "same cells (default: 1024 px at the network's scale)")
     model_args(s)
     s.set_defaults(func=cmd_segment)
 

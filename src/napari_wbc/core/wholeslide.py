@@ -1,0 +1,237 @@
+"""Segment a whole slide in tiles: a generator that yields per tile, resumes, and writes results.
+
+``segment_slide`` runs the two passes of :mod:`.tiling` over a :class:`~.slide.Slide` and
+writes, into ``out``: ``<name>_cells.tif`` and ``<name>_nuclei.tif`` (pyramidal uint32
+OME-TIFF labels, nucleus = owning cell id), ``<name>_cells.csv`` (one row per cell, slide
+px and um) and ``<name>_summary.csv`` (counts). Work in progress lives in
+``out/.<name>.work``: the class map (chunked zarr, one chunk per tile), a marker per
+classified tile and a file per tile's cells, so a stopped run resumes where it was and
+several processes (``shard=(i, n)``) can share one slide. Memory stays that of a few tiles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .batch import write_atomic
+from .inference import Progress, working_scale
+from .io import InputError
+from .postprocess import DEFAULT_CELL_DIAMETER_PX
+from .slide import Slide, open_slide
+from .tiling import (
+    PURPLE,
+    TileCells,
+    TileGrid,
+    WorkGrid,
+    cells_in_tile,
+    finish_margin,
+    has_nucleus_stain,
+    network_context,
+)
+
+log = logging.getLogger(__name__)
+# default tile side in working px: the network's activations for one tile take ~1.5 GB
+WORK_TILE = 1024
+
+
+@dataclass
+class SlideResult:
+    cells: Path
+    nuclei: Path
+    table: Path
+    summary: Path
+    counts: dict
+    tiles: int
+    skipped: int
+    pixel_size: float | None
+    scale: float
+
+
+def _plan(slide: Slide, spec, px, tile, halo, skip_empty) -> dict:
+    scale = working_scale(spec, px)
+    diameter = None if scale == 1.0 else DEFAULT_CELL_DIAMETER_PX / scale  # as core.inference.segment
+    if halo is None:  # the widest white cell (20 um) and the margin around it
+        halo = int(2 * DEFAULT_CELL_DIAMETER_PX / scale) + finish_margin(diameter)
+    if tile is None:  # about WORK_TILE working px, in slide px
+        tile = max(256, round(WORK_TILE / scale / 64) * 64)
+    tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    model = hashlib.sha256(json.dumps(spec.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+    return {"shape": list(slide.shape), "tile": list(tile), "halo": int(halo), "scale": scale,
+            "cell_diameter": diameter, "context": network_context(spec), "pixel_size": px,
+            "model": spec.name, "model_hash": model, "skip_empty": bool(skip_empty), "purple": PURPLE,
+            "version": 1}
+
+
+def _open_work(work: Path, plan: dict, shard: tuple[int, int]):
+    import zarr
+
+    plan_file = work / "plan.json"
+    if plan_file.exists() and json.loads(plan_file.read_text()) != plan:
+        if shard[1] > 1:
+            raise InputError(f"{work} holds a run with other settings; delete it to start over")
+        log.warning("%s holds a run with other settings: starting over", work)
+        shutil.rmtree(work)
+    for sub in ("classified", "cells"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    if not plan_file.exists():
+        write_atomic(plan_file, lambda p: p.write_text(json.dumps(plan, indent=1)))
+    return zarr.open_array(str(work / "classes.zarr"), mode="a", shape=tuple(plan["shape"]),
+                           chunks=tuple(plan["tile"]), dtype=np.uint8, fill_value=0)
+
+
+def _save_cells(path: Path, record: TileCells, table: pd.DataFrame) -> None:
+    arrays = {"origin": np.array(record.origin), "cells": record.cells, "nuclei": record.nuclei,
+              "first": record.first, "bbox": record.bbox}
+    arrays.update({f"table:{c}": table[c].to_numpy() for c in table.columns})
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    write_atomic(path, write)
+
+
+def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name: str | None = None,
+                  tile: int | tuple[int, int] | None = None, halo: int | None = None,
+                  pixel_size: float | None = None, device: str = "cpu", batch_size: int = 1,
+                  skip_empty: bool = True, shard: tuple[int, int] = (0, 1), poll: float = 2.0,
+                  keep_work: bool = False) -> Generator[Progress, None, SlideResult | None]:
+    """Segment a slide tile by tile into ``out``; yields ``(done, total, message)`` per tile.
+
+    ``pixel_size`` (um/px) overrides the file's; without either the slide is taken to be at
+    the network's working pixel size. ``tile`` (slide px, a side or (height, width))
+    defaults to ``WORK_TILE`` working px, which bounds the network's memory. ``halo``
+    (slide px) defaults to the widest white cell plus the clean-up margin. Tiles whose
+    neighbourhood shows no nucleus stain at low resolution are skipped (``skip_empty``).
+    ``shard=(i, n)``: this process does every n-th tile from the i-th, and shard 0 writes
+    the results once all are done; the others return None. Results do not depend on
+    ``tile``, ``batch_size`` or ``shard``.
+    """
+    if not isinstance(slide, Slide):
+        with open_slide(slide) as opened:
+            return (yield from segment_slide(opened, out, net, spec, name=name, tile=tile, halo=halo,
+                                             pixel_size=pixel_size, device=device, batch_size=batch_size,
+                                             skip_empty=skip_empty, shard=shard, poll=poll,
+                                             keep_work=keep_work))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = name or slide.name
+    px = pixel_size or slide.pixel_size
+    if px is None and spec.pixel_size is not None:
+        log.warning("%s: no pixel size; taking it to be the network's %.3g um/px", name, spec.pixel_size)
+    plan = _plan(slide, spec, px, tile, halo, skip_empty)
+    work = out / f".{name}.work"
+    store = _open_work(work, plan, shard)
+    grid = TileGrid(slide.shape, tuple(plan["tile"]), plan["halo"])
+    wgrid = WorkGrid(slide.shape, plan["scale"], plan["context"])
+    mine = [i for i in range(len(grid)) if i % shard[1] == shard[0]]
+    total = 2 * len(mine) + (1 if shard[0] == 0 else 0)
+    done = 0
+
+    def classified(i: int) -> Path:
+        return work / "classified" / str(i)
+
+    # pass 1: class map per tile core
+    todo = [i for i in mine if not classified(i).exists()]
+    done += len(mine) - len(todo)
+    look_ds = max(1.0, DEFAULT_CELL_DIAMETER_PX / plan["scale"] / 8)
+    batch: list[tuple[int, tuple, tuple]] = []
+
+    def flush():
+        nonlocal done
+        images = []
+        for _, window, _ in batch:
+            source = wgrid.source(window)
+            images.append(wgrid.to_work(slide.read(*source), source, window))
+        probs = predict_batch(net, spec, images, device)
+        for (i, window, _), prob in zip(batch, probs, strict=True):
+            core = grid.core(i)
+            store[core[0]:core[2], core[1]:core[3]] = wgrid.to_slide(prob, window, core)
+            classified(i).write_text("network")
+            done += 1
+            yield done, total, f"tile {i + 1}/{len(grid)}: classified"
+        batch.clear()
+
+    for i in todo:
+        core = grid.core(i)
+        if skip_empty and not has_nucleus_stain(slide.look(*grid.expand(core, grid.halo), look_ds)):
+            classified(i).write_text("skipped")
+            done += 1
+            yield done, total, f"tile {i + 1}/{len(grid)}: no nuclei, skipped"
+            continue
+        window = wgrid.window(core)
+        shape = (window[2] - window[0], window[3] - window[1])
+        if batch and shape != batch[0][2]:
+            yield from flush()
+        batch.append((i, window, shape))
+        if len(batch) >= batch_size:
+            yield from flush()
+    if batch:
+        yield from flush()
+    yield from _wait(lambda: all(classified(i).exists() for i in range(len(grid))), poll, done, total,
+                     "waiting for other workers to classify their tiles")
+
+    # pass 2: cells per tile, from the stored class map
+    for i in mine:
+        path = work / "cells" / f"{i}.npz"
+        if not path.exists():
+            record = TileCells()
+            if classified(i).read_text() != "skipped":
+                record = cells_in_tile(lambda b: store[b[0]:b[2], b[1]:b[3]], grid, i,
+                                       cell_diameter=plan["cell_diameter"])
+            table = _measure(record, px)
+            _save_cells(path, record, table)
+        done += 1
+        yield done, total, f"tile {i + 1}/{len(grid)}: cells separated"
+    if shard[0] != 0:
+        return None
+    yield from _wait(lambda: all((work / "cells" / f"{i}.npz").exists() for i in range(len(grid))), poll,
+                     done, total, "waiting for other workers to separate cells")
+    from .slide_output import write_results
+
+    skipped = sum(classified(i).read_text() == "skipped" for i in range(len(grid)))
+    result = write_results(work, out, name, grid, plan, spec, skipped)
+    yield total, total, "done"
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def predict_batch(net, spec, images: list[np.ndarray], device: str = "cpu") -> list[np.ndarray]:
+    """(C, h, w) probabilities for equally shaped images, as ``inference.predict_probabilities``."""
+    import torch
+
+    xs = []
+    for image in images:
+        x = (image.astype(np.float32) / 255.0 - np.float32(spec.mean)) / np.float32(spec.std)
+        ph, pw = (-x.shape[0]) % 8, (-x.shape[1]) % 8
+        xs.append(np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(x.shape[:2]) > 8 else "edge"))
+    t = torch.from_numpy(np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2))).to(device)
+    with torch.inference_mode():
+        prob = torch.softmax(net(t).float(), 1).cpu().numpy()
+    h, w = images[0].shape[:2]
+    return [p[:, :h, :w] for p in prob]
+
+
+def _wait(ready, poll: float, done: int, total: int, message: str):
+    while not ready():
+        yield done, total, message
+        time.sleep(poll)
+
+
+def _measure(record: TileCells, px: float | None) -> pd.DataFrame:
+    from .measure import measure_cells
+
+    if not len(record.first):
+        return measure_cells(np.zeros((1, 1), np.uint32), np.zeros((1, 1), np.uint32), px)
+    return measure_cells(record.cells, record.nuclei, px, offset=tuple(float(v) for v in record.origin))

@@ -1,0 +1,292 @@
+"""Tiled segmentation equals untiled segmentation: network context, resampling, stitching, ids.
+
+Cheap checks (no trained network) cover the geometry and the stitching on synthetic class
+maps; the real model runs on bccd fields and on a mosaic slide built from them.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from napari_wbc.core.inference import run, segment
+from napari_wbc.core.io import read_image
+from napari_wbc.core.postprocess import instances_from_classes
+from napari_wbc.core.slide import Slide, build_mosaic_slide, open_slide
+from napari_wbc.core.slide_output import global_ids
+from napari_wbc.core.tiling import CONTEXT, TileGrid, WorkGrid, cells_in_tile, has_nucleus_stain
+from napari_wbc.core.wholeslide import segment_slide
+from napari_wbc.models import create_model, load_model
+
+
+def canonical(labels: np.ndarray) -> np.ndarray:
+    """Relabel by the raster order of each object's first pixel (the slide engine's id rule)."""
+    flat = labels.ravel()
+    nz = np.flatnonzero(flat)
+    ids, first = np.unique(flat[nz], return_index=True)
+    lut = np.zeros(int(labels.max()) + 1, np.uint32)
+    lut[ids[np.argsort(nz[first])]] = np.arange(1, len(ids) + 1)
+    return lut[labels]
+
+
+def test_mifnet_receptive_field_fits_its_context():
+    """Structural receptive field: all weights 1, an impulse at each phase (mod 8) of the input grid.
+
+    Kernels and strides are the same along y and x, so impulses on the diagonal cover all phases.
+    """
+    import torch
+
+    net = create_model("mifnet").double().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.zero_(), m.running_var.fill_(1.0), m.weight.fill_(0.01), m.bias.zero_()
+        x = torch.zeros(8, 3, 112, 112, dtype=torch.float64)
+        for p in range(8):
+            x[p, :, 48 + p, 48 + p] = 1.0
+        reach = net(x).abs().amax(1) > 0
+    extent = 0
+    for p in range(8):
+        ys, xs = np.nonzero(reach[p].numpy())
+        cy, cx = 48 + p, 48 + p
+        extent = max(extent, cy - ys.min(), ys.max() - cy, cx - xs.min(), xs.max() - cx)
+    assert 24 <= extent <= CONTEXT["mifnet"]
+
+
+def test_tile_grid_partitions_the_slide():
+    grid = TileGrid((1000, 700), (300, 256), 50)
+    assert (grid.rows, grid.cols, len(grid)) == (4, 3, 12)
+    cover = np.zeros((1000, 700), int)
+    for i in range(len(grid)):
+        y0, x0, y1, x1 = grid.core(i)
+        cover[y0:y1, x0:x1] += 1
+        assert grid.index(y0, x0) == i and grid.index(y1 - 1, x1 - 1) == i
+    assert (cover == 1).all()
+    assert grid.expand(grid.core(0), 50) == (0, 0, 350, 306)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.25, 0.8, 2.5])
+def test_resampling_does_not_depend_on_the_window(scale):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (203, 317, 3), dtype=np.uint8)
+    work = WorkGrid(image.shape[:2], scale, context=32)
+    whole_window = (0, 0, *work.work_shape)
+    whole = work.to_work(image, (0, 0, *image.shape[:2]), whole_window).astype(np.float32)
+    prob = rng.random((3, *work.work_shape)).astype(np.float32)
+    whole_classes = work.to_slide(prob, whole_window, (0, 0, *image.shape[:2]))
+    for box in [(0, 0, 64, 64), (70, 100, 150, 317), (150, 250, 203, 317), (37, 41, 38, 42)]:
+        window = work.window(box)
+        assert window[0] % 8 == 0 and window[1] % 8 == 0
+        assert window[2] % 8 == 0 or window[2] == work.work_shape[0]
+        source = work.source(window)
+        part = work.to_work(image[source[0]:source[2], source[1]:source[3]], source, window)
+        assert np.array_equal(part, whole[window[0]:window[2], window[1]:window[3]])
+        classes = work.to_slide(prob[:, window[0]:window[2], window[1]:window[3]], window, box)
+        assert np.array_equal(classes, whole_classes[box[0]:box[2], box[1]:box[3]])
+
+
+def synthetic_classes(shape, n, seed) -> np.ndarray:
+    """Overlapping cells with nuclei, nucleus specks, pinholes and a ring: a hard class map."""
+    rng = np.random.default_rng(seed)
+    classes = np.zeros(shape, np.uint8)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for _ in range(n):
+        cy, cx, r = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.uniform(25, 70)
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        classes[(d2 <= r * r) & (classes == 0)] = 1
+        classes[d2 <= (r / 2) ** 2] = 2
+    noise = rng.random(shape)
+    classes[noise < 0.002] = 2
+    classes[(noise > 0.998) & (classes > 0)] = 0
+    d2 = (yy - shape[0] // 3) ** 2 + (xx - shape[1] // 2) ** 2
+    classes[(d2 < 90**2) & (d2 > 70**2)] = 1
+    return classes
+
+
+def stitch(classes, tile, halo, diameter=None):
+    """Cells of every tile, with global ids, painted into one image (no overlaps allowed)."""
+    grid = TileGrid(classes.shape, tile, halo)
+    records = [cells_in_tile(lambda b: classes[b[0]:b[2], b[1]:b[3]], grid, i, cell_diameter=diameter)
+               for i in range(len(grid))]
+    cells, nuclei = np.zeros(classes.shape, np.uint32), np.zeros(classes.shape, np.uint32)
+    for record, ids in zip(records, global_ids([r.first for r in records]), strict=True):
+        if len(ids):
+            lut = np.concatenate([[0], ids]).astype(np.uint32)
+            y, x = record.origin
+            h, w = record.cells.shape
+            painted = record.cells > 0
+            assert not cells[y:y + h, x:x + w][painted].any(), "a cell was made twice"
+            cells[y:y + h, x:x + w][painted] = lut[record.cells[painted]]
+            nuclei[y:y + h, x:x + w][record.nuclei > 0] = lut[record.nuclei[record.nuclei > 0]]
+    return cells, nuclei
+
+
+@pytest.mark.parametrize("diameter", [None, 60.0])
+def test_stitching_matches_the_whole_class_map(diameter):
+    classes = synthetic_classes((560, 720), 35, seed=int(diameter or 0))
+    cells, nuclei = instances_from_classes(classes, cell_diameter=diameter)
+    expected = canonical(cells)
+    assert expected.max() >= 12
+    # seams through clusters of touching cells; a halo of 0 makes every cut object grow its window
+    for tile, halo in [((256, 256), 150), ((201, 333), 40), ((150, 500), 0)]:
+        got, got_nuclei = stitch(classes, tile, halo, diameter)
+        assert np.array_equal(got, expected), (tile, halo)
+        assert np.array_equal(got_nuclei, np.where(nuclei > 0, expected, 0)), (tile, halo)
+
+
+def test_skip_looks_for_nucleus_stain(datasets):
+    field = read_image(datasets / "bccd" / "images" / "BloodImage_00034.jpg").data
+    assert has_nucleus_stain(field[::8, ::8])
+    assert not has_nucleus_stain(np.full((40, 40, 3), (236, 232, 238), np.uint8))  # glass
+    assert not has_nucleus_stain(np.zeros((40, 40, 3), np.uint8))  # black slide border
+
+
+@pytest.fixture(scope="module")
+def model(trained_model):
+    return load_model(trained_model)
+
+
+@pytest.fixture(scope="module")
+def field(datasets, model):
+    """A bccd field (two white cells) and its untiled segmentation, ids in raster order."""
+    image = read_image(datasets / "bccd" / "images" / "BloodImage_00242.jpg").data
+    ref = run(segment(image, *model, auto_scale=False))
+    return image, canonical(ref.cells), np.where(ref.nuclei > 0, canonical(ref.cells), 0)
+
+
+def read_result(result):
+    cells, nuclei = tifffile.imread(result.cells), tifffile.imread(result.nuclei)
+    assert np.array_equal(nuclei[nuclei > 0], cells[nuclei > 0]), "a nucleus outside its cell"
+    return cells, nuclei
+
+
+def test_bccd_field_tiled_equals_untiled(field, model, tmp_path):
+    image, cells, nuclei = field
+    assert cells.max() >= 2
+    slide = Slide.from_array(image, None, "field")  # no pixel size: the network's own scale
+    result = run(segment_slide(slide, tmp_path, *model, tile=(240, 320), halo=100, skip_empty=False))
+    got_cells, got_nuclei = read_result(result)
+    assert np.array_equal(got_cells, cells)
+    assert np.array_equal(got_nuclei, nuclei)
+    assert result.scale == 1.0 and result.tiles == 4
+    table = pd.read_csv(result.table)
+    assert table["label"].tolist() == list(range(1, cells.max() + 1))
+    summary = pd.read_csv(result.summary)
+    assert summary.loc[0, "white_cells"] == cells.max()
+    assert not (tmp_path / ".field.work").exists()
+
+
+class CountingNet:
+    def __init__(self, net):
+        self.net, self.calls = net, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+def test_batches_workers_and_resume_give_the_same_ids(field, model, tmp_path):
+    image, cells, _ = field
+    net, spec = model
+    slide = Slide.from_array(image, None, "field")
+    options = dict(tile=(240, 320), halo=100, skip_empty=False)
+    batched = run(segment_slide(slide, tmp_path / "batch", net, spec, batch_size=3, **options))
+    assert np.array_equal(read_result(batched)[0], cells)
+
+    # two workers sharing one output folder, interleaved; the first writes the results
+    workers = [segment_slide(slide, tmp_path / "shards", net, spec, shard=(i, 2), poll=0, **options)
+               for i in range(2)]
+    results = [None, None]
+    while any(w is not None for w in workers):
+        for i, w in enumerate(workers):
+            if w is not None:
+                try:
+                    next(w)
+                except StopIteration as stop:
+                    results[i], workers[i] = stop.value, None
+    assert results[1] is None
+    assert np.array_equal(read_result(results[0])[0], cells)
+
+    # stop after two tiles, then resume: only the other two go through the network
+    counting = CountingNet(net)
+    gen = segment_slide(slide, tmp_path / "resume", counting, spec, **options)
+    next(gen), next(gen)
+    gen.close()
+    assert counting.calls == 2
+    counting.calls = 0
+    resumed = run(segment_slide(slide, tmp_path / "resume", counting, spec, **options))
+    assert counting.calls == 2
+    assert np.array_equal(read_result(resumed)[0], cells)
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory, datasets, model):
+    """Two bccd fields either side of a field of empty glass, and its untiled segmentation."""
+    names = ("BloodImage_00034", "BloodImage_00242")
+    fields = [read_image(datasets / "bccd" / "images" / f"{n}.jpg").data for n in names]
+    glass = np.full_like(fields[0], (236, 232, 238))
+    path = build_mosaic_slide(tmp_path_factory.mktemp("mosaic") / "mosaic.ome.tif",
+                              [fields[0], glass, fields[1]], grid=(1, 3), border=64, pixel_size=0.1)
+    with open_slide(path) as slide:
+        image = slide.read(0, 0, *slide.shape)
+    ref = run(segment(image, *model, auto_scale=False))
+    cells = canonical(ref.cells)
+    return path, cells, np.where(ref.nuclei > 0, cells, 0)
+
+
+def deep_point(cells, label):
+    """A pixel well inside a cell."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(cells == label)
+    return np.unravel_index(np.argmax(dist), dist.shape)
+
+
+def test_mosaic_tiled_equals_untiled_across_seams_and_corners(mosaic, model, tmp_path):
+    path, cells, nuclei = mosaic
+    n = int(cells.max())
+    assert n >= 4
+    sizes = np.bincount(cells.ravel())[1:]
+    big, second = (int(i) + 1 for i in np.argsort(sizes)[::-1][:2])
+    corner = deep_point(cells, big)
+    configs = [
+        (tuple(int(v) for v in corner), None, 1),  # a four-tile corner inside the biggest cell
+        (tuple(int(v) for v in deep_point(cells, second)), 48, 1),  # small halo: cut cells grow
+        ((304, 320), 64, 2),  # two tiles and their halos lie in the glass
+    ]
+    skipped = 0
+    for tile, halo, batch in configs:
+        result = run(segment_slide(path, tmp_path / f"{tile}", *model, tile=tile, halo=halo,
+                                   batch_size=batch))
+        got_cells, got_nuclei = read_result(result)
+        assert np.array_equal(got_cells, cells), (tile, halo)
+        assert np.array_equal(got_nuclei, nuclei), (tile, halo)
+        grid = TileGrid(cells.shape, tile, 0)
+        cut = [lab for lab in range(1, n + 1) if len({grid.index(y, x) for y, x in zip(
+            *np.nonzero(cells == lab), strict=True)}) > 1]
+        assert cut, f"no cell straddles a seam with tiles of {tile}"
+        skipped += result.skipped
+        table = pd.read_csv(result.table)
+        assert table["label"].tolist() == list(range(1, n + 1))
+        assert np.allclose(table["centroid_x_um"], table["centroid_x"] * 0.1)
+        assert result.counts == {"white_cells": n, "complete_cells": n}
+    four = {TileGrid(cells.shape, configs[0][0], 0).index(y, x) for y, x in zip(*np.nonzero(cells == big),
+                                                                                  strict=True)}
+    assert len(four) == 4
+    assert skipped > 0, "no tile of empty glass was skipped"
+
+
+def test_cli_routes_slides_to_the_tiled_engine(field, tmp_path):
+    from napari_wbc.cli import main
+
+    image, cells, _ = field
+    path = build_mosaic_slide(tmp_path / "one.ome.tif", [image], grid=(1, 1), tile=128, pixel_size=0.1)
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "--out", str(out), "--tile", "320", "--device", "cpu"]) == 0
+    with tifffile.TiffFile(tmp_path / "out" / "one_cells.tif") as tif:
+        levels = tif.series[0].levels
+        assert len(levels) == 3 and np.array_equal(levels[0].asarray(), cells)  # 640, 320, 160 px
+    assert len(pd.read_csv(tmp_path / "out" / "one_cells.csv")) == cells.max()
