@@ -127,7 +127,7 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(headless=args.headless, out=args.out)
+    return run_demo(headless=args.headless, out=args.out, say=print)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,16 +4,19 @@ With a display, napari opens on the bundled two-cell field, docks the Segment wi
 the measurement table and starts the segmentation, so cells, nuclei and the table
 appear by themselves. Headless (``--headless``, or Linux without ``$DISPLAY`` /
 ``$WAYLAND_DISPLAY``), the bundled samples are segmented into ``out`` with the same engine
-as ``napari-wbc segment``. As the output of a command, the result line goes to stdout.
+as ``napari-wbc segment``; the CLI passes ``print`` as ``say``, so the result line goes to stdout.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 from ._sample_data import SAMPLES, sample_path
+
+log = logging.getLogger(__name__)
 
 PLUGIN = "napari-wbc"
 SEGMENT_WIDGET = "Segment white cells"  # display names in napari.yaml
@@ -54,13 +57,13 @@ def start_demo(viewer, sample: str = "two_cells"):
     return segment
 
 
-def run_demo(headless: bool = False, out: str = "demo-output") -> int:
-    """Entry point of ``napari-wbc demo``; returns the exit status."""
+def run_demo(headless: bool = False, out: str = "demo-output", say=log.info) -> int:
+    """Entry point of ``napari-wbc demo``; returns the exit status. ``say`` reports to the user."""
     if headless or not has_display():
         if not headless:
-            print("no display found: segmenting the samples headless instead")
+            say("no display found: segmenting the samples headless instead")
         failures, message = segment_samples(out)
-        print(message)
+        say(message)
         return 1 if failures else 0
     import napari
 
