@@ -3,7 +3,13 @@ import pytest
 
 from napari_wbc.core.dataset import list_pairs, load_pair
 from napari_wbc.core.inference import (
-    AUTO_SCALE_RANGE, AUTO_SCALE_TARGET, predict_probabilities, run, segment, typical_cell_width, working_scale,
+    AUTO_SCALE_RANGE,
+    AUTO_SCALE_TARGET,
+    predict_probabilities,
+    run,
+    segment,
+    typical_cell_width,
+    working_scale,
 )
 from napari_wbc.models import ModelSpec, load_model
 

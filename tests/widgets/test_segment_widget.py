@@ -75,7 +75,7 @@ def test_segment_sample_field(viewer, qtbot, trained_model, notifications, datas
     counts = cells_layer.metadata["counts"]
     assert counts["white_cells"] == len(ids)
     assert widget.status.value.startswith(f"{len(ids)} white cells")
-    assert widget.progress_bar.value == widget.progress_bar.max == 3
+    assert widget.progress_bar.value == widget.progress_bar.max > 0
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
     # the measurement table was docked and shows this layer, one row per cell
