@@ -70,7 +70,8 @@ def main() -> None:
     print("| model | Dice cell | Dice cytoplasm | Dice nucleus | count MAE | count exact |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
-    (out / "result.json").write_text(json.dumps({"before": before, "after": after, "minutes": minutes}, indent=2))
+    result = {"before": before, "after": after, "minutes": minutes}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
