@@ -25,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import napari
-    from PIL import Image
     from qtpy.QtWidgets import QApplication
 
     from napari_wbc.demo import MEASURE_WIDGET, PLUGIN, start_demo
@@ -51,17 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     if features is not None and len(features):
         largest = int(features.loc[features["cell_area_px"].idxmax(), "label"])
         table.table.selectRow(table.row_of(largest))
+    out = save_screenshot(viewer, app, args.out)
+    print(f"wrote {out}: {segment.status.value}")
+    viewer.close()
+    return 0
+
+
+def save_screenshot(viewer, app, out) -> str:
+    """Let Qt settle, then save the whole window (canvas and docks) as PNG; say its size."""
+    from PIL import Image
+
     viewer.reset_view()
     for _ in range(20):
         app.processEvents()
         time.sleep(0.05)
     shot = viewer.screenshot(canvas_only=False, flash=False)
-    out = Path(args.out)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(shot).save(out, optimize=True)
-    print(f"wrote {out} ({shot.shape[1]}x{shot.shape[0]}): {segment.status.value}")
-    viewer.close()
-    return 0
+    return f"{out} ({shot.shape[1]}x{shot.shape[0]})"
 
 
 if __name__ == "__main__":

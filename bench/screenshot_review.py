@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from screenshot import save_screenshot  # bench/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
 REVIEW_WIDGET = "Review against a reference"  # display name in napari.yaml
@@ -41,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import napari
-    from PIL import Image
     from qtpy.QtWidgets import QApplication
 
     from napari_wbc._sample_data import sample_path
@@ -68,15 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     viewer.layers[f"{stem} nuclei"].visible = False  # the review colours say it all
     viewer.layers.selection.active = viewer.layers[f"{stem} cells"]
-    viewer.reset_view()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
-    shot = viewer.screenshot(canvas_only=False, flash=False)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(shot).save(out, optimize=True)
-    print(f"wrote {out} ({shot.shape[1]}x{shot.shape[0]}): {review.summary.value}")
+    out = save_screenshot(viewer, app, args.out)
+    print(f"wrote {out}: {review.summary.value}")
     viewer.close()
     return 0
 
