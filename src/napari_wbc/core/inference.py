@@ -49,22 +49,33 @@ def _resize(array: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray
 def predict_probabilities(net, spec, image: np.ndarray, device: str = "cpu",
                           scale: float = 1.0) -> np.ndarray:
     """(C, H, W) float32 class probabilities for an (H, W, 3) uint8 image."""
-    import torch
-
     h, w = image.shape[:2]
     work = image
     if abs(scale - 1.0) > 1e-3:
         work = _resize(image, (max(8, round(h * scale)), max(8, round(w * scale))), 1)
-    x = (work.astype(np.float32) / 255.0 - np.float32(spec.mean)) / np.float32(spec.std)
-    ph, pw = (-x.shape[0]) % 8, (-x.shape[1]) % 8
-    x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(x.shape[:2]) > 8 else "edge")
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(device)
-    with torch.inference_mode():
-        prob = torch.softmax(net(t).float(), 1)[0].cpu().numpy()
-    prob = prob[:, : work.shape[0], : work.shape[1]]
+    prob = predict_batch(net, spec, [work], device)[0]
     if prob.shape[1:] != (h, w):
         prob = np.stack([_resize(p, (h, w), 1) for p in prob])
     return prob
+
+
+def predict_batch(net, spec, images: list[np.ndarray], device: str = "cpu") -> list[np.ndarray]:
+    """(C, h, w) float32 probabilities for equally shaped (h, w, 3) uint8 images, in one pass.
+
+    Normalised as the model was trained, padded (reflect) to multiples of 8, cropped back.
+    """
+    import torch
+
+    xs = []
+    for image in images:
+        x = (image.astype(np.float32) / 255.0 - np.float32(spec.mean)) / np.float32(spec.std)
+        ph, pw = (-x.shape[0]) % 8, (-x.shape[1]) % 8
+        xs.append(np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(x.shape[:2]) > 8 else "edge"))
+    t = torch.from_numpy(np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2))).to(device)
+    with torch.inference_mode():
+        prob = torch.softmax(net(t).float(), 1).cpu().numpy()
+    h, w = images[0].shape[:2]
+    return [p[:, :h, :w] for p in prob]
 
 
 def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float | None = None,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .batch import write_atomic
-from .inference import Progress, working_scale
+from .inference import Progress, predict_batch, working_scale
 from .io import InputError
 from .postprocess import DEFAULT_CELL_DIAMETER_PX
 from .slide import Slide, open_slide
@@ -205,22 +205,6 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return result
-
-
-def predict_batch(net, spec, images: list[np.ndarray], device: str = "cpu") -> list[np.ndarray]:
-    """(C, h, w) probabilities for equally shaped images, as ``inference.predict_probabilities``."""
-    import torch
-
-    xs = []
-    for image in images:
-        x = (image.astype(np.float32) / 255.0 - np.float32(spec.mean)) / np.float32(spec.std)
-        ph, pw = (-x.shape[0]) % 8, (-x.shape[1]) % 8
-        xs.append(np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(x.shape[:2]) > 8 else "edge"))
-    t = torch.from_numpy(np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2))).to(device)
-    with torch.inference_mode():
-        prob = torch.softmax(net(t).float(), 1).cpu().numpy()
-    h, w = images[0].shape[:2]
-    return [p[:, :h, :w] for p in prob]
 
 
 def _wait(ready, poll: float, done: int, total: int, message: str):
