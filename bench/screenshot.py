@@ -60,10 +60,11 @@ def save_screenshot(viewer, app, out) -> str:
     """Let Qt settle, then save the whole window (canvas and docks) as PNG; say its size."""
     from PIL import Image
 
-    viewer.reset_view()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
+    for _ in range(2):  # fit the view again once the docks have taken their final width
+        viewer.reset_view()
+        for _ in range(20):
+            app.processEvents()
+            time.sleep(0.05)
     shot = viewer.screenshot(canvas_only=False, flash=False)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

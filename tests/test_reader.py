@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from napari_wbc._reader import get_reader, read_smears
-from napari_wbc._sample_data import sample_path
+from napari_wbc._sample_data import SAMPLE_DIR, sample_path
 
 
 def _rgb(h=40, w=50, seed=0) -> np.ndarray:
@@ -37,7 +37,7 @@ def test_leaves_other_files_alone(tmp_path, name):
     assert get_reader(str(tmp_path / name)) is None
 
 
-def test_leaves_folders_stacks_pyramids_and_labels_to_other_readers(tmp_path):
+def test_leaves_folders_stacks_and_labels_to_other_readers(tmp_path):
     folder = tmp_path / "images.png"
     folder.mkdir()
     assert get_reader(str(folder)) is None
@@ -49,11 +49,6 @@ def test_leaves_folders_stacks_pyramids_and_labels_to_other_readers(tmp_path):
         tif.write(np.zeros((32, 32, 3), np.uint8))
         tif.write(np.zeros((16, 16, 3), np.uint8))
     assert get_reader(str(pages)) is None
-    pyramid = tmp_path / "pyramid.tif"
-    with tifffile.TiffWriter(pyramid) as tif:
-        tif.write(np.zeros((64, 64, 3), np.uint8), subifds=1, photometric="rgb")
-        tif.write(np.zeros((32, 32, 3), np.uint8), subfiletype=1, photometric="rgb")
-    assert get_reader(str(pyramid)) is None
     labels = tmp_path / "field_cells.tif"  # as `napari-wbc segment` writes them
     tifffile.imwrite(labels, np.zeros((32, 32), np.uint32))
     assert get_reader(str(labels)) is None
@@ -189,3 +184,124 @@ def test_reader_samples_and_demo_import_without_torch_or_qt():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- whole slides ----------------------------------------------------------------------------
+
+SAMPLE_FIELDS = sorted(SAMPLE_DIR.glob("*.jpg"))
+LEVEL0 = (1600, 1400)
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    """A 1600 x 1400 px pyramidal OME-TIFF (0.1 um/px, 256 px tiles) and its level 0 in memory."""
+    from napari_wbc.core.slide import build_mosaic_slide, open_slide
+
+    path = build_mosaic_slide(tmp_path_factory.mktemp("mosaic") / "mosaic.ome.tif", SAMPLE_FIELDS,
+                              grid=(3, 2), gap=40, border=40, pixel_size=0.1)
+    with open_slide(path) as slide:
+        return path, slide.read(0, 0, *slide.shape)
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Every region read from a slide level: (level shape, y0, x0, y1, x1, step)."""
+    from napari_wbc.core import slide
+
+    seen = []
+    real = slide._Level.read
+
+    def read(self, y0, x0, y1, x1, step=1):
+        seen.append((self.shape, y0, x0, y1, x1, step))
+        return real(self, y0, x0, y1, x1, step)
+
+    monkeypatch.setattr(slide._Level, "read", read)
+    return seen
+
+
+def _area(read) -> int:
+    _, y0, x0, y1, x1, step = read
+    return -(-(y1 - y0) // step) * -(-(x1 - x0) // step) * step * step  # level px the read spans
+
+
+def test_pyramidal_tiff_opens_as_lazy_multiscale_layer(mosaic, reads, notifications):
+    import dask.array as da
+
+    from napari_wbc.core.pyramid import level_shapes
+
+    path, level0 = mosaic
+    reader = get_reader(str(path))
+    assert reader is read_smears
+    (data, kwargs, kind), = reader(str(path))
+    assert kind == "image" and kwargs["rgb"] and kwargs["multiscale"]
+    assert kwargs["name"] == "mosaic"
+    assert [tuple(level.shape) for level in data] == [s + (3,) for s in level_shapes((1600, 1400), 256)]
+    assert all(isinstance(level, da.Array) and level.dtype == np.uint8 for level in data)
+    assert kwargs["scale"] == pytest.approx((0.1, 0.1)) and kwargs["units"] == ("um", "um")
+    assert kwargs["metadata"]["pixel_size"] == pytest.approx(0.1)
+    assert kwargs["metadata"]["slide"] == kwargs["metadata"]["source"] == str(path)
+    assert reads == []  # opening reads no pixels
+    np.testing.assert_array_equal(np.asarray(data[0][700:900, 100:1300]), level0[700:900, 100:1300])
+    assert max(_area(r) for r in reads) <= 1024 * 1024  # chunks, not the level
+    np.testing.assert_array_equal(np.asarray(data[1][10, 20]), level0[20:22, 40:42].mean((0, 1)).round())
+    assert notifications == []
+
+
+def test_plain_huge_tiff_opens_lazily_with_strided_levels(tmp_path, mosaic, reads, monkeypatch):
+    from napari_wbc.core import slide
+
+    _, level0 = mosaic
+    path = tmp_path / "plain.tif"  # uncompressed, contiguous, no pyramid
+    tifffile.imwrite(path, level0, resolution=(1e5, 1e5), resolutionunit="CENTIMETER")
+    assert get_reader(str(path)) is read_smears  # a field: 2.2 Mpx
+    monkeypatch.setattr(slide, "SLIDE_PIXELS", 1_000_000)  # now a slide
+    (data, kwargs, kind), = get_reader(str(path))(str(path))
+    assert kind == "image" and kwargs["multiscale"] and kwargs["metadata"]["slide"] == str(path)
+    assert [tuple(level.shape[:2]) for level in data] == [(1600, 1400), (800, 700)]
+    assert kwargs["scale"] == pytest.approx((0.1, 0.1))
+    np.testing.assert_array_equal(np.asarray(data[1]), level0[::2, ::2])  # every other px ...
+    assert {r[5] for r in reads} == {2}  # ... read as such, not the whole level
+    np.testing.assert_array_equal(np.asarray(data[0][1000:1100, 5:600]), level0[1000:1100, 5:600])
+
+
+def test_label_pyramids_open_as_multiscale_labels_with_their_table(tmp_path):
+    import pandas as pd
+
+    from napari_wbc.core.pyramid import write_pyramid_tiff
+
+    labels = np.zeros((700, 600), np.uint32)
+    labels[100:200, 300:420] = 1
+    labels[500:640, 20:90] = 2
+    path = write_pyramid_tiff(tmp_path / "slide_cells.tif", lambda y0, x0, y1, x1: labels[y0:y1, x0:x1],
+                              labels.shape, np.uint32, pixel_size=0.25, downsample="nearest")
+    pd.DataFrame({"label": [1, 2], "cell_area_px": [12000, 9800],
+                  "touches_border": [False, False]}).to_csv(tmp_path / "slide_cells.csv", index=False)
+    (data, kwargs, kind), = get_reader(str(path))(str(path))
+    assert kind == "labels" and kwargs["multiscale"] and kwargs["name"] == "slide_cells"
+    assert [level.shape for level in data] == [(700, 600), (350, 300), (175, 150)]
+    np.testing.assert_array_equal(np.asarray(data[0]), labels)
+    np.testing.assert_array_equal(np.asarray(data[1]), labels[::2, ::2])
+    assert kwargs["scale"] == pytest.approx((0.25, 0.25))
+    assert list(kwargs["features"]["label"]) == list(kwargs["features"]["index"]) == [1, 2]
+    assert kwargs["metadata"]["counts"]["white_cells"] == 2
+
+
+@pytest.mark.gui
+def test_napari_draws_a_slide_without_reading_level_0_whole(make_napari_viewer, qtbot, mosaic, reads):
+    path, level0 = mosaic
+    viewer = make_napari_viewer(show=True)
+    layer, = viewer.open(str(path), plugin="napari-wbc")
+    assert layer.multiscale and layer.rgb and len(layer.data) == 4
+    assert tuple(layer.scale) == pytest.approx((0.1, 0.1))
+    viewer.reset_view()
+    qtbot.waitUntil(lambda: any(r[0] != LEVEL0 for r in reads), timeout=10_000)
+    assert layer.data_level > 0
+    assert not any(r[0] == LEVEL0 for r in reads)  # the whole slide in view: a coarse level
+    # zoomed in on a corner at full resolution: level 0, only the part in view
+    reads.clear()
+    viewer.scene.camera.center = (0, 20.0, 20.0)
+    viewer.scene.camera.zoom = viewer.scene.camera.zoom * 16
+    qtbot.waitUntil(lambda: layer.data_level == 0 and any(r[0] == LEVEL0 for r in reads), timeout=10_000)
+    level0_area = max(_area(r) for r in reads if r[0] == LEVEL0)
+    assert level0_area < 1600 * 1400 / 2
+    np.testing.assert_array_equal(np.asarray(layer.data[0][:64, :64]), level0[:64, :64])

@@ -57,7 +57,7 @@ def test_manifest_lists_the_samples_and_points_into_submodules():
     assert manifest["name"] == "napari-wbc" and manifest["display_name"] == "napari WBC"
     commands = {c["id"]: c["python_name"] for c in manifest["contributions"]["commands"]}
     samples = {s["key"]: commands[s["command"]] for s in manifest["contributions"]["sample_data"]}
-    assert samples == {key: f"napari_wbc._sample_data:{key}" for key in SAMPLES}
+    assert samples == {key: f"napari_wbc._sample_data:{key}" for key in [*SAMPLES, "sample_slide"]}
     for python_name in commands.values():
         module, _ = python_name.split(":")
         assert module.startswith("napari_wbc.") and module != "napari_wbc"
@@ -80,4 +80,30 @@ def test_napari_open_sample(notifications):
     layers = viewer.open_sample("napari-wbc", "two_cells")
     assert [layer.name for layer in layers] == ["BloodImage_00034"]
     assert layers[0].rgb and layers[0].data.shape == (480, 640, 3)
+    assert notifications == []
+
+
+def test_napari_open_sample_slide(notifications, tmp_path, monkeypatch):
+    import dask.array as da
+    from napari.components import ViewerModel
+    from npe2 import PluginManager
+
+    monkeypatch.setenv("NAPARI_WBC_HOME", str(tmp_path / "home"))
+    PluginManager.instance().discover()
+    viewer = ViewerModel()
+    layer, = viewer.open_sample("napari-wbc", "sample_slide")
+    assert layer.name == "sample_slide" and layer.rgb and layer.multiscale
+    assert layer.data[0].shape == (3360, 4960, 3) and len(layer.data) > 3
+    assert all(isinstance(level, da.Array) for level in layer.data)  # lazy: read as drawn
+    assert tuple(layer.scale) == pytest.approx((0.1, 0.1))
+    path = Path(layer.metadata["slide"])
+    assert path.is_relative_to(tmp_path / "home" / "cache") and path.name == "sample_slide.ome.tif"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+    # real smear content: the first field lies at (160, 160), unchanged
+    with Image.open(_sample_data.SAMPLE_DIR / "BloodImage_00034.jpg") as im:
+        field = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(layer.data[0][160:640, 160:800]), field)
+    built = path.stat().st_mtime_ns
+    layer, = viewer.open_sample("napari-wbc", "sample_slide")  # built once, then reused
+    assert path.stat().st_mtime_ns == built and layer.data[0].shape == (3360, 4960, 3)
     assert notifications == []

@@ -7,9 +7,18 @@ and sets the layer scale in micrometres, so napari's scale bar is right; the Seg
 widget gives its label layers the same transform. A file that cannot be read gives one
 notification with what to do, never a traceback.
 
-TIFF files are only claimed when they hold one 2D field; stacks, multi-page files,
-pyramidal whole-slide images and 32/64-bit integer images (label images, such as the
-``*_cells.tif`` that ``napari-wbc segment`` writes) are left to other readers.
+Whole slides (pyramidal TIFF, OME-TIFF, SVS, and plain TIFFs too big for a field; see
+:func:`napari_wbc.core.slide.is_slide`) open as a multiscale RGB image layer of lazy
+levels (:mod:`._slide_layers`): nothing is read until napari draws it, and then only
+what it draws. The layer's ``metadata["slide"]`` holds the path, which is how the Segment
+widget knows to segment it tile by tile. Pyramidal 32/64-bit integer TIFFs (the
+``*_cells.tif`` and ``*_nuclei.tif`` a slide run writes) open as multiscale labels
+layers; ``<stem>_cells.tif`` gets the cell table ``<stem>_cells.csv`` beside it as its
+features.
+
+Other TIFF files are only claimed when they hold one 2D field; stacks, multi-page files
+and non-pyramidal 32/64-bit integer images (label images, such as the ``*_cells.tif``
+that ``napari-wbc segment`` writes for a field) are left to other readers.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # a single field larger than this (pixels) is a slide, not a field: left to other readers
 MAX_FIELD_PIXELS = 64_000_000
+# files that may hold a whole slide (opened lazily when core.slide.is_slide says so)
+SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8")
 
 LayerData = tuple  # (data, kwargs, layer_type)
 
@@ -55,10 +66,20 @@ def _is_single_field_tiff(path: Path) -> bool:
     return h * w <= MAX_FIELD_PIXELS
 
 
+def _is_slide(path: Path) -> bool:
+    from .core.slide import is_slide
+
+    return path.suffix.lower() in SLIDE_SUFFIXES and path.is_file() and is_slide(path)
+
+
 def _claims(path: str | Path) -> bool:
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in READABLE or path.is_dir():
+    if path.is_dir() or suffix not in READABLE + SLIDE_SUFFIXES:
+        return False
+    if _is_slide(path):
+        return True
+    if suffix in SLIDE_SUFFIXES and suffix not in READABLE:
         return False
     if suffix in (".tif", ".tiff") and path.exists():
         return _is_single_field_tiff(path)
@@ -88,15 +109,78 @@ def smear_layer_data(path: str | Path) -> LayerData:
     return smear.data, kwargs, "image"
 
 
+def slide_name(path: str | Path) -> str:
+    """A slide's name: the file name before its first dot (``a.ome.tif`` -> ``a``)."""
+    return Path(path).name.split(".")[0]
+
+
+def slide_layer_data(path: str | Path) -> LayerData:
+    """``(levels, kwargs, "image")`` for a whole slide: a lazy multiscale RGB layer; raises InputError.
+
+    A pyramidal integer label TIFF gives ``(levels, kwargs, "labels")`` instead.
+    """
+    from ._slide_layers import label_levels, label_pyramid_info, slide_levels
+
+    path = Path(path)
+    is_labels, pixel_size = label_pyramid_info(path)
+    if is_labels:
+        try:
+            levels = label_levels(path)
+        except Exception as err:
+            raise InputError(f"{path.name}: cannot read these labels ({err})") from err
+        return labels_layer_data(path, levels, pixel_size)
+    levels, slide = slide_levels(path)
+    kwargs = {
+        "name": slide_name(path),
+        "rgb": True,
+        "multiscale": len(levels) > 1,
+        "contrast_limits": (0, 255),
+        "metadata": {"pixel_size": slide.pixel_size, "source": str(path), "slide": str(path), "notes": []},
+    }
+    if slide.pixel_size:
+        kwargs["scale"] = (slide.pixel_size, slide.pixel_size)
+        kwargs["units"] = ("um", "um")
+    return (levels if len(levels) > 1 else levels[0]), kwargs, "image"
+
+
+def labels_layer_data(path: Path, levels: list, pixel_size: float | None) -> LayerData:
+    """A pyramidal label TIFF as a multiscale labels layer; ``*_cells.tif`` gets its ``.csv`` table."""
+    import pandas as pd
+
+    from .core.measure import count_summary
+
+    kwargs = {"name": path.name.split(".")[0], "multiscale": len(levels) > 1,
+              "metadata": {"pixel_size": pixel_size, "source": str(path), "notes": []}}
+    if pixel_size:
+        kwargs["scale"] = (pixel_size, pixel_size)
+        kwargs["units"] = ("um", "um")
+    table_path = path.with_name(f"{kwargs['name']}.csv")
+    if kwargs["name"].endswith("_cells") and table_path.is_file():
+        table = pd.read_csv(table_path)
+        if "label" in table.columns:
+            kwargs["features"] = table.assign(index=table["label"])  # napari maps label -> row by `index`
+            if "touches_border" in table.columns:
+                kwargs["metadata"]["counts"] = count_summary(table)
+    return (levels if len(levels) > 1 else levels[0]), kwargs, "labels"
+
+
+def layer_data(path: str | Path) -> LayerData:
+    """Layer data for a field or a slide, whichever ``path`` is; raises InputError."""
+    path = Path(path)
+    if path.exists() and _is_slide(path):
+        return slide_layer_data(path)
+    return smear_layer_data(path)
+
+
 def read_smears(path: str | Sequence[str]) -> list[LayerData]:
-    """Read each file into an RGB image layer; report problems as notifications."""
+    """Read each file into an RGB image layer (lazy and multiscale for a slide); report problems."""
     from napari.utils.notifications import show_error, show_info
 
     paths = [path] if isinstance(path, str | Path) else list(path)
     layers = []
     for p in paths:
         try:
-            data, kwargs, kind = smear_layer_data(p)
+            data, kwargs, kind = layer_data(p)
         except InputError as err:
             log.info("%s", err)
             show_error(str(err))

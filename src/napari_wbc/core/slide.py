@@ -48,13 +48,14 @@ class _Level:
         self.array, self.axes = array, axes
         self.shape = (int(array.shape[axes.index("Y")]), int(array.shape[axes.index("X")]))
 
-    def read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+    def read(self, y0: int, x0: int, y1: int, x1: int, step: int = 1) -> np.ndarray:
+        """Pixels ``y0:y1:step, x0:x1:step`` (every ``step``-th, for a cheap low-resolution view)."""
         index, kept = [], []
         for axis in self.axes:
             if axis == "Y":
-                index.append(slice(y0, y1))
+                index.append(slice(y0, y1, step))
             elif axis == "X":
-                index.append(slice(x0, x1))
+                index.append(slice(x0, x1, step))
             elif axis in "SC" and not any(a in "SC" for a in kept):
                 index.append(slice(None))
             else:  # a stack: the first plane
@@ -79,14 +80,17 @@ class _ContiguousArray:
     def __getitem__(self, index):
         ys, xs = index[0], index[1]
         h, w = self.shape[:2]
-        y0, y1, _ = ys.indices(h)
-        x0, x1, _ = xs.indices(w)
+        y0, y1, ystep = ys.indices(h)
+        x0, x1, xstep = xs.indices(w)
+        rows = range(y0, y1, ystep)
+        x1 = max(x0, x1)
         pixel = int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize
         out = bytearray()
-        for y in range(y0, y1):
+        for y in rows:  # only the rows asked for: a strided view reads a fraction of the file
             start = self.offset + (y * w + x0) * pixel
             out += os.pread(self.fd, (x1 - x0) * pixel, start)
-        return np.frombuffer(bytes(out), self.dtype).reshape(y1 - y0, x1 - x0, *self.shape[2:])
+        block = np.frombuffer(bytes(out), self.dtype).reshape(len(rows), x1 - x0, *self.shape[2:])
+        return block[:, ::xstep]
 
     def close(self):
         os.close(self.fd)
