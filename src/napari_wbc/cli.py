@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .core.io import InputError
-from .models import MissingWeightsError
+from .models import MissingWeightsError, list_models
 
 log = logging.getLogger("napari_wbc")
 
@@ -40,12 +40,15 @@ def cmd_segment(args) -> int:
                 pixel_size=args.pixel_size, on_done=lambda name: bar.update(1),
                 on_error=lambda path, msg: bar.write(f"error: {msg}", file=sys.stderr),
             )
-    for path in slides:
-        try:
-            _segment_slide(path, args)
-        except InputError as err:
-            failures += 1
-            print(f"error: {err}", file=sys.stderr)
+    if args.scheduler or args.workers is not None:
+        failures += _segment_slides_on_cluster(slides, args) if slides else 0
+    else:
+        for path in slides:
+            try:
+                _segment_slide(path, args)
+            except InputError as err:
+                failures += 1
+                print(f"error: {err}", file=sys.stderr)
     print(f"wrote results for {len(items) - failures} of {len(items)} inputs to {args.out}")
     return 1 if failures else 0
 
@@ -67,6 +70,29 @@ def _segment_slide(path: Path, args) -> None:
                 return
             bar.total, bar.n = total, done
             bar.refresh()
+
+
+def _segment_slides_on_cluster(slides: list[Path], args) -> int:
+    """Slides on a dask cluster (``--scheduler`` or ``--workers``); returns how many failed."""
+    from .core.distributed import connect, segment_slides
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError("--workers needs at least 1")
+    quiet = not getattr(args, "verbose", False)
+    with connect(args.scheduler, args.workers, quiet) as client, _bar(0, "slides (dask)", "task") as bar:
+        gen = segment_slides(slides, args.out, client, model=args.model, weights=args.weights,
+                             device=args.device, tile=args.tile, pixel_size=args.pixel_size)
+        while True:
+            try:
+                done, total, message = next(gen)
+            except StopIteration as stop:
+                outcomes = stop.value
+                break
+            bar.total, bar.n = total, done
+            bar.refresh()
+            if message.startswith("error: "):
+                bar.write(message, file=sys.stderr)
+    return sum(o.error is not None for o in outcomes)
 
 
 def cmd_evaluate(args) -> int:
@@ -106,7 +132,8 @@ def cmd_train(args) -> int:
 
     device = pick_device(args.device)
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, patch=args.patch,
-                         lr=args.lr, max_steps=args.max_steps, val_every=args.val_every,
+                         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+                         max_steps=args.max_steps, val_every=args.val_every, patience=args.patience,
                          bf16=args.bf16, seed=args.seed)
     with _bar(0, f"train {args.model} on {device}", "step") as bar:
         def progress(step, total, info):
@@ -148,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None,
                    help="tile side (px) for whole slides (SVS, pyramidal or huge TIFF); any size gives the "
                         "same cells (default: 1024 px at the network's scale)")
+    cluster = s.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="spread the tiles of whole slides over the dask.distributed cluster at this "
+                              "address (tcp://host:8786, or a scheduler JSON file); --out must be a folder "
+                              "every worker sees (docs/cluster.md)")
+    cluster.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="spread the tiles of whole slides over N local worker processes")
     model_args(s)
     s.set_defaults(func=cmd_segment)
 
@@ -167,15 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("train", help="train a model on dataset folders (CPU or GPU)")
-    t.add_argument("--model", default="mifnet")
+    t.add_argument("--model", default="mifnet", choices=list_models(), help="the architecture to train")
     t.add_argument("--data", nargs="+", required=True, help="dataset folders")
     t.add_argument("--out", required=True, help="folder for weights, checkpoint and history")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--patch", type=int, default=192)
-    t.add_argument("--lr", type=float, default=1e-3)
+    paper = " (default: the model's paper)"
+    t.add_argument("--batch-size", type=int, default=None, help="images per step" + paper)
+    t.add_argument("--patch", type=int, default=None, help="training patch side, px" + paper)
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate" + paper)
+    t.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay" + paper)
+    t.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="optimizer" + paper)
     t.add_argument("--val-every", type=int, default=200)
+    t.add_argument("--patience", type=int, default=20, help="validations without improvement before stopping")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AVX512-BF16 CPUs, GPUs)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", default=None, help="weights folder to fine-tune from")

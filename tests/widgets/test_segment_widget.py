@@ -146,13 +146,25 @@ def test_missing_model_is_refused_with_a_notification(viewer, notifications, mon
     monkeypatch.setenv("NAPARI_WBC_HOME", str(tmp_path / "no-user-weights"))
     viewer.open_sample("napari-wbc", "two_cells")
     widget = _widget(viewer)
-    assert widget.model.choices == () and widget.model.value is None
+    # every architecture is listed, marked as untrained, and none is picked for the user
+    assert set(widget.model.choices) == {"mifnet", "wbcnet", "wcsegnet", "leukocytemask", "yolact_cis"}
+    combo = widget.model.native
+    assert all("not trained yet" in combo.itemText(i) for i in range(combo.count()))
     assert "no trained model" in widget.status.value
+    widget.model.value = "wbcnet"
     assert widget.run() is None
     errors = _errors(notifications)
     assert len(errors) == 1
-    assert "no trained weights" in errors[0] and "napari-wbc train" in errors[0]
+    assert "no trained weights" in errors[0] and "napari-wbc train --model wbcnet" in errors[0]
     assert [layer.name for layer in viewer.layers] == [SAMPLE]
+
+
+def test_model_list_marks_architectures_without_weights(viewer):
+    widget = _widget(viewer)
+    combo = widget.model.native
+    labels = {combo.itemData(i): combo.itemText(i) for i in range(combo.count())}
+    assert widget.model.value == "mifnet" and labels["mifnet"] == "mifnet"
+    assert labels["wcsegnet"] == "wcsegnet (not trained yet)"
 
 
 def test_failure_in_the_worker_becomes_a_notification(viewer, qtbot, trained_model, notifications,

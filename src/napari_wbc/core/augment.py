@@ -20,6 +20,9 @@ class AugmentConfig:
     size: int = 192
     scale: tuple[float, float] = (0.7, 1.5)  # zoom range (log-uniform), relative to native
     rotate: bool = True
+    rotation: float = 180.0  # largest rotation, degrees (WCSegNet: 40)
+    shear: float = 0.0  # largest shear factor (WCSegNet: 0.2)
+    shift: float = 0.25  # largest shift of the patch centre, as a fraction of the patch (WCSegNet: 0.2)
     elastic_p: float = 0.3
     elastic_alpha: float = 6.0  # displacement in px
     stain_p: float = 0.8
@@ -33,13 +36,13 @@ def _coordinates(shape_in, label, cfg: AugmentConfig, rng: np.random.Generator, 
     h, w = shape_in
     size = cfg.size
     zoom = float(np.exp(rng.uniform(*np.log(scale_range))))
-    angle = rng.uniform(0, 2 * np.pi) if cfg.rotate else 0.0
+    angle = np.deg2rad(rng.uniform(-cfg.rotation, cfg.rotation)) if cfg.rotate else 0.0
     flip = rng.random() < 0.5
     fg = np.flatnonzero(label.ravel() > 0)
     if fg.size and rng.random() < cfg.focus_p:
         idx = fg[rng.integers(fg.size)]
         cy, cx = divmod(int(idx), w)
-        jitter = 0.25 * size / zoom
+        jitter = cfg.shift * size / zoom
         cy += rng.uniform(-jitter, jitter)
         cx += rng.uniform(-jitter, jitter)
     else:
@@ -49,6 +52,8 @@ def _coordinates(shape_in, label, cfg: AugmentConfig, rng: np.random.Generator, 
     xx -= size / 2
     if flip:
         xx = -xx
+    if cfg.shear:
+        xx = xx + rng.uniform(-cfg.shear, cfg.shear) * yy
     if rng.random() < cfg.elastic_p:
         coarse = rng.normal(0, cfg.elastic_alpha, (2, 5, 5))
         dy, dx = (ndimage.zoom(c, size / 5, order=3)[:size, :size] for c in coarse)

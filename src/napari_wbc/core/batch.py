@@ -80,7 +80,7 @@ def segment_files(inputs, out, model=None, weights=None, device="auto", pixel_si
             continue
         px = pixel_size or smear.pixel_size
         result = run(segment(smear.data, net, spec, device, px))
-        table = measure_cells(result.cells, result.nuclei, px)
+        table = measure_cells(result.cells, result.nuclei, px, types=result.types)
         stem = path.stem
         write_labels_tiff(out / f"{stem}_cells.tif", result.cells, px)
         write_labels_tiff(out / f"{stem}_nuclei.tif", result.nuclei, px)

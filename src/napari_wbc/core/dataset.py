@@ -240,3 +240,37 @@ def validate_training_folder(root: str | Path) -> list[str]:
         if missing:
             problems.append(f"{stem}: missing {missing}")
     return problems
+
+
+# the five white-cell types in the coding of the Zheng sets' class_labels.csv (1..5)
+CELL_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+
+
+def image_cell_types(root: str | Path) -> dict[str, str]:
+    """stem -> the white-cell type of every cell in that image, where the dataset says.
+
+    Reads ``class_labels.csv`` (Zheng sets: image ID, class 1..5) or ``wbc_class_labels.csv``
+    (bccd: image number, category; an image whose cells are of more than one type is left
+    out, since the file does not say which cell is which). Images not listed are absent.
+    """
+    import csv
+
+    root = Path(root)
+    out: dict[str, str] = {}
+    if (root / "class_labels.csv").exists():
+        with open(root / "class_labels.csv", newline="") as f:
+            for row in list(csv.reader(f))[1:]:
+                if len(row) >= 2 and row[0].strip().isdigit() and row[1].strip().isdigit():
+                    k = int(row[1])
+                    if 1 <= k <= len(CELL_TYPES):
+                        out[f"{int(row[0]):03d}"] = CELL_TYPES[k - 1]
+    elif (root / "wbc_class_labels.csv").exists():
+        with open(root / "wbc_class_labels.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                image, category = (row.get("Image") or "").strip(), (row.get("Category") or "")
+                kinds = {c.strip().lower() for c in category.split(",") if c.strip()}
+                if image.isdigit() and len(kinds) == 1 and next(iter(kinds)) in CELL_TYPES:
+                    out[f"BloodImage_{int(image):05d}"] = kinds.pop()
+    stems = {p.stem for p in list_pairs(root)} if (root / "images").is_dir() else set(out)
+    return {s: t for s, t in out.items() if s in stems}

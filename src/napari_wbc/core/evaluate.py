@@ -2,7 +2,10 @@
 
 Scores are computed per image at the image's native size and averaged over images, as
 in the papers: ``metrics`` for the pipeline's result (the cells and nuclei a user gets,
-after instance clean-up), ``network_metrics`` for the network's raw class map.
+after instance clean-up), ``network_metrics`` for the network's raw class map. For every
+model also the instance figures: COCO-style AP, AP50 and AP75 of the cells against the
+reference's connected white-cell regions (pooled over images), the count error per image,
+and for a typing model the accuracy of the cell types against the dataset's class labels.
 ``evaluate_dataset`` writes ``<dataset>_<split>_<model>.json`` and ``.md``.
 """
 
@@ -12,6 +15,8 @@ import datetime
 import json
 import platform
 from pathlib import Path
+
+import numpy as np
 
 from .dataset import list_pairs, load_pair
 from .metrics import METRICS, class_map_metrics, mean_metrics
@@ -42,13 +47,28 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
     pairs = list_pairs(dataset, split)
     if not pairs:
         raise FileNotFoundError(f"{dataset}: no images in split {split!r}")
-    per_image, network, count_errors = [], [], []
+    from scipy import ndimage
+
+    from .ap import average_precision
+    from .dataset import image_cell_types
+
+    known_types = image_cell_types(dataset)
+    per_image, network, count_errors, predictions, references = [], [], [], [], []
+    typed = {"cells": 0, "correct": 0}
     for i, pair in enumerate(pairs):
         image, label = load_pair(pair)
         result = run(segment(image, net, spec, device))
         per_image.append(class_map_metrics(result.classes, label))
         network.append(class_map_metrics(result.network, label))
-        count_errors.append(int(result.cells.max()) - reference_count(pair, label))
+        count_errors.append(len(np.unique(result.cells[result.cells > 0])) - reference_count(pair, label))
+        reference = ndimage.label(label > 0)[0]
+        predictions.append((result.cells, result.scores or {}))
+        references.append(reference)
+        if result.types and pair.stem in known_types:
+            for cell, (kind, _) in result.types.items():
+                if _best_iou(result.cells == cell, reference) >= 0.5:
+                    typed["cells"] += 1
+                    typed["correct"] += kind == known_types[pair.stem]
         if progress:
             progress(i + 1, len(pairs))
     result = {
@@ -61,7 +81,10 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
         "count": {"mean_abs_error": sum(map(abs, count_errors)) / len(count_errors),
                   "exact": sum(e == 0 for e in count_errors) / len(count_errors),
                   "over": sum(e > 0 for e in count_errors), "under": sum(e < 0 for e in count_errors)},
+        "instances": average_precision(predictions, references),
     }
+    if typed["cells"]:
+        result["types"] = {**typed, "accuracy": typed["correct"] / typed["cells"]}
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +92,14 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
         (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
         (out / f"{stem}.md").write_text(format_markdown(result) + "\n")
     return result
+
+
+def _best_iou(mask: np.ndarray, reference: np.ndarray) -> float:
+    ids, overlap = np.unique(reference[mask & (reference > 0)], return_counts=True)
+    if not len(ids):
+        return 0.0
+    k = int(overlap.argmax())
+    return float(overlap[k] / (mask.sum() + (reference == ids[k]).sum() - overlap[k]))
 
 
 def format_markdown(result: dict) -> str:
@@ -86,4 +117,12 @@ def format_markdown(result: dict) -> str:
     if c:
         lines += ["", f"White-cell count per image: mean absolute error {c['mean_abs_error']:.3f}, "
                       f"exact in {100 * c['exact']:.1f}% of images ({c['over']} over, {c['under']} under)"]
+    ap = result.get("instances")
+    if ap:
+        figures = ", ".join(f"{k} {v:.2f}" for k, v in ap.items())
+        lines += ["", f"Cells as instances (COCO-style, mask IoU): {figures}"]
+    t = result.get("types")
+    if t:
+        lines += ["", f"Cell type accuracy: {100 * t['accuracy']:.1f}% of {t['cells']} matched cells "
+                      "in images whose type the dataset gives"]
     return "\n".join(lines)

@@ -1,9 +1,15 @@
 """Run a segmentation network on a smear image.
 
 ``segment`` is a generator: it yields progress as ``(done, total, message)`` and returns a
-:class:`Segmentation` (class map, cell and nucleus instances). The CLI drains it with a
-terminal progress bar, the widget in a ``thread_worker`` with a napari progress bar; a
-consumer that stops iterating cancels the run between steps.
+:class:`Segmentation` (class map, cell and nucleus instances, cell types where the model
+gives them). The CLI drains it with a terminal progress bar, the widget in a
+``thread_worker`` with a napari progress bar; a consumer that stops iterating cancels the
+run between steps.
+
+Two kinds of model feed the same result (docs/model-interface.md): semantic models give a
+class per pixel, which :func:`~.postprocess.instances_from_classes` splits into cells;
+instance models give scored masks per cell, painted by score. A semantic model whose
+classes include ``nucleus:<type>`` also types each cell by a majority vote over its nucleus.
 """
 
 from __future__ import annotations
@@ -30,6 +36,38 @@ class Segmentation:
     nuclei: np.ndarray  # (H, W) uint32, nucleus pixels carry their cell's id
     scale: float  # factor the image was resampled by for the network
     network: np.ndarray | None = None  # (H, W) uint8 argmax of the network, before clean-up
+    types: dict[int, tuple[str, float]] | None = None  # cell id -> (type, confidence)
+    scores: dict[int, float] | None = None  # cell id -> confidence that it is a white cell
+
+
+TYPE_PREFIX = "nucleus:"
+
+
+def type_names(spec) -> list[str]:
+    """The cell types a model tells apart (its ``nucleus:<type>`` classes), in class order."""
+    return [c[len(TYPE_PREFIX):] for c in spec.classes if c.startswith(TYPE_PREFIX)]
+
+
+def collapse_types(prob: np.ndarray) -> np.ndarray:
+    """(3, ...) background/cytoplasm/nucleus probabilities from (C, ...) with C >= 3 channels,
+    the nucleus being the sum of every nucleus channel (one per cell type)."""
+    if prob.shape[0] == 3:
+        return prob
+    return np.concatenate([prob[:2], prob[2:].sum(0, keepdims=True)])
+
+
+def assign_types(cells: np.ndarray, nuclei: np.ndarray, type_prob: np.ndarray,
+                 names: list[str]) -> dict[int, tuple[str, float]]:
+    """Each cell's type: the majority of its nucleus pixels' most likely type, and as its
+    confidence the mean probability of that type there (types renormalised to sum to 1)."""
+    p = type_prob / np.maximum(type_prob.sum(0, keepdims=True), 1e-8)
+    best = p.argmax(0)
+    out = {}
+    for cell in np.unique(nuclei[nuclei > 0]):
+        inside = nuclei == cell
+        k = int(np.bincount(best[inside], minlength=len(names)).argmax())
+        out[int(cell)] = (names[k], float(p[k][inside].mean()))
+    return out
 
 
 def working_scale(spec, pixel_size: float | None) -> float:
@@ -46,36 +84,91 @@ def _resize(array: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray
                   shape[0] < array.shape[0]).astype(array.dtype)
 
 
-def predict_probabilities(net, spec, image: np.ndarray, device: str = "cpu",
-                          scale: float = 1.0) -> np.ndarray:
-    """(C, H, W) float32 class probabilities for an (H, W, 3) uint8 image."""
+def _rescaled(image: np.ndarray, scale: float) -> np.ndarray:
     h, w = image.shape[:2]
-    work = image
-    if abs(scale - 1.0) > 1e-3:
-        work = _resize(image, (max(8, round(h * scale)), max(8, round(w * scale))), 1)
-    prob = predict_batch(net, spec, [work], device)[0]
+    if abs(scale - 1.0) <= 1e-3:
+        return image
+    return _resize(image, (max(8, round(h * scale)), max(8, round(w * scale))), 1)
+
+
+def predict_probabilities(net, spec, image: np.ndarray, device: str = "cpu",
+                          scale: float = 1.0, keep_types: bool = False) -> np.ndarray:
+    """(C, H, W) float32 class probabilities for an (H, W, 3) uint8 image.
+
+    C is 3 (background, cytoplasm, nucleus) unless ``keep_types``, which keeps a typing
+    model's one nucleus channel per cell type.
+    """
+    h, w = image.shape[:2]
+    prob = predict_batch(net, spec, [_rescaled(image, scale)], device, keep_types)[0]
     if prob.shape[1:] != (h, w):
         prob = np.stack([_resize(p, (h, w), 1) for p in prob])
     return prob
 
 
-def predict_batch(net, spec, images: list[np.ndarray], device: str = "cpu") -> list[np.ndarray]:
-    """(C, h, w) float32 probabilities for equally shaped (h, w, 3) uint8 images, in one pass.
-
-    Normalised as the model was trained, padded (reflect) to multiples of 8, cropped back.
-    """
+def to_tensor(net, spec, images: list[np.ndarray], device: str = "cpu"):
+    """Equally shaped (h, w, 3) uint8 images as one normalised (B, 3, H, W) tensor, padded
+    (reflect) to multiples of the network's ``pad_multiple``."""
     import torch
 
+    m = int(getattr(net, "pad_multiple", 8))
     xs = []
     for image in images:
         x = (image.astype(np.float32) / 255.0 - np.float32(spec.mean)) / np.float32(spec.std)
-        ph, pw = (-x.shape[0]) % 8, (-x.shape[1]) % 8
-        xs.append(np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(x.shape[:2]) > 8 else "edge"))
-    t = torch.from_numpy(np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2))).to(device)
+        ph, pw = (-x.shape[0]) % m, (-x.shape[1]) % m
+        mode = "reflect" if min(x.shape[:2]) > max(ph, pw) else "edge"
+        xs.append(np.pad(x, ((0, ph), (0, pw), (0, 0)), mode=mode))
+    return torch.from_numpy(np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2))).to(device)
+
+
+def predict_batch(net, spec, images: list[np.ndarray], device: str = "cpu",
+                  keep_types: bool = False) -> list[np.ndarray]:
+    """(C, h, w) float32 probabilities for equally shaped (h, w, 3) uint8 images, in one pass.
+
+    Normalised as the model was trained, padded to the network's multiple, cropped back;
+    C = 3 unless ``keep_types`` (see :func:`predict_probabilities`).
+    """
+    import torch
+
+    t = to_tensor(net, spec, images, device)
     with torch.inference_mode():
         prob = torch.softmax(net(t).float(), 1).cpu().numpy()
     h, w = images[0].shape[:2]
-    return [p[:, :h, :w] for p in prob]
+    return [p[:, :h, :w] if keep_types else collapse_types(p[:, :h, :w]) for p in prob]
+
+
+def detect_cells(net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0,
+                 score_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell and nucleus label images (uint32, image size) from an instance model, and the
+    detection score of each cell id (id i: [i - 1])."""
+    import torch
+
+    from .instances import paint_detections
+
+    h, w = image.shape[:2]
+    work = _rescaled(image, scale)
+    with torch.inference_mode():
+        det = net.detect(to_tensor(net, spec, [work], device), score_threshold=score_threshold)[0]
+    wh, ww = work.shape[:2]
+    cells, nuclei, scores = paint_detections(
+        det["scores"].float().cpu().numpy(), det["cells"][:, :wh, :ww].float().cpu().numpy(),
+        det["nuclei"][:, :wh, :ww].float().cpu().numpy(), score_threshold=score_threshold)
+    if (wh, ww) != (h, w):
+        cells, nuclei = _resize(cells, (h, w), 0), _resize(nuclei, (h, w), 0)
+    return cells, nuclei, scores
+
+
+def _classes(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
+    return np.where(nuclei > 0, 2, np.where(cells > 0, 1, 0)).astype(np.uint8)
+
+
+def network_classes(net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0) -> np.ndarray:
+    """(H, W) uint8 class map (0 background, 1 cytoplasm, 2 nucleus) straight from the
+    network, for any kind of model: what validation and auto-scale look at."""
+    from ..models.registry import model_kind
+
+    if model_kind(spec.name) == "instance":
+        return _classes(*detect_cells(net, spec, image, device, scale)[:2])
+    return predict_probabilities(net, spec, image, device, scale).argmax(0).astype(np.uint8)
 
 
 def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float | None = None,
@@ -88,24 +181,50 @@ def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float
     resampled so that they are ``AUTO_SCALE_TARGET`` px wide and segmented again, which
     handles fields from other magnifications.
     """
+    from ..models.registry import model_kind
+
+    instance = model_kind(spec.name) == "instance"
+    names = type_names(spec)
+
+    def network_pass(scale):
+        if instance:
+            cells, nuclei, scores = detect_cells(net, spec, image, device, scale)
+            return _classes(cells, nuclei), (cells, nuclei, scores)
+        prob = predict_probabilities(net, spec, image, device, scale, keep_types=True)
+        return collapse_types(prob).argmax(0).astype(np.uint8), prob
+
     scale = working_scale(spec, pixel_size)
     yield 0, 4, "running the network"
-    prob = predict_probabilities(net, spec, image, device, scale)
+    network, raw = network_pass(scale)
     if pixel_size is None and auto_scale:
-        width = typical_cell_width(prob.argmax(0))
+        width = typical_cell_width(network)
         lo, hi = AUTO_SCALE_RANGE
         if width is not None and not lo <= width <= hi:
             scale = AUTO_SCALE_TARGET / width
             yield 1, 4, f"white cells are ~{width:.0f} px wide: segmenting again at {scale:.2f}x"
-            prob = predict_probabilities(net, spec, image, device, scale)
+            network, raw = network_pass(scale)
     yield 2, 4, "separating cells"
-    network = prob.argmax(0).astype(np.uint8)
-    # a typical 10 um white cell in image pixels, when the scale is known or was measured
-    diameter = None if scale == 1.0 else DEFAULT_CELL_DIAMETER_PX / scale
-    cells, nuclei = instances_from_classes(network, cell_diameter=diameter)
-    classes = np.where(nuclei > 0, 2, np.where(cells > 0, 1, 0)).astype(np.uint8)
+    types = None
+    if instance:
+        cells, nuclei, kept = raw
+        scores = {i + 1: float(v) for i, v in enumerate(kept) if (cells == i + 1).any()}
+    else:
+        # a typical 10 um white cell in image pixels, when the scale is known or was measured
+        diameter = None if scale == 1.0 else DEFAULT_CELL_DIAMETER_PX / scale
+        cells, nuclei = instances_from_classes(network, cell_diameter=diameter)
+        if names:
+            types = assign_types(cells, nuclei, raw[2:], names)
+        scores = cell_scores(cells, 1.0 - raw[0])
     yield 4, 4, "done"
-    return Segmentation(classes, cells, nuclei, scale, network)
+    return Segmentation(_classes(cells, nuclei), cells, nuclei, scale, network, types, scores)
+
+
+def cell_scores(cells: np.ndarray, foreground: np.ndarray) -> dict[int, float]:
+    """Each cell's mean white-cell probability: its confidence, for ranking (AP)."""
+    from scipy import ndimage
+
+    ids = np.unique(cells[cells > 0])
+    return {int(i): float(v) for i, v in zip(ids, ndimage.mean(foreground, cells, ids), strict=True)}
 
 
 def typical_cell_width(network_classes: np.ndarray) -> float | None:

@@ -5,6 +5,8 @@ minus nucleus), ``ncr`` = nucleus area / cytoplasm area (MIF-Net Eq. 10),
 ``nucleus_cell_ratio`` = nucleus area / cell area, perimeter, circularity
 (4 pi area / perimeter^2, 1 for a disc; Crofton perimeter), the number of nucleus lobes, and whether the
 cell touches the image border. With a pixel size, areas in um^2 and lengths in um too.
+With the types a typing model gave, ``cell_type`` and ``type_confidence``; the count
+summary then holds a differential count per type.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ def _lobes(nucleus_mask: np.ndarray) -> int:
 
 
 def measure_cells(cells: np.ndarray, nuclei: np.ndarray, pixel_size: float | None = None,
-                  offset: tuple[float, float] = (0.0, 0.0)) -> pd.DataFrame:
+                  offset: tuple[float, float] = (0.0, 0.0),
+                  types: dict[int, tuple[str, float]] | None = None) -> pd.DataFrame:
     """One row per cell id in ``cells``; ``nuclei`` carries each nucleus's cell id.
 
-    ``offset`` (y, x) shifts centroids, e.g. into slide coordinates.
+    ``offset`` (y, x) shifts centroids, e.g. into slide coordinates. ``types`` maps a cell
+    id to (type, confidence); cells it lacks get no type.
     """
     from skimage.measure import regionprops
 
@@ -75,6 +79,10 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, pixel_size: float | Non
         for name in ("cell", "nucleus", "cytoplasm"):
             table[f"{name}_area_um2"] = table[f"{name}_area_px"] * a
         table["perimeter_um"] = table["perimeter_px"] * float(pixel_size)
+    if types is not None:
+        table["cell_type"] = pd.Series([types.get(i, (None, np.nan))[0] for i in table["label"]],
+                                       index=table.index, dtype=object)
+        table["type_confidence"] = [types.get(i, (None, np.nan))[1] for i in table["label"]]
     return table
 
 
@@ -84,7 +92,7 @@ def count_summary(table: pd.DataFrame) -> dict[str, int]:
         "white_cells": int(len(table)),
         "complete_cells": int((~table["touches_border"]).sum()) if len(table) else 0,
     }
-    if "cell_type" in table:
+    if "cell_type" in table:  # the differential count
         for kind, n in table["cell_type"].value_counts().sort_index().items():
             summary[f"n_{kind}"] = int(n)
     return summary

@@ -1,5 +1,12 @@
 """Training loop: augmented patches, the model's loss, validation Dice, early stopping.
 
+Every architecture trains through the same loop with its paper's recipe (the module's
+``TRAINING``: optimizer, learning rate, weight decay, batch, patch, augmentation) unless
+the config says otherwise, and its paper's loss (the module's ``loss`` for semantic
+models, ``net.loss`` for instance models; docs/model-interface.md). Instance targets are
+built from each augmented patch's class map; a typing model's targets carry each image's
+cell type from the dataset's class labels.
+
 ``train`` takes plain callbacks (``progress(step, total, info)`` and ``cancelled()``), so the
 same loop runs from the CLI with a terminal bar and from a widget thread. It writes a
 resumable checkpoint (``checkpoint.pt``, tensors only, loaded with ``weights_only=True``)
@@ -20,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .augment import AugmentConfig, augment
-from .dataset import list_pairs, load_pair
+from .dataset import image_cell_types, list_pairs, load_pair
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +35,26 @@ log = logging.getLogger(__name__)
 CELL_DIAMETER_RANGE = (60.0, 200.0)
 
 
+# used where a model's TRAINING does not say (MIF-Net's recipe)
+FALLBACK = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 5e-4, "momentum": 0.9, "batch_size": 8,
+            "patch": 192}
+# target value of a nucleus pixel whose cell type the data does not give (typing models)
+UNKNOWN_TYPE_NUCLEUS = 7
+
+
 @dataclass
 class TrainConfig:
     model: str = "mifnet"
     epochs: int = 100  # one epoch = one augmented patch per training image
-    batch_size: int = 8
-    patch: int = 192
-    lr: float = 1e-3
-    weight_decay: float = 5e-4  # MIF-Net: Adam, lr 1e-3, L2 5e-4
-    dice_weight: float = 0.5
+    # None: the model's paper recipe (its module's TRAINING), see ``recipe``
+    batch_size: int | None = None
+    patch: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    optimizer: str | None = None  # "adam" or "sgd"
+    momentum: float | None = None
+    augment: dict = field(default_factory=dict)  # AugmentConfig overrides on top of the paper's
+    dice_weight: float = 0.5  # for models without a loss of their own
     val_every: int = 200  # steps
     patience: int = 20  # validations without improvement (MIF-Net: 20)
     seed: int = 0
@@ -46,6 +64,24 @@ class TrainConfig:
     # across, i.e. a 12 um white cell at about 0.06-0.2 um/px; 0.1 sits in the middle
     pixel_size: float = 0.1
     cfg: dict = field(default_factory=dict)
+
+
+def recipe(config: TrainConfig) -> TrainConfig:
+    """The config with every unset field taken from the model's paper recipe."""
+    from dataclasses import replace
+
+    from ..models.registry import model_module
+
+    paper = getattr(model_module(config.model), "TRAINING", {})
+    filled = {k: paper.get(k, FALLBACK[k]) for k in FALLBACK if getattr(config, k) is None}
+    return replace(config, **filled, augment={**paper.get("augment", {}), **config.augment})
+
+
+def typed_target(label: np.ndarray, cell_type: str | None, names: list[str]) -> np.ndarray:
+    """A class map (0, 1, 2) as a typing model's target: nucleus pixels become 2 + the type's
+    index in ``names``, or ``UNKNOWN_TYPE_NUCLEUS`` when the type is not known."""
+    code = 2 + names.index(cell_type) if cell_type in names else UNKNOWN_TYPE_NUCLEUS
+    return np.where(label == 2, code, label)
 
 
 def _cell_diameter(label: np.ndarray) -> float:
@@ -62,12 +98,19 @@ def _cell_diameter(label: np.ndarray) -> float:
 class PatchSampler:
     """Random augmented patches from a list of pairs, each at a cell scale in range."""
 
-    def __init__(self, pairs, aug: AugmentConfig, seed: int = 0):
+    def __init__(self, pairs, aug: AugmentConfig, seed: int = 0, type_names: list[str] | None = None):
         self.items = []
+        types = {}
+        if type_names:
+            for root in {Path(p.image).parent.parent for p in pairs}:
+                types[root] = image_cell_types(root)
         for pair in pairs:
             image, label = load_pair(pair)
             d = _cell_diameter(label)
             lo, hi = CELL_DIAMETER_RANGE
+            if type_names:
+                kind = types[Path(pair.image).parent.parent].get(pair.stem)
+                label = typed_target(label, kind, type_names).astype(np.uint8)
             self.items.append((image, label, (lo / d, hi / d)))
         if not self.items:
             raise ValueError("no training pairs found")
@@ -79,6 +122,38 @@ class PatchSampler:
         xs, ys = zip(*(augment(*self.items[i][:2], self.aug, self.rng, self.items[i][2]) for i in idx),
                      strict=True)
         return np.stack(xs), np.stack(ys)
+
+
+def instance_targets(labels: np.ndarray, device) -> list[dict]:
+    """Per-image instance targets (tensors on ``device``) from a batch of class maps."""
+    import torch
+
+    from .instances import targets_from_classes
+
+    out = []
+    for label in labels:
+        t = targets_from_classes(label, min_area=64)
+        out.append({k: torch.from_numpy(v).to(device) for k, v in t.items()})
+    return out
+
+
+def model_loss(net, module, x, labels: np.ndarray, device: str = "cpu", dice_weight: float = 0.5,
+               bf16: bool = False):
+    """The model's training loss on a normalised batch ``x`` and its (B, H, W) class maps:
+    the paper's loss of its module (``loss`` or ``net.loss`` for instance models), else
+    :func:`segmentation_loss`."""
+    import torch
+
+    kind = device.split(":")[0]
+    with torch.autocast(device_type=kind, dtype=torch.bfloat16, enabled=bf16):
+        if getattr(module, "KIND", "semantic") == "instance":
+            return sum(net.loss(x, instance_targets(labels, device)).values()).float()
+        outputs = net(x)
+    outputs = [o.float() for o in outputs] if isinstance(outputs, list | tuple) else outputs.float()
+    target = torch.from_numpy(np.ascontiguousarray(labels)).long().to(device)
+    if hasattr(module, "loss"):
+        return module.loss(outputs, target).float()
+    return segmentation_loss(outputs, target, dice_weight)
 
 
 def segmentation_loss(logits, target, dice_weight: float = 0.5):
@@ -98,15 +173,14 @@ def segmentation_loss(logits, target, dice_weight: float = 0.5):
 
 def validate(net, spec, pairs, device) -> dict[str, float]:
     """Mean Dice of whole cell and nucleus over validation pairs at native scale."""
-    from .inference import predict_probabilities
+    from .inference import network_classes
     from .metrics import class_map_metrics, mean_metrics
 
     net.eval()
     scores = []
     for pair in pairs:
         image, label = load_pair(pair)
-        pred = predict_probabilities(net, spec, image, device).argmax(0)
-        scores.append(class_map_metrics(pred, label))
+        scores.append(class_map_metrics(network_classes(net, spec, image, device), label))
     net.train()
     m = mean_metrics(scores)
     return {"dice_cell": m["cell"]["dice"], "dice_cytoplasm": m["cytoplasm"]["dice"],
@@ -120,16 +194,28 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
     import torch
 
     from ..models import ModelSpec, create_model, read_spec, save_model
+    from ..models.registry import model_module
+    from .inference import type_names
 
     config = config or TrainConfig()
+    if init_weights:  # fine-tuning trains the architecture of the weights it starts from
+        from dataclasses import replace
+        config = replace(config, model=read_spec(init_weights).name)
+    config = recipe(config)
+    module = model_module(config.model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     train_pairs = [p for d in data_dirs for p in list_pairs(d, "train")]
     val_pairs = [p for d in data_dirs for p in list_pairs(d, "val")]
-    sampler = PatchSampler(train_pairs, AugmentConfig(size=config.patch), config.seed)
-    spec = read_spec(init_weights) if init_weights else ModelSpec(config.model, config.cfg,
-                                                                    pixel_size=config.pixel_size)
+    if init_weights:
+        spec = read_spec(init_weights)
+    else:
+        classes = tuple(getattr(module, "CLASSES", ModelSpec.classes))
+        cfg = {**config.cfg, **({"num_classes": len(classes)} if hasattr(module, "CLASSES") else {})}
+        spec = ModelSpec(config.model, cfg, classes=classes, pixel_size=config.pixel_size)
+    sampler = PatchSampler(train_pairs, AugmentConfig(size=config.patch, **config.augment), config.seed,
+                           type_names(spec))
     net = create_model(spec.name, **spec.cfg).to(device)
     if init_weights:
         from safetensors.torch import load_file
@@ -141,7 +227,11 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
                               "sha256": sha256(Path(init_weights) / "model.safetensors")}
         state = load_file(str(Path(init_weights) / "model.safetensors"))
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_pairs) / config.batch_size))
     total = config.max_steps or config.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=total, pct_start=0.05)
@@ -175,11 +265,7 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
         x, y = sampler.batch(config.batch_size)
         x = (x - np.float32(spec.mean)) / np.float32(spec.std)
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
-        yt = torch.from_numpy(y).to(device)
-        kind = device.split(":")[0]
-        with torch.autocast(device_type=kind, dtype=torch.bfloat16, enabled=config.bf16):
-            logits = net(xt)
-        loss = segmentation_loss(logits.float(), yt, config.dice_weight)
+        loss = model_loss(net, module, xt, y, device, config.dice_weight, config.bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -209,5 +295,35 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
     if history["best"] is None:  # cancelled before the first validation
         save_model(net, spec, out)
     history["steps"] = step
+    history["seconds"] = round(history.get("seconds", 0.0) + time.time() - t0, 1)
+    history["device"] = device
     (out / "history.json").write_text(json.dumps(history))
+    write_card(out, spec, history)
     return history
+
+
+def write_card(out: Path, spec, history: dict) -> Path:
+    """A short model card (CARD.md) next to the weights: data, split, recipe, figures."""
+    import platform
+
+    from ..models import sha256
+
+    c, best = history["config"], history.get("best") or {}
+    figures = ", ".join(f"{k.removeprefix('dice_')} {100 * v:.2f}" for k, v in best.items()
+                        if k.startswith("dice_"))
+    text = "\n".join([
+        f"# {spec.name}: trained weights", "",
+        f"- data: {', '.join(history['data'])} (train split: {history['train_images']} images; "
+        f"validation split: {history['val_images']} images; test split never seen)",
+        f"- recipe: {c['optimizer']} lr {c['lr']} weight decay {c['weight_decay']}, batch {c['batch_size']} "
+        f"of {c['patch']} px patches, augmentation overrides {c['augment'] or 'none'}, bf16 {c['bf16']}",
+        f"- trained {history['steps']} steps ({history['steps'] / history['steps_per_epoch']:.1f} epochs) "
+        f"in {history['seconds'] / 60:.1f} min on {history['device']} ({platform.machine()}, "
+        f"{platform.node() or 'unknown host'})" + (" - cancelled" if history.get("cancelled") else ""),
+        f"- best validation (step {best.get('step')}): Dice % {figures or 'none'}",
+        f"- classes: {', '.join(spec.classes)}; working pixel size {spec.pixel_size} um/px",
+        f"- model.safetensors sha256 {sha256(out / 'model.safetensors')}",
+        "", "Test-split figures: `napari-wbc evaluate --dataset DIR --split test --weights THIS_FOLDER`.",
+        ""])
+    (out / "CARD.md").write_text(text)
+    return out / "CARD.md"

@@ -42,6 +42,7 @@ from .tiling import (
 log = logging.getLogger(__name__)
 # default tile side in working px: the network's activations for one tile take ~1.5 GB
 WORK_TILE = 1024
+UNTIL = ("plan", "classified", "cells", "results")  # where segment_slide(until=...) stops
 
 
 @dataclass
@@ -105,7 +106,8 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
                   tile: int | tuple[int, int] | None = None, halo: int | None = None,
                   pixel_size: float | None = None, device: str = "cpu", batch_size: int = 1,
                   skip_empty: bool = True, shard: tuple[int, int] = (0, 1), poll: float = 2.0,
-                  keep_work: bool = False) -> Generator[Progress, None, SlideResult | None]:
+                  keep_work: bool = False, until: str = "results",
+                  ) -> Generator[Progress, None, SlideResult | None]:
     """Segment a slide tile by tile into ``out``; yields ``(done, total, message)`` per tile.
 
     ``pixel_size`` (um/px) overrides the file's; without either the slide is taken to be at
@@ -116,13 +118,26 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
     ``shard=(i, n)``: this process does every n-th tile from the i-th, and shard 0 writes
     the results once all are done; the others return None. Results do not depend on
     ``tile``, ``batch_size`` or ``shard``.
+
+    ``until`` stops this shard early, never waiting for the others (a scheduler that runs
+    the steps in order, as :mod:`.distributed` does, uses it): "plan" after setting up the
+    work folder, "classified" after its tiles' class maps, "cells" after its tiles' cells;
+    these return None. "results" (the default) goes on to the end.
     """
+    if until not in UNTIL:
+        raise ValueError(f"until must be one of {UNTIL}, not {until!r}")
     if not isinstance(slide, Slide):
         with open_slide(slide) as opened:
             return (yield from segment_slide(opened, out, net, spec, name=name, tile=tile, halo=halo,
                                              pixel_size=pixel_size, device=device, batch_size=batch_size,
                                              skip_empty=skip_empty, shard=shard, poll=poll,
-                                             keep_work=keep_work))
+                                             keep_work=keep_work, until=until))
+    from ..models.registry import list_models, model_kind
+
+    if model_kind(spec.name) != "semantic":
+        semantic = ", ".join(m for m in list_models() if model_kind(m) == "semantic")
+        raise InputError(f"{spec.name} detects cells field by field and cannot stitch tiles exactly; "
+                         f"segment whole slides with a semantic model ({semantic})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = name or slide.name
@@ -132,10 +147,12 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
     plan = _plan(slide, spec, px, tile, halo, skip_empty)
     work = out / f".{name}.work"
     store = _open_work(work, plan, shard)
+    if until == "plan":
+        return None
     grid = TileGrid(slide.shape, tuple(plan["tile"]), plan["halo"])
     wgrid = WorkGrid(slide.shape, plan["scale"], plan["context"])
     mine = [i for i in range(len(grid)) if i % shard[1] == shard[0]]
-    total = 2 * len(mine) + (1 if shard[0] == 0 else 0)
+    total = {"classified": len(mine), "cells": 2 * len(mine)}.get(until, 2 * len(mine) + (shard[0] == 0))
     done = 0
 
     def classified(i: int) -> Path:
@@ -178,6 +195,8 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
             yield from flush()
     if batch:
         yield from flush()
+    if until == "classified":
+        return None
     yield from _wait(lambda: all(classified(i).exists() for i in range(len(grid))), poll, done, total,
                      "waiting for other workers to classify their tiles")
 
@@ -193,7 +212,7 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
             _save_cells(path, record, table)
         done += 1
         yield done, total, f"tile {i + 1}/{len(grid)}: cells separated"
-    if shard[0] != 0:
+    if shard[0] != 0 or until == "cells":
         return None
     yield from _wait(lambda: all((work / "cells" / f"{i}.npz").exists() for i in range(len(grid))), poll,
                      done, total, "waiting for other workers to separate cells")

@@ -22,7 +22,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+KIND = "semantic"
+PAPER = "Akram et al. 2022, IEEE Access"
 PAPER_PARAMETERS = 2_679_593
+# Adam, lr 1e-3, L2 5e-4, early stop on validation with patience 20 (Section IV)
+TRAINING = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 5e-4, "batch_size": 8, "patch": 192}
 
 
 class _ConvReluBN(nn.Sequential):
@@ -69,6 +73,7 @@ class MIFNet(nn.Module):
         self.conv5 = nn.Conv2d(32, num_classes, 1)
         self.bn5 = nn.BatchNorm2d(num_classes)
         self.relu = nn.ReLU(inplace=True)
+        self.pad_multiple = 8  # three stride-2 steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         splitter, f1 = self.stage1(x)

@@ -8,6 +8,10 @@ from typing import Any
 # name -> module that defines ``build(**cfg)``; modules are imported on first use
 _ARCHITECTURES = {
     "mifnet": "napari_wbc.models.mifnet",
+    "leukocytemask": "napari_wbc.models.leukocytemask",
+    "wbcnet": "napari_wbc.models.wbcnet",
+    "wcsegnet": "napari_wbc.models.wcsegnet",
+    "yolact_cis": "napari_wbc.models.yolact_cis",
 }
 
 
@@ -16,10 +20,24 @@ def list_models() -> list[str]:
     return sorted(_ARCHITECTURES)
 
 
-def create_model(name: str, **cfg: Any):
-    """Build an untrained network by name (``KeyError`` lists the valid names)."""
+def model_module(name: str):
+    """The module that defines an architecture (``KeyError`` lists the valid names).
+
+    It provides ``build``, ``KIND`` ("semantic" or "instance"), ``TRAINING`` (the paper's
+    recipe) and optionally ``loss``; see docs/model-interface.md.
+    """
     try:
         module = _ARCHITECTURES[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; choose one of {list_models()}") from None
-    return importlib.import_module(module).build(**cfg)
+    return importlib.import_module(module)
+
+
+def model_kind(name: str) -> str:
+    """"semantic" (a class per pixel) or "instance" (scored masks per cell)."""
+    return getattr(model_module(name), "KIND", "semantic")
+
+
+def create_model(name: str, **cfg: Any):
+    """Build an untrained network by name (``KeyError`` lists the valid names)."""
+    return model_module(name).build(**cfg)
