@@ -36,7 +36,12 @@ def _coordinates(shape_in, label, cfg: AugmentConfig, rng: np.random.Generator, 
     h, w = shape_in
     size = cfg.size
     zoom = float(np.exp(rng.uniform(*np.log(scale_range))))
-    angle = np.deg2rad(rng.uniform(-cfg.rotation, cfg.rotation)) if cfg.rotate else 0.0
+    if not cfg.rotate:
+        angle = 0.0
+    elif cfg.rotation >= 180:  # any angle
+        angle = rng.uniform(0, 2 * np.pi)
+    else:
+        angle = np.deg2rad(rng.uniform(-cfg.rotation, cfg.rotation))
     flip = rng.random() < 0.5
     fg = np.flatnonzero(label.ravel() > 0)
     if fg.size and rng.random() < cfg.focus_p:
