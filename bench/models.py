@@ -7,7 +7,9 @@ field end to end (network, instances, measurements), and the test-split figures 
 evaluation reports in --eval (written by `napari-wbc evaluate --out` or bench/accuracy.py).
 Models without trained weights are timed with untrained ones and say so.
 
-Usage: python bench/models.py [--eval docs/eval] [--fields 6] [--threads 2] [--models ...]
+Weights: runs/<name> (what bench/train_models.sh trains) if there, else the installed ones.
+
+Usage: python bench/models.py [--eval docs/eval] [--runs runs] [--fields 6] [--threads 2] [--models ...]
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("--eval", default="docs/eval")
+    p.add_argument("--runs", default="runs", help="folder of trained runs, one subfolder per model")
     p.add_argument("--fields", type=int, default=6)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--models", nargs="+", default=None)
@@ -92,7 +95,11 @@ def main() -> None:
     for name in args.models or list_models():
         module = model_module(name)
         kind = getattr(module, "KIND", "semantic")
-        if name in weights:
+        run_dir = Path(args.runs) / name
+        if (run_dir / "model.safetensors").exists():
+            net, spec = load_model(weights=run_dir)
+            trained = ""
+        elif name in weights:
             net, spec = load_model(name)
             trained = ""
         else:
