@@ -59,3 +59,22 @@ def test_auto_scale_on_large_cells(datasets, trained_model):
     # the result class map is the instances' own: nucleus inside cells, nothing outside
     assert np.array_equal(result.classes > 0, result.cells > 0)
     assert np.array_equal(result.classes == 2, result.nuclei > 0)
+
+
+def test_cell_type_is_the_majority_of_its_nucleus_with_mean_probability():
+    from napari_wbc.core.inference import assign_types, collapse_types
+
+    cells = np.zeros((4, 6), np.uint32)
+    cells[:, :3], cells[:, 3:] = 1, 2
+    nuclei = cells.copy()
+    prob = np.zeros((2, 4, 6), np.float32)  # two types
+    prob[0, :, :3] = 0.8  # cell 1: type a everywhere...
+    prob[1, :, :3] = 0.2
+    prob[1, 0, :3] = 0.9  # ...except its first row (3 of 12 pixels)
+    prob[0, 0, :3] = 0.1
+    prob[1, :, 3:] = 1.0  # cell 2: type b
+    types = assign_types(cells, nuclei, prob, ["a", "b"])
+    assert types[1][0] == "a" and types[1][1] == pytest.approx((9 * 0.8 + 3 * 0.1) / 12)
+    assert types[2] == ("b", 1.0)
+    full = np.stack([np.full((4, 6), 0.1), np.full((4, 6), 0.2), prob[0] * 0.7, prob[1] * 0.7])
+    assert np.allclose(collapse_types(full)[2], 0.7 * prob.sum(0))

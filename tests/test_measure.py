@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_wbc.core.measure import count_summary, measure_cells
+from napari_wbc.core.measure import count_summary, describe_counts, measure_cells
 
 
 def _two_cells():
@@ -74,3 +74,16 @@ def test_empty_and_counts():
     assert len(empty) == 0 and "ncr" in empty
     assert count_summary(empty) == {"white_cells": 0, "complete_cells": 0}
     assert count_summary(measure_cells(*_two_cells())) == {"white_cells": 2, "complete_cells": 1}
+
+
+def test_cell_types_give_a_differential_count():
+    cells = np.zeros((20, 30), np.uint32)
+    cells[2:8, 2:8], cells[2:8, 12:18], cells[10:16, 12:18] = 1, 2, 3
+    nuclei = np.where(np.isin(cells, [1, 2, 3]) & (np.arange(30)[None] % 6 < 3), cells, 0).astype(np.uint32)
+    types = {1: ("neutrophil", 0.9), 2: ("lymphocyte", 0.6), 3: ("neutrophil", 0.8)}
+    table = measure_cells(cells, nuclei, types=types)
+    assert table["cell_type"].tolist() == ["neutrophil", "lymphocyte", "neutrophil"]
+    assert table["type_confidence"].tolist() == [0.9, 0.6, 0.8]
+    counts = count_summary(table)
+    assert counts["n_neutrophil"] == 2 and counts["n_lymphocyte"] == 1
+    assert describe_counts(counts) == "3 white cells (3 complete): 2 neutrophil, 1 lymphocyte"

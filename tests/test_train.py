@@ -53,3 +53,30 @@ def test_loss_prefers_the_truth():
     target[0, 2:6, 2:6] = 2
     good = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 10
     assert segmentation_loss(good, target) < segmentation_loss(-good, target)
+
+
+def test_paper_recipe_fills_what_the_user_leaves_unset():
+    from napari_wbc.core.train import TrainConfig, recipe
+
+    lm = recipe(TrainConfig(model="leukocytemask"))
+    assert (lm.optimizer, lm.lr, lm.weight_decay, lm.momentum, lm.batch_size) == ("sgd", 1e-3, 2e-4, 0.9, 2)
+    mine = recipe(TrainConfig(model="wcsegnet", lr=5e-4, augment={"blur_p": 0.5}))
+    assert mine.lr == 5e-4 and mine.optimizer == "adam"
+    assert mine.augment["rotation"] == 40.0 and mine.augment["blur_p"] == 0.5
+
+
+def test_typed_targets_and_the_datasets_cell_types(datasets):
+    from napari_wbc.core.dataset import image_cell_types
+    from napari_wbc.core.train import UNKNOWN_TYPE_NUCLEUS, typed_target
+
+    names = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+    label = np.array([[0, 1, 2]])
+    assert typed_target(label, "monocyte", names).tolist() == [[0, 1, 4]]
+    assert typed_target(label, None, names).tolist() == [[0, 1, UNKNOWN_TYPE_NUCLEUS]]
+    zheng = image_cell_types(datasets / "zheng_d1")  # class_labels.csv: "1,2" -> lymphocyte
+    assert zheng["001"] == "lymphocyte" and zheng["002"] == "neutrophil" and len(zheng) == 300
+    bccd = image_cell_types(datasets / "bccd")
+    assert bccd["BloodImage_00000"] == "neutrophil"
+    assert bccd["BloodImage_00065"] == "neutrophil"  # "NEUTROPHIL, NEUTROPHIL"
+    # a field whose cells are of two types is left out: the file does not say which is which
+    assert "BloodImage_00010" not in bccd  # "NEUTROPHIL, EOSINOPHIL"

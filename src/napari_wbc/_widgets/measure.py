@@ -143,7 +143,7 @@ class MeasureWidget(Container):
 
     def refresh(self) -> None:
         """Rebuild the table and the count from the layer's features."""
-        from ..core.measure import count_summary
+        from ..core.measure import count_summary, describe_counts
 
         table = self.features
         self._syncing = True
@@ -172,8 +172,7 @@ class MeasureWidget(Container):
             self.table.resizeColumnsToContents()
             if "touches_border" in table:
                 counts = count_summary(table)
-                self.summary.value = (f"{counts['white_cells']} white cells "
-                                      f"({counts['complete_cells']} complete)")
+                self.summary.value = describe_counts(counts)
             else:
                 self.summary.value = f"{len(table)} cells"
         finally:

@@ -470,7 +470,7 @@ class SegmentWidget(Container):
             self.status.value = "failed"
 
     def _update_layers(self, layer, model, pixel_size, result, table) -> None:
-        from ..core.measure import count_summary
+        from ..core.measure import count_summary, describe_counts
 
         counts = count_summary(table)
         features = table.assign(index=table["label"])  # napari maps label -> row by `index`
@@ -481,7 +481,7 @@ class SegmentWidget(Container):
                 "model": model, "pixel_size": pixel_size}
         cells.metadata = {**cells.metadata, **meta}
         nuclei.metadata = {**nuclei.metadata, "source_layer": layer.name, "model": model}
-        self.status.value = f"{counts['white_cells']} white cells ({counts['complete_cells']} complete)"
+        self.status.value = describe_counts(counts)
         self._show_measurements(cells)
 
     def _show_measurements(self, cells: Labels) -> None:

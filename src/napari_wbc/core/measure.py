@@ -96,3 +96,11 @@ def count_summary(table: pd.DataFrame) -> dict[str, int]:
         for kind, n in table["cell_type"].value_counts().sort_index().items():
             summary[f"n_{kind}"] = int(n)
     return summary
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """'12 white cells (11 complete)', with the differential count when cells are typed:
+    '...: 7 neutrophil, 3 lymphocyte, 2 monocyte'."""
+    text = f"{counts['white_cells']} white cells ({counts['complete_cells']} complete)"
+    kinds = sorted(((n, k.removeprefix("n_")) for k, n in counts.items() if k.startswith("n_")), reverse=True)
+    return text + (": " + ", ".join(f"{n} {kind}" for n, kind in kinds) if kinds else "")
