@@ -79,7 +79,9 @@ def test_fine_tune_makes_a_new_model_the_segment_widget_offers(setup, qtbot, mod
 
     (folder,) = list(models_home.iterdir())
     assert re.fullmatch(r"mifnet-ft-\d{8}-\d{6}", folder.name)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "history.json", "model.safetensors"]
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["CARD.md", "config.json", "history.json", "model.safetensors"]
+    assert "mifnet: trained weights" in (folder / "CARD.md").read_text()
     config = json.loads((folder / "config.json").read_text())
     assert config["name"] == "mifnet" and "trained" not in config
     tuned = config["fine_tuned"]

@@ -299,6 +299,8 @@ class SegmentWidget(Container):
         worker.yielded.connect(lambda step: self._on_slide_progress(layer, step))
         worker.returned.connect(lambda res: self._show_slide_result(layer, model, out, res))
         worker.errored.connect(self._on_error)
+        # tiles classified after the last progress event (e.g. when cancelled) still show
+        worker.finished.connect(lambda: self._flush_preview(layer))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._pbar = progress(total=1, desc=f"segmenting {layer.name}")
@@ -330,6 +332,9 @@ class SegmentWidget(Container):
 
     def _on_slide_progress(self, layer, step) -> None:
         self._on_progress(step)
+        self._flush_preview(layer)
+
+    def _flush_preview(self, layer) -> None:
         preview = self._preview
         if preview is not None and preview.dirty:
             preview.dirty = False
@@ -420,6 +425,8 @@ class SegmentWidget(Container):
         preview = f"{layer.name} preview"
         if preview in self._viewer.layers:
             self._viewer.layers.remove(preview)
+        if self._preview is not None:  # the results replace the preview for good
+            self._preview.dirty = False
         counts = cells.metadata["counts"]
         self._say(f"{counts['white_cells']} white cells ({counts['complete_cells']} complete) in "
                   f"{result.tiles} tiles; saved in {out.name}", out)
