@@ -148,16 +148,6 @@ def realistic(folder: Path, size: int, rbc_per_wbc: float, seed: int) -> dict:
             "cells_in_placed_fields": int(inside.sum()), "cells_elsewhere": int((~inside).sum())}
 
 
-def canonical(labels: np.ndarray) -> np.ndarray:
-    """Relabel by the raster order of each object's first pixel (the slide engine's id rule)."""
-    flat = labels.ravel()
-    nz = np.flatnonzero(flat)
-    ids, first = np.unique(flat[nz], return_index=True)
-    lut = np.zeros(int(labels.max()) + 1, np.uint32)
-    lut[ids[np.argsort(nz[first])]] = np.arange(1, len(ids) + 1)
-    return lut[labels]
-
-
 def matched_iou(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     """Per reference cell, the IoU with the tiled cell it overlaps most (0 if none)."""
     n, m = int(ref.max()), int(got.max())
@@ -176,7 +166,7 @@ def agreement(folder: Path, grid: tuple[int, int], tiles: list[int]) -> list[dic
 
     from napari_wbc.core.inference import run, segment
     from napari_wbc.core.slide import open_slide
-    from napari_wbc.core.tiling import TileGrid
+    from napari_wbc.core.tiling import TileGrid, canonical_labels
 
     path = mosaic(folder, grid, "agree")
     with open_slide(path) as slide:
@@ -185,7 +175,7 @@ def agreement(folder: Path, grid: tuple[int, int], tiles: list[int]) -> list[dic
     t0 = time.perf_counter()
     ref = run(segment(image, net, spec, "cpu", auto_scale=False))
     whole_s = time.perf_counter() - t0
-    cells = canonical(ref.cells)
+    cells = canonical_labels(ref.cells)
     nuclei = np.where(ref.nuclei > 0, cells, 0)
     n = int(cells.max())
     rows = []

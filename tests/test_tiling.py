@@ -14,19 +14,16 @@ from napari_wbc.core.io import read_image
 from napari_wbc.core.postprocess import instances_from_classes
 from napari_wbc.core.slide import Slide, build_mosaic_slide, open_slide
 from napari_wbc.core.slide_output import global_ids
-from napari_wbc.core.tiling import CONTEXT, TileGrid, WorkGrid, cells_in_tile, has_nucleus_stain
+from napari_wbc.core.tiling import (
+    CONTEXT,
+    TileGrid,
+    WorkGrid,
+    canonical_labels,
+    cells_in_tile,
+    has_nucleus_stain,
+)
 from napari_wbc.core.wholeslide import segment_slide
 from napari_wbc.models import create_model, load_model
-
-
-def canonical(labels: np.ndarray) -> np.ndarray:
-    """Relabel by the raster order of each object's first pixel (the slide engine's id rule)."""
-    flat = labels.ravel()
-    nz = np.flatnonzero(flat)
-    ids, first = np.unique(flat[nz], return_index=True)
-    lut = np.zeros(int(labels.max()) + 1, np.uint32)
-    lut[ids[np.argsort(nz[first])]] = np.arange(1, len(ids) + 1)
-    return lut[labels]
 
 
 def test_mifnet_receptive_field_fits_its_context():
@@ -128,7 +125,7 @@ def stitch(classes, tile, halo, diameter=None):
 def test_stitching_matches_the_whole_class_map(diameter):
     classes = synthetic_classes((560, 720), 35, seed=int(diameter or 0))
     cells, nuclei = instances_from_classes(classes, cell_diameter=diameter)
-    expected = canonical(cells)
+    expected = canonical_labels(cells)
     assert expected.max() >= 12
     # seams through clusters of touching cells; a halo of 0 makes every cut object grow its window
     for tile, halo in [((256, 256), 150), ((201, 333), 40), ((150, 500), 0)]:
@@ -154,7 +151,7 @@ def field(datasets, model):
     """A bccd field (two white cells) and its untiled segmentation, ids in raster order."""
     image = read_image(datasets / "bccd" / "images" / "BloodImage_00242.jpg").data
     ref = run(segment(image, *model, auto_scale=False))
-    return image, canonical(ref.cells), np.where(ref.nuclei > 0, canonical(ref.cells), 0)
+    return image, canonical_labels(ref.cells), np.where(ref.nuclei > 0, canonical_labels(ref.cells), 0)
 
 
 def read_result(result):
@@ -233,7 +230,7 @@ def mosaic(tmp_path_factory, datasets, model):
     with open_slide(path) as slide:
         image = slide.read(0, 0, *slide.shape)
     ref = run(segment(image, *model, auto_scale=False))
-    cells = canonical(ref.cells)
+    cells = canonical_labels(ref.cells)
     return path, cells, np.where(ref.nuclei > 0, cells, 0)
 
 

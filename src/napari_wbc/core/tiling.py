@@ -296,3 +296,14 @@ def _collect(found) -> TileCells:
         nuclei[sl][n] = i
     first = np.array([p[0] for p in pieces], np.int64)
     return TileCells((int(y0), int(x0)), cells, nuclei, first, boxes)
+
+
+def canonical_labels(labels: np.ndarray) -> np.ndarray:
+    """Relabel by the raster order of each object's first pixel (the slide engine's id rule):
+    two label images of the same objects become equal whatever ids they had."""
+    flat = labels.ravel()
+    nz = np.flatnonzero(flat)
+    ids, first = np.unique(flat[nz], return_index=True)
+    lut = np.zeros(int(labels.max()) + 1, np.uint32)
+    lut[ids[np.argsort(nz[first])]] = np.arange(1, len(ids) + 1)
+    return lut[labels]
