@@ -32,10 +32,11 @@ from ._tracker import EditTracker, write_changes
 if TYPE_CHECKING:
     import napari
 
+from ..core.dataset import CELL_TYPES as DATASET_TYPES
+
 log = logging.getLogger(__name__)
 
-CELL_TYPES = (("—", None), *((name, name) for name in ("neutrophil", "lymphocyte", "monocyte", "eosinophil",
-                                                       "basophil", "other")))
+CELL_TYPES = (("—", None), *((name, name) for name in (*DATASET_TYPES, "other")))
 TIPS = {
     "ids": "the cells to act on, e.g. '3, 7'; follows the selected label; Ctrl+click a cell to add it",
     "drawing": "points (split), a line (cut), a polygon or a painted mask (new cell, nucleus); "

@@ -161,14 +161,23 @@ def _classes(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
     return np.where(nuclei > 0, 2, np.where(cells > 0, 1, 0)).astype(np.uint8)
 
 
-def network_classes(net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0) -> np.ndarray:
-    """(H, W) uint8 class map (0 background, 1 cytoplasm, 2 nucleus) straight from the
-    network, for any kind of model: what validation and auto-scale look at."""
+def network_pass(net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0):
+    """The network on one field, for any kind of model: ``(classes, raw)``, the (H, W) uint8
+    class map (0 background, 1 cytoplasm, 2 nucleus) and what the instance step needs:
+    (cells, nuclei, scores) from an instance model, (C, H, W) probabilities (one nucleus
+    channel per type for a typing model) from a semantic one."""
     from ..models.registry import model_kind
 
     if model_kind(spec.name) == "instance":
-        return _classes(*detect_cells(net, spec, image, device, scale)[:2])
-    return predict_probabilities(net, spec, image, device, scale).argmax(0).astype(np.uint8)
+        cells, nuclei, scores = detect_cells(net, spec, image, device, scale)
+        return _classes(cells, nuclei), (cells, nuclei, scores)
+    prob = predict_probabilities(net, spec, image, device, scale, keep_types=True)
+    return collapse_types(prob).argmax(0).astype(np.uint8), prob
+
+
+def network_classes(net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0) -> np.ndarray:
+    """The class map straight from the network (what validation and auto-scale look at)."""
+    return network_pass(net, spec, image, device, scale)[0]
 
 
 def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float | None = None,
@@ -181,31 +190,20 @@ def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float
     resampled so that they are ``AUTO_SCALE_TARGET`` px wide and segmented again, which
     handles fields from other magnifications.
     """
-    from ..models.registry import model_kind
-
-    instance = model_kind(spec.name) == "instance"
     names = type_names(spec)
-
-    def network_pass(scale):
-        if instance:
-            cells, nuclei, scores = detect_cells(net, spec, image, device, scale)
-            return _classes(cells, nuclei), (cells, nuclei, scores)
-        prob = predict_probabilities(net, spec, image, device, scale, keep_types=True)
-        return collapse_types(prob).argmax(0).astype(np.uint8), prob
-
     scale = working_scale(spec, pixel_size)
     yield 0, 4, "running the network"
-    network, raw = network_pass(scale)
+    network, raw = network_pass(net, spec, image, device, scale)
     if pixel_size is None and auto_scale:
         width = typical_cell_width(network)
         lo, hi = AUTO_SCALE_RANGE
         if width is not None and not lo <= width <= hi:
             scale = AUTO_SCALE_TARGET / width
             yield 1, 4, f"white cells are ~{width:.0f} px wide: segmenting again at {scale:.2f}x"
-            network, raw = network_pass(scale)
+            network, raw = network_pass(net, spec, image, device, scale)
     yield 2, 4, "separating cells"
     types = None
-    if instance:
+    if isinstance(raw, tuple):  # an instance model's cells
         cells, nuclei, kept = raw
         scores = {i + 1: float(v) for i, v in enumerate(kept) if (cells == i + 1).any()}
     else:

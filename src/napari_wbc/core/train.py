@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .augment import AugmentConfig, augment
-from .dataset import image_cell_types, list_pairs, load_pair
+from .dataset import CELL_TYPES, image_cell_types, list_pairs, load_pair
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ CELL_DIAMETER_RANGE = (60.0, 200.0)
 FALLBACK = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 5e-4, "momentum": 0.9, "batch_size": 8,
             "patch": 192}
 # target value of a nucleus pixel whose cell type the data does not give (typing models)
-UNKNOWN_TYPE_NUCLEUS = 7
+UNKNOWN_TYPE_NUCLEUS = 2 + len(CELL_TYPES)  # 7: the class after the last type
 
 
 @dataclass
@@ -79,8 +79,9 @@ def recipe(config: TrainConfig) -> TrainConfig:
 
 def typed_target(label: np.ndarray, cell_type: str | None, names: list[str]) -> np.ndarray:
     """A class map (0, 1, 2) as a typing model's target: nucleus pixels become 2 + the type's
-    index in ``names``, or ``UNKNOWN_TYPE_NUCLEUS`` when the type is not known."""
-    code = 2 + names.index(cell_type) if cell_type in names else UNKNOWN_TYPE_NUCLEUS
+    index in ``names``, or 2 + len(names) (``UNKNOWN_TYPE_NUCLEUS`` for the five dataset
+    types) when the type is not known."""
+    code = 2 + names.index(cell_type) if cell_type in names else 2 + len(names)
     return np.where(label == 2, code, label)
 
 

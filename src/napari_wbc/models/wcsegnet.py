@@ -45,10 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.dataset import CELL_TYPES
+
 KIND = "semantic"
 PAPER = "Nasser et al. 2025, Ingénierie des Systèmes d'Information"
 PAPER_PARAMETERS = None  # the paper gives no count
-CELL_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 CLASSES = ("background", "cytoplasm", *(f"nucleus:{t}" for t in CELL_TYPES))
 UNKNOWN_NUCLEUS = len(CLASSES)  # 7: target value of a nucleus pixel of unknown type
 # Section 2.4: Adam ("stochastic gradient descent" with mini-batches), lr 1e-4, batch 16, on
