@@ -80,3 +80,22 @@ def test_typed_targets_and_the_datasets_cell_types(datasets):
     assert bccd["BloodImage_00065"] == "neutrophil"  # "NEUTROPHIL, NEUTROPHIL"
     # a field whose cells are of two types is left out: the file does not say which is which
     assert "BloodImage_00010" not in bccd  # "NEUTROPHIL, EOSINOPHIL"
+
+
+
+def test_balanced_sampling_draws_each_data_folder_equally(datasets, monkeypatch):
+    """Three images of one folder and one of another: with ``balance`` the lone image of
+    the second folder gives half the patches; without it, a quarter."""
+    import napari_wbc.core.train as train_module
+    from napari_wbc.core.augment import AugmentConfig
+
+    pairs = list_pairs(datasets / "zheng_d1", "train")[:3] + list_pairs(datasets / "zheng_d2", "train")[:1]
+    # the patch says which image it came from
+    monkeypatch.setattr(train_module, "augment",
+                        lambda image, label, *a: (np.array([image.shape[0]]), label[:1, :1]))
+    for balance, share in ((True, 0.5), (False, 0.25)):
+        sampler = train_module.PatchSampler(pairs, AugmentConfig(size=32), seed=1, balance=balance)
+        d2_height = sampler.items[3][0].shape[0]
+        assert all(item[0].shape[0] != d2_height for item in sampler.items[:3])
+        drawn = np.concatenate([sampler.batch(8)[0][:, 0] for _ in range(500)])
+        assert abs(np.mean(drawn == d2_height) - share) < 0.03

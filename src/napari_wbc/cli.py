@@ -134,7 +134,7 @@ def cmd_train(args) -> int:
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, patch=args.patch,
                          lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                          max_steps=args.max_steps, val_every=args.val_every, patience=args.patience,
-                         bf16=args.bf16, seed=args.seed)
+                         bf16=args.bf16, seed=args.seed, balance=not args.no_balance)
     with _bar(0, f"train {args.model} on {device}", "step") as bar:
         def progress(step, total, info):
             bar.total = total
@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=20, help="validations without improvement before stopping")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AVX512-BF16 CPUs, GPUs)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-balance", action="store_true",
+                   help="draw every training image equally often (default: every data folder equally often)")
     t.add_argument("--init", default=None, help="weights folder to fine-tune from")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--device", default="auto")

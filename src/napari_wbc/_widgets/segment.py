@@ -8,21 +8,14 @@ cell's id), which a second run updates instead of duplicating. The cells layer o
 measurements (``features``, one row per cell) and the counts (``metadata["counts"]``);
 the measurement table widget is docked to show them.
 
-A whole slide (an image layer the napari WBC reader opened from a slide file: its
-``metadata["slide"]`` holds the path) is segmented tile by tile from the file by
-:func:`napari_wbc.core.wholeslide.segment_slide`, never read whole: the progress bar
-moves per tile, Cancel stops between tiles, and a run on the same output folder resumes
-the tiles a stopped run finished. While it runs the class map fills in, tile by tile, as
-a low-resolution labels layer ``"<image> preview"``; at the end the written pyramidal
-label TIFFs open lazily as the multiscale ``"<image> cells"`` and ``"<image> nuclei"``
-layers, with the written cell table as the cells layer's features.
+A whole slide (an image layer opened from a slide file) runs tile by tile from the file
+instead: see :mod:`._slide_segment`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,6 +29,7 @@ from qtpy.QtWidgets import QSizePolicy
 
 from ..core.io import InputError, to_rgb8
 from ..models import DEFAULT_MODEL, MissingWeightsError
+from ._slide_segment import SegmentationError, SlideSegmentMixin, slide_path
 
 if TYPE_CHECKING:
     import napari
@@ -56,7 +50,6 @@ TIPS = {
     "cancel": "stop the segmentation after the current step",
     "output": "folder for a slide's results (label TIFFs, cell table); a stopped run in it resumes",
 }
-PREVIEW_COLORS = {0: "transparent", 1: "#f0c020", 2: "#8020ff", None: "transparent"}
 
 
 def _rgb_field(layer) -> tuple[np.ndarray, list[str]]:
@@ -77,41 +70,6 @@ def _rgb_field(layer) -> tuple[np.ndarray, list[str]]:
         )
     notes: list[str] = []
     return to_rgb8(np.asarray(layer.data), notes), notes
-
-
-def slide_path(layer) -> Path | None:
-    """The slide file behind an image layer, if it is a whole slide (opened by the napari WBC reader)."""
-    if not isinstance(layer, Image):
-        return None
-    path = (layer.metadata or {}).get("slide")
-    if path:
-        return Path(path)
-    source = getattr(layer.source, "path", None)
-    if layer.multiscale and source:
-        from ..core.slide import is_slide
-
-        if is_slide(source):
-            return Path(source)
-    return None
-
-
-class SegmentationError(Exception):
-    """A RuntimeError (torch's usual error type) raised in the worker, passed on as such.
-
-    The thread worker takes a RuntimeError from its generator for "worker deleted" and
-    then emits neither ``errored`` nor ``finished``, which would leave the widget waiting.
-    """
-
-
-@thread_worker(ignore_errors=True)
-def _slide_job(*args):
-    """A whole slide, tile by tile (see ._slide_run.slide_job)."""
-    from ._slide_run import slide_job
-
-    try:
-        return (yield from slide_job(*args))
-    except RuntimeError as err:
-        raise SegmentationError(str(err)) from err
 
 
 @thread_worker(ignore_errors=True)  # errors are shown as notifications by the widget
@@ -156,7 +114,7 @@ class _RefreshOnOpen(QObject):
         return False
 
 
-class SegmentWidget(Container):
+class SegmentWidget(SlideSegmentMixin, Container):
     """Segment white blood cells in an RGB smear layer."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -179,9 +137,7 @@ class SegmentWidget(Container):
         self.pixel_size = FloatSpinBox(label="pixel size (µm/px)", value=0.0, min=0.0, max=100.0,
                                        step=0.01, tooltip=TIPS["pixel_size"])
         self.output = FileEdit(label="output folder", mode="d", tooltip=TIPS["output"], visible=False)
-        self._auto_output: Path | None = None  # the default the widget put there
         self._cancel = threading.Event()  # asks a slide run to stop between tiles
-        self._preview = None  # the ClassPreview of a running slide
         self.run_button = PushButton(text="Segment", tooltip=TIPS["run"])
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=TIPS["cancel"])
         self.progress_bar = ProgressBar(label="progress", min=0, max=3, value=0)
@@ -213,21 +169,6 @@ class SegmentWidget(Container):
         if isinstance(active, Image) and self.worker is None:
             self.image.reset_choices()
             self.image.value = active
-
-    def _on_image_changed(self, _value=None) -> None:
-        """Show the output folder for a slide, with its default unless the user chose one."""
-        from .._reader import slide_name
-
-        path = slide_path(self.image.value)
-        self.output.visible = path is not None
-        if path is None:
-            return
-        from ._slide_run import default_output
-
-        current = Path(self.output.value) if self.output.value else None
-        if current in (None, Path("."), self._auto_output):
-            self._auto_output = default_output(path, slide_name(path))
-            self.output.value = self._auto_output
 
     # -- running ---------------------------------------------------------------------------
 
@@ -271,46 +212,6 @@ class SegmentWidget(Container):
         worker.start()
         return worker
 
-    def _run_slide(self, layer):
-        from .._reader import slide_name
-        from ..core.device import pick_device
-        from ..models import resolve_weights
-        from ._slide_run import ClassPreview, work_folder
-
-        path = slide_path(layer)
-        name = slide_name(path)
-        try:
-            if not path.is_file():
-                raise InputError(f"the slide file of {layer.name!r} is gone: {path}")
-            model = self.model.value
-            resolve_weights(model)
-            device = pick_device(self.device.value)
-            out = Path(self.output.value) if self.output.value else None
-            if out is None or out == Path("."):
-                raise InputError("choose an output folder for the slide's results")
-        except (InputError, MissingWeightsError) as err:
-            show_error(str(err))
-            return None
-        pixel_size = float(self.pixel_size.value) if self.pixel_size.value > 0 else None
-        resuming = work_folder(out, name).is_dir()
-        self._cancel = threading.Event()
-        self._preview = ClassPreview(tuple(layer.level_shapes[0][:2]), work_folder(out, name))
-        worker = _slide_job(str(path), out, name, model, device, pixel_size, self._preview, self._cancel)
-        worker.yielded.connect(lambda step: self._on_slide_progress(layer, step))
-        worker.returned.connect(lambda res: self._show_slide_result(layer, model, out, res))
-        worker.errored.connect(self._on_error)
-        # tiles classified after the last progress event (e.g. when cancelled) still show
-        worker.finished.connect(lambda: self._flush_preview(layer))
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self._pbar = progress(total=1, desc=f"segmenting {layer.name}")
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
-        verb = "resuming" if resuming else "segmenting"
-        self._say(f"{verb} {layer.name} tile by tile on {device}", out)
-        worker.start()
-        return worker
-
     def cancel(self, _value=None) -> None:
         if self.worker is not None:
             self.status.value = "cancelling after the current step"
@@ -330,38 +231,6 @@ class SegmentWidget(Container):
             pbar.set_description(message)
             pbar.update(done - pbar.n)
 
-    def _on_slide_progress(self, layer, step) -> None:
-        self._on_progress(step)
-        self._flush_preview(layer)
-
-    def _flush_preview(self, layer) -> None:
-        preview = self._preview
-        if preview is not None and preview.dirty:
-            preview.dirty = False
-            try:
-                self._show_preview(layer, preview)
-            except Exception as err:  # a slot must not raise; the run goes on
-                log.warning("could not show the slide preview: %s", err)
-
-    def _show_preview(self, layer, preview) -> None:
-        """The class map so far, every ``factor``-th pixel, over the slide."""
-        from napari.utils.colormaps import DirectLabelColormap
-
-        name = f"{layer.name} preview"
-        layers = self._viewer.layers
-        align = {"scale": tuple(np.asarray(layer.scale) * preview.factor), "translate": layer.translate,
-                 "units": layer.units}
-        if name in layers and isinstance(layers[name], Labels) and not layers[name].multiscale:
-            target = layers[name]
-            target.data = preview.data  # the same array, painted further: shown again
-            for key, value in align.items():
-                setattr(target, key, value)
-        else:
-            target = self._viewer.add_labels(preview.data, name=name, opacity=0.5, **align)
-            target.colormap = DirectLabelColormap(color_dict=PREVIEW_COLORS)
-            target.editable = False
-        target.metadata = {**target.metadata, "source_layer": layer.name, "preview_factor": preview.factor}
-
     def _on_error(self, err: Exception) -> None:
         if isinstance(err, InputError | MissingWeightsError):
             show_error(str(err))
@@ -369,74 +238,6 @@ class SegmentWidget(Container):
             log.error("segmentation failed", exc_info=err)
             show_error(f"segmentation failed: {err}")
         self.status.value = "failed"
-
-    def _show_slide_result(self, layer, model, out: Path, returned) -> None:
-        if returned is None:
-            self._on_aborted()
-            self._say(f"cancelled; finished tiles kept in {out.name}: Segment resumes", out)
-            return
-        result, table = returned
-        try:
-            self._update_slide_layers(layer, model, out, result, table)
-        except Exception as err:  # a slot must not raise: say it once, keep the details in the log
-            log.error("could not show the slide segmentation", exc_info=err)
-            show_error(f"could not show the segmentation of {layer.name!r} (results in {out}): {err}")
-            self.status.value = "failed"
-
-    def _upsert_multiscale(self, name: str, levels: list, like, **style) -> Labels:
-        """Point the labels layer ``name`` at ``levels`` (lazy, multiscale), or add it with ``style``."""
-        layers = self._viewer.layers
-        align = {"scale": like.scale, "translate": like.translate, "units": like.units}
-        multiscale = len(levels) > 1
-        data = levels if multiscale else levels[0]
-        if name in layers and isinstance(layers[name], Labels) and layers[name].multiscale == multiscale:
-            target = layers[name]  # keep the user's display settings
-            target.data = data
-            for key, value in align.items():
-                setattr(target, key, value)
-            return target
-        index = None
-        if name in layers:  # a labels layer of a field segmentation: replaced
-            index = layers.index(name)
-            layers.remove(name)
-        target = self._viewer.add_labels(data, name=name, multiscale=multiscale, **align)
-        for key, value in style.items():
-            setattr(target, key, value)
-        if index is not None:
-            layers.move(layers.index(target), index)
-        return target
-
-    def _update_slide_layers(self, layer, model, out: Path, result, table) -> None:
-        from .._slide_layers import label_levels
-        from ._layers import set_features
-
-        meta = {"source_layer": layer.name, "source": (layer.metadata or {}).get("source"), "model": model,
-                "pixel_size": result.pixel_size, "output": str(out), "files": {
-                    "cells": str(result.cells), "nuclei": str(result.nuclei), "table": str(result.table),
-                    "summary": str(result.summary)}}
-        nuclei = self._upsert_multiscale(f"{layer.name} nuclei", label_levels(result.nuclei), layer,
-                                         opacity=0.6)
-        cells = self._upsert_multiscale(f"{layer.name} cells", label_levels(result.cells), layer,
-                                        contour=2, opacity=1.0)
-        cells.editable = nuclei.editable = False  # lazy views of the written files
-        set_features(cells, table)
-        cells.metadata = {**cells.metadata, **meta}
-        nuclei.metadata = {**nuclei.metadata, **meta}
-        preview = f"{layer.name} preview"
-        if preview in self._viewer.layers:
-            self._viewer.layers.remove(preview)
-        if self._preview is not None:  # the results replace the preview for good
-            self._preview.dirty = False
-        counts = cells.metadata["counts"]
-        self._say(f"{counts['white_cells']} white cells ({counts['complete_cells']} complete) in "
-                  f"{result.tiles} tiles; saved in {out.name}", out)
-        show_info(f"{layer.name}: {counts['white_cells']} white cells; results written to {out}")
-        self._show_measurements(cells)
-
-    def _say(self, message: str, out: Path) -> None:
-        """A short status line (the dock stays narrow); the output folder in full as its tooltip."""
-        self.status.value = message
-        self.status.tooltip = f"results: {out}"
 
     def _on_aborted(self) -> None:
         self.status.value = "cancelled"

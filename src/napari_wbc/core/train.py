@@ -58,6 +58,9 @@ class TrainConfig:
     val_every: int = 200  # steps
     patience: int = 20  # validations without improvement (MIF-Net: 20)
     seed: int = 0
+    # draw each data folder equally often, whatever its size, so a small dataset from
+    # another lab, stain or camera weighs as much as a large one
+    balance: bool = True
     bf16: bool = False  # bfloat16 autocast (fast on CPUs with AVX512-BF16 and on GPUs)
     max_steps: int | None = None
     # working pixel size written into the model's config: patches show cells 60-200 px
@@ -97,9 +100,14 @@ def _cell_diameter(label: np.ndarray) -> float:
 
 
 class PatchSampler:
-    """Random augmented patches from a list of pairs, each at a cell scale in range."""
+    """Random augmented patches from a list of pairs, each at a cell scale in range.
 
-    def __init__(self, pairs, aug: AugmentConfig, seed: int = 0, type_names: list[str] | None = None):
+    With ``balance`` each data folder (a pair's ``images/`` parent) is drawn equally
+    often; without it, each pair is.
+    """
+
+    def __init__(self, pairs, aug: AugmentConfig, seed: int = 0, type_names: list[str] | None = None,
+                 balance: bool = False):
         self.items = []
         types = {}
         if type_names:
@@ -115,11 +123,18 @@ class PatchSampler:
             self.items.append((image, label, (lo / d, hi / d)))
         if not self.items:
             raise ValueError("no training pairs found")
+        roots = [Path(p.image).parent.parent for p in pairs]
+        counts = {r: roots.count(r) for r in set(roots)}
+        weights = np.array([1.0 / counts[r] if balance else 1.0 for r in roots])
+        self.weights = None if len(counts) == 1 or not balance else weights / weights.sum()
         self.aug = aug
         self.rng = np.random.default_rng(seed)
 
     def batch(self, n: int):
-        idx = self.rng.integers(len(self.items), size=n)
+        if self.weights is None:
+            idx = self.rng.integers(len(self.items), size=n)
+        else:
+            idx = self.rng.choice(len(self.items), size=n, p=self.weights)
         xs, ys = zip(*(augment(*self.items[i][:2], self.aug, self.rng, self.items[i][2]) for i in idx),
                      strict=True)
         return np.stack(xs), np.stack(ys)
@@ -216,7 +231,7 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
         cfg = {**config.cfg, **({"num_classes": len(classes)} if hasattr(module, "CLASSES") else {})}
         spec = ModelSpec(config.model, cfg, classes=classes, pixel_size=config.pixel_size)
     sampler = PatchSampler(train_pairs, AugmentConfig(size=config.patch, **config.augment), config.seed,
-                           type_names(spec))
+                           type_names(spec), config.balance)
     net = create_model(spec.name, **spec.cfg).to(device)
     if init_weights:
         from safetensors.torch import load_file
