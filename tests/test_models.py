@@ -55,3 +55,29 @@ def test_shipped_default_weights_load():
     net, spec = load_model()
     assert spec.name == "mifnet" and spec.classes == ("background", "cytoplasm", "nucleus")
     assert not net.training
+
+
+def test_flip_average_is_the_mean_of_the_four_flips_and_flip_equivariant():
+    """softmax of the wrapper's output is the mean of the network's probabilities over the
+    four flips, so a flipped input gives exactly the flipped output (the plain network
+    does not)."""
+    from napari_wbc.models.tta import FlipAverage
+
+    net, _ = load_model()
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(2, 3, 64, 96)).astype(np.float32))
+    with torch.inference_mode():
+        prob = torch.softmax(FlipAverage(net)(x), 1)
+        mean = sum(torch.softmax(net(x.flip(d) if d else x), 1).flip(d) if d else torch.softmax(net(x), 1)
+                   for d in ((), (3,), (2,), (2, 3))) / 4
+        torch.testing.assert_close(prob, mean, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(torch.softmax(FlipAverage(net)(x.flip(3)), 1), prob.flip(3),
+                                   atol=1e-6, rtol=1e-5)
+        assert (torch.softmax(net(x.flip(3)), 1) - torch.softmax(net(x), 1).flip(3)).abs().max() > 1e-3
+
+
+def test_flip_average_is_refused_for_instance_models(tmp_path):
+    from napari_wbc.core.io import InputError
+
+    save_model(create_model("yolact_cis"), ModelSpec("yolact_cis"), tmp_path / "w")
+    with pytest.raises(InputError, match="without flip averaging"):
+        load_model(weights=tmp_path / "w", flip_average=True)

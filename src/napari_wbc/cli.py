@@ -37,7 +37,8 @@ def cmd_segment(args) -> int:
         with _bar(len(fields), "segment", "image") as bar:
             failures = segment_files(
                 fields, args.out, model=args.model, weights=args.weights, device=args.device,
-                pixel_size=args.pixel_size, on_done=lambda name: bar.update(1),
+                pixel_size=args.pixel_size, flip_average=args.flip_average,
+                on_done=lambda name: bar.update(1),
                 on_error=lambda path, msg: bar.write(f"error: {msg}", file=sys.stderr),
             )
     if args.scheduler or args.workers is not None:
@@ -60,7 +61,7 @@ def _segment_slide(path: Path, args) -> None:
     from .models import load_model
 
     device = pick_device(args.device)
-    net, spec = load_model(args.model, args.weights, device)
+    net, spec = load_model(args.model, args.weights, device, args.flip_average)
     gen = segment_slide(path, args.out, net, spec, tile=args.tile, pixel_size=args.pixel_size, device=device)
     with _bar(0, f"slide {path.name}", "tile") as bar:
         while True:
@@ -81,7 +82,8 @@ def _segment_slides_on_cluster(slides: list[Path], args) -> int:
     quiet = not getattr(args, "verbose", False)
     with connect(args.scheduler, args.workers, quiet) as client, _bar(0, "slides (dask)", "task") as bar:
         gen = segment_slides(slides, args.out, client, model=args.model, weights=args.weights,
-                             device=args.device, tile=args.tile, pixel_size=args.pixel_size)
+                             device=args.device, tile=args.tile, pixel_size=args.pixel_size,
+                             flip_average=args.flip_average)
         while True:
             try:
                 done, total, message = next(gen)
@@ -105,7 +107,8 @@ def cmd_evaluate(args) -> int:
             bar.refresh()
 
         result = evaluate_dataset(args.dataset, split=args.split, model=args.model, weights=args.weights,
-                                  device=args.device, out=args.out, progress=progress)
+                                  device=args.device, out=args.out, progress=progress,
+                                  flip_average=args.flip_average)
     print(format_markdown(result))
     return 0
 
@@ -166,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", default=None, help="model name (default: the shipped default model)")
         sp.add_argument("--weights", default=None, help="a weights folder written by `napari-wbc train`")
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+        sp.add_argument("--flip-average", action="store_true",
+                        help="average the network over the four flips of each image (4x the time, "
+                             "slightly more accurate)")
 
     s = sub.add_parser("segment", help="segment smear images and whole slides; write cells, nuclei and "
                                        "measurements")

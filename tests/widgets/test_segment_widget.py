@@ -105,6 +105,14 @@ def test_running_again_updates_the_layers(viewer, qtbot, trained_model, notifica
     assert cells_layer.features.equals(first_features)
     for name in (f"{SAMPLE} cells", f"{SAMPLE} nuclei"):
         assert tuple(viewer.layers[name].scale) == (0.5, 0.5)
+    # flip-averaged: the same cells, outlines a little different, still in the same layer
+    widget.flip_average.value = True
+    _run(qtbot, widget)
+    assert _errors(notifications) == []
+    assert viewer.layers[f"{SAMPLE} cells"].unique_id == first_id
+    tta = np.asarray(viewer.layers[f"{SAMPLE} cells"].data)
+    assert len(np.unique(tta)) == len(np.unique(first))
+    assert 0.9 < 2 * ((tta > 0) & (first > 0)).sum() / ((tta > 0).sum() + (first > 0).sum()) < 1.0
 
 
 def test_cancel_leaves_no_result(viewer, qtbot, trained_model, notifications):

@@ -90,7 +90,7 @@ class ClassPreview:
 
 
 def slide_job(slide: str, out: Path, name: str, model: str, device: str, pixel_size: float | None,
-              preview: ClassPreview | None, cancel: threading.Event):
+              preview: ClassPreview | None, cancel: threading.Event, flip_average: bool = False):
     """Generator for a thread worker: yields ``(done, total, message)``; returns
     ``(SlideResult, cell table)``, or None when cancelled."""
     import pandas as pd
@@ -99,7 +99,7 @@ def slide_job(slide: str, out: Path, name: str, model: str, device: str, pixel_s
     from ..models import load_model
 
     yield 0, 1, "loading the model"
-    net, spec = load_model(model, device=device)
+    net, spec = load_model(model, device=device, flip_average=flip_average)
     if cancel.is_set():
         return None
     steps = segment_slide(slide, out, net, spec, name=name, pixel_size=pixel_size, device=device)

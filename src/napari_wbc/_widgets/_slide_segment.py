@@ -55,19 +55,19 @@ class SegmentationError(Exception):
 
 
 @thread_worker(ignore_errors=True)
-def _slide_job(*args):
+def _slide_job(*args, **kwargs):
     """A whole slide, tile by tile (see ._slide_run.slide_job)."""
     from ._slide_run import slide_job
 
     try:
-        return (yield from slide_job(*args))
+        return (yield from slide_job(*args, **kwargs))
     except RuntimeError as err:
         raise SegmentationError(str(err)) from err
 
 
 class SlideSegmentMixin:
     """Slide runs for the Segment widget; it provides ``_viewer``, ``model``, ``device``,
-    ``pixel_size``, ``output``, ``status``, the run/cancel buttons and the shared slots
+    ``pixel_size``, ``flip_average``, ``output``, ``status``, the run/cancel buttons and the shared slots
     (``_on_progress``, ``_on_error``, ``_on_aborted``, ``_on_finished``, ``_show_measurements``)."""
 
     _auto_output: Path | None = None  # the output folder the widget filled in itself
@@ -112,7 +112,8 @@ class SlideSegmentMixin:
         resuming = work_folder(out, name).is_dir()
         self._cancel = threading.Event()
         self._preview = ClassPreview(tuple(layer.level_shapes[0][:2]), work_folder(out, name))
-        worker = _slide_job(str(path), out, name, model, device, pixel_size, self._preview, self._cancel)
+        worker = _slide_job(str(path), out, name, model, device, pixel_size, self._preview, self._cancel,
+                            flip_average=self.flip_average.value)
         worker.yielded.connect(lambda step: self._on_slide_progress(layer, step))
         worker.returned.connect(lambda res: self._show_slide_result(layer, model, out, res))
         worker.errored.connect(self._on_error)

@@ -57,8 +57,9 @@ def write_csv(path: Path, table: pd.DataFrame) -> None:
 
 
 def segment_files(inputs, out, model=None, weights=None, device="auto", pixel_size=None,
-                  on_done=None, on_error=None) -> int:
-    """Segment every input into ``out``; return the number of inputs that failed."""
+                  flip_average=False, on_done=None, on_error=None) -> int:
+    """Segment every input into ``out``; return the number of inputs that failed.
+    ``flip_average``: see :func:`napari_wbc.models.load_model`."""
     from ..models import load_model
     from .device import pick_device
     from .inference import run, segment
@@ -67,7 +68,7 @@ def segment_files(inputs, out, model=None, weights=None, device="auto", pixel_si
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(device)
-    net, spec = load_model(model, weights, device)
+    net, spec = load_model(model, weights, device, flip_average)
     rows, failures = [], 0
     for path in expand_inputs(inputs):
         try:

@@ -75,7 +75,8 @@ def _task(step: str, path: str, out: str, shard: tuple[int, int], options: dict)
     from .wholeslide import segment_slide
 
     device = pick_device(options["device"])
-    net, spec = load_model(options["model"], options["weights"], device)  # cached per process
+    net, spec = load_model(options["model"], options["weights"], device,  # cached per process
+                           options.get("flip_average", False))
     with open_slide(path) as slide:
         gen = segment_slide(slide, out, net, spec, tile=options["tile"], pixel_size=options["pixel_size"],
                             device=device, shard=shard, until=step)
@@ -114,7 +115,8 @@ def total_threads(client) -> int:
 def segment_slides(slides: Sequence[str | Path], out: str | Path, client, *, model: str | None = None,
                    weights: str | Path | None = None, device: str = "auto",
                    tile: int | tuple[int, int] | None = None, pixel_size: float | None = None,
-                   shards: int | None = None) -> Generator[Progress, None, list[SlideOutcome]]:
+                   shards: int | None = None, flip_average: bool = False,
+                   ) -> Generator[Progress, None, list[SlideOutcome]]:
     """Segment ``slides`` into ``out`` on the cluster behind ``client``; yields per finished task.
 
     Yields ``(done, total, message)`` as each task finishes (``total`` grows as slides are
@@ -126,7 +128,7 @@ def segment_slides(slides: Sequence[str | Path], out: str | Path, client, *, mod
     out.mkdir(parents=True, exist_ok=True)
     shards = shards or total_threads(client)
     options = {"model": model, "weights": None if weights is None else str(Path(weights).resolve()),
-               "device": device, "tile": tile, "pixel_size": pixel_size}
+               "device": device, "tile": tile, "pixel_size": pixel_size, "flip_average": flip_average}
     token = uuid.uuid4().hex[:8]
     jobs, names = [], {}
     for index, path in enumerate(Path(p).resolve() for p in slides):

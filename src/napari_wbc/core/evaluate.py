@@ -36,14 +36,14 @@ def reference_count(pair, label) -> int:
 
 
 def evaluate_dataset(dataset, split="test", model=None, weights=None, device="auto", out=None,
-                     progress=None) -> dict:
+                     progress=None, flip_average: bool = False) -> dict:
     from ..models import load_model, resolve_weights, sha256
     from .device import pick_device
     from .inference import run, segment
 
     device = pick_device(device)
     folder = resolve_weights(model, weights)
-    net, spec = load_model(weights=folder, device=device)
+    net, spec = load_model(weights=folder, device=device, flip_average=flip_average)
     pairs = list_pairs(dataset, split)
     if not pairs:
         raise FileNotFoundError(f"{dataset}: no images in split {split!r}")
@@ -74,7 +74,8 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
     result = {
         "dataset": Path(dataset).name, "split": split, "images": len(pairs), "model": spec.name,
         "weights": str(folder), "weights_sha256": sha256(folder / "model.safetensors"),
-        "device": device, "machine": platform.machine(), "date": datetime.date.today().isoformat(),
+        "flip_average": flip_average, "device": device, "machine": platform.machine(),
+        "date": datetime.date.today().isoformat(),
         # what the user gets (cells and nuclei after clean-up), and the network's raw argmax
         "metrics": mean_metrics(per_image),
         "network_metrics": mean_metrics(network),
@@ -104,8 +105,9 @@ def _best_iou(mask: np.ndarray, reference: np.ndarray) -> float:
 
 def format_markdown(result: dict) -> str:
     """The metrics as a Markdown table (percent), regions as rows."""
+    tta = ", flip-averaged" if result.get("flip_average") else ""
     head = (f"{result['model']} on {result['dataset']} {result['split']} "
-            f"({result['images']} images, mean over images, %)")
+            f"({result['images']} images, mean over images{tta}, %)")
     lines = [head, "", "| region | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for region, scores in result["metrics"].items():
         lines.append(f"| {region} | " + " | ".join(f"{100 * scores[m]:.2f}" for m in METRICS) + " |")

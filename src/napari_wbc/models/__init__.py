@@ -132,10 +132,25 @@ def read_spec(folder: str | Path) -> ModelSpec:
     return ModelSpec.from_json(json.loads((Path(folder) / "config.json").read_text()))
 
 
-def load_model(model: str | None = None, weights: str | Path | None = None, device: str = "cpu"):
-    """(network in eval mode on ``device``, its ModelSpec); cached per (folder, device)."""
+def load_model(model: str | None = None, weights: str | Path | None = None, device: str = "cpu",
+               flip_average: bool = False):
+    """(network in eval mode on ``device``, its ModelSpec); cached per (folder, device).
+
+    With ``flip_average`` a semantic network comes wrapped in :class:`.tta.FlipAverage`
+    (four passes, averaged); an instance model gets an InputError that says so.
+    """
     folder = resolve_weights(model, weights)
-    return _load(str(folder.resolve()), str(device))
+    net, spec = _load(str(folder.resolve()), str(device))
+    if flip_average:
+        from ..core.io import InputError
+        from .registry import model_kind
+        from .tta import FlipAverage
+
+        if model_kind(spec.name) != "semantic":
+            raise InputError(f"flip averaging is for models that classify pixels; {spec.name} detects "
+                             "cells: run it without flip averaging")
+        net = FlipAverage(net)
+    return net, spec
 
 
 @functools.lru_cache(maxsize=4)
