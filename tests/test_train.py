@@ -99,3 +99,18 @@ def test_balanced_sampling_draws_each_data_folder_equally(datasets, monkeypatch)
         assert all(item[0].shape[0] != d2_height for item in sampler.items[:3])
         drawn = np.concatenate([sampler.batch(8)[0][:, 0] for _ in range(500)])
         assert abs(np.mean(drawn == d2_height) - share) < 0.03
+
+
+def test_augmentation_overrides_from_the_command_line(tmp_path, capsys):
+    from napari_wbc.cli import main
+    from napari_wbc.core.augment import parse_overrides
+
+    assert parse_overrides(["rotation=40", "scale=0.8,1.2", "rotate=false", "stain-p=0.5"]) == {
+        "rotation": 40.0, "scale": (0.8, 1.2), "rotate": False, "stain_p": 0.5}
+    for bad, message in (("spin=3", "KEY one of"), ("rotation=lots", "not a float"),
+                         ("scale=2", "two numbers"), ("size=64", "--patch")):
+        with pytest.raises(ValueError, match=message):
+            parse_overrides([bad])
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--augment", "spin=3"])
+    assert code == 2 and "spin=3" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing started

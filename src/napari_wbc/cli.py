@@ -130,14 +130,19 @@ def cmd_compare(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .core.augment import parse_overrides
     from .core.device import pick_device
     from .core.train import TrainConfig, train
 
+    try:
+        augment = parse_overrides(args.augment or [])
+    except ValueError as err:
+        raise InputError(str(err)) from None
     device = pick_device(args.device)
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, patch=args.patch,
                          lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                          max_steps=args.max_steps, val_every=args.val_every, patience=args.patience,
-                         bf16=args.bf16, seed=args.seed, balance=not args.no_balance)
+                         bf16=args.bf16, seed=args.seed, balance=not args.no_balance, augment=augment)
     with _bar(0, f"train {args.model} on {device}", "step") as bar:
         def progress(step, total, info):
             bar.total = total
@@ -221,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every", type=int, default=200)
     t.add_argument("--patience", type=int, default=20, help="validations without improvement before stopping")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AVX512-BF16 CPUs, GPUs)")
+    t.add_argument("--augment", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="augmentation settings on top of the paper's, e.g. rotation=40 stain_p=0.5 "
+                        "scale=0.8,1.2 (see core/augment.py AugmentConfig)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-balance", action="store_true",
                    help="draw every training image equally often (default: every data folder equally often)")

@@ -32,6 +32,38 @@ class AugmentConfig:
     focus_p: float = 0.8  # probability that the patch is centred near a white cell
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["rotation=40", "scale=0.8,1.2", "rotate=false"]`` as AugmentConfig overrides,
+    each value converted to its field's type; a ValueError names a bad key or value."""
+    from dataclasses import fields
+
+    kinds = {f.name: type(getattr(AugmentConfig(), f.name)) for f in fields(AugmentConfig)}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in kinds or key == "size":
+            raise ValueError(f"augmentation {item!r}: expected KEY=VALUE with KEY one of "
+                             + ", ".join(k for k in kinds if k != "size") + " (the patch size is --patch)")
+        kind = kinds[key]
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1", "yes")
+            elif kind is tuple:
+                value = tuple(float(v) for v in text.split(","))
+                if len(value) != 2:
+                    raise ValueError(text)
+            else:
+                value = kind(text)
+        except ValueError:
+            raise ValueError(f"augmentation {item!r}: {text!r} is not a {kind.__name__}"
+                             + (" of two numbers, e.g. 0.8,1.2" if kind is tuple else "")) from None
+        out[key] = value
+    return out
+
+
 def _coordinates(shape_in, label, cfg: AugmentConfig, rng: np.random.Generator, scale_range):
     h, w = shape_in
     size = cfg.size

@@ -330,7 +330,8 @@ def write_card(out: Path, spec, history: dict) -> Path:
     text = "\n".join([
         f"# {spec.name}: trained weights", "",
         f"- data: {', '.join(history['data'])} (train split: {history['train_images']} images; "
-        f"validation split: {history['val_images']} images; test split never seen)",
+        f"validation split: {history['val_images']} images; test split never seen); patches drawn from "
+        + ("each data folder equally often" if c.get("balance") else "each image equally often"),
         f"- recipe: {c['optimizer']} lr {c['lr']} weight decay {c['weight_decay']}, batch {c['batch_size']} "
         f"of {c['patch']} px patches, augmentation overrides {c['augment'] or 'none'}, bf16 {c['bf16']}",
         f"- trained {history['steps']} steps ({history['steps'] / history['steps_per_epoch']:.1f} epochs) "
