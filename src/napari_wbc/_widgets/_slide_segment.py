@@ -67,8 +67,9 @@ def _slide_job(*args, **kwargs):
 
 class SlideSegmentMixin:
     """Slide runs for the Segment widget; it provides ``_viewer``, ``model``, ``device``,
-    ``pixel_size``, ``flip_average``, ``output``, ``status``, the run/cancel buttons and the shared slots
-    (``_on_progress``, ``_on_error``, ``_on_aborted``, ``_on_finished``, ``_show_measurements``)."""
+    ``pixel_size``, ``flip_average``, ``output``, ``status``, the run/cancel buttons and
+    the shared slots (``_on_progress``, ``_on_error``, ``_on_aborted``, ``_on_finished``, ``_guarded``,
+    ``_show_measurements``)."""
 
     _auto_output: Path | None = None  # the output folder the widget filled in itself
     _preview = None  # the ClassPreview of a running slide
@@ -167,12 +168,8 @@ class SlideSegmentMixin:
             self._say(f"cancelled; finished tiles kept in {out.name}: Segment resumes", out)
             return
         result, table = returned
-        try:
-            self._update_slide_layers(layer, model, out, result, table)
-        except Exception as err:  # a slot must not raise: say it once, keep the details in the log
-            log.error("could not show the slide segmentation", exc_info=err)
-            show_error(f"could not show the segmentation of {layer.name!r} (results in {out}): {err}")
-            self.status.value = "failed"
+        self._guarded(layer, f" (results in {out})", self._update_slide_layers,
+                      layer, model, out, result, table)
 
     def _upsert_multiscale(self, name: str, levels: list, like, **style) -> Labels:
         """Point the labels layer ``name`` at ``levels`` (lazy, multiscale), or add it with ``style``."""

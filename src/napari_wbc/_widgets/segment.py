@@ -284,11 +284,16 @@ class SegmentWidget(SlideSegmentMixin, Container):
         return target
 
     def _show_result(self, layer, model, pixel_size, result, table) -> None:
+        self._guarded(layer, "", self._update_layers, layer, model, pixel_size, result, table)
+
+    def _guarded(self, layer, where: str, show, *args) -> None:
+        """``show(*args)`` in a slot, which must not raise: a failure is said once (``where``
+        tells where the results are kept), with the details in the log."""
         try:
-            self._update_layers(layer, model, pixel_size, result, table)
-        except Exception as err:  # a slot must not raise: say it once, keep the details in the log
+            show(*args)
+        except Exception as err:
             log.error("could not show the segmentation", exc_info=err)
-            show_error(f"could not show the segmentation of {layer.name!r}: {err}")
+            show_error(f"could not show the segmentation of {layer.name!r}{where}: {err}")
             self.status.value = "failed"
 
     def _update_layers(self, layer, model, pixel_size, result, table) -> None:
