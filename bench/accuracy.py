@@ -1,6 +1,6 @@
 """Dice of the shipped (or given) model on the test splits, beside the papers' figures.
 
-Usage: python bench/accuracy.py [--model mifnet] [--weights DIR] [--out docs/eval]
+Usage: python bench/accuracy.py [--model mifnet] [--weights DIR] [--out docs/eval] [--flip-average]
 Prints a Markdown table; per-dataset JSON/Markdown reports go to --out.
 """
 
@@ -27,12 +27,14 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     p.add_argument("--datasets", nargs="+", default=["zheng_d1", "zheng_d2", "bccd"])
+    p.add_argument("--flip-average", action="store_true", help="average the network over four flips")
     args = p.parse_args()
     print("| dataset (test split) | images | Dice cell | Dice cytoplasm | Dice nucleus | mIoU cell "
           "| ME cell | count MAE | count exact | paper: MIF-Net cytoplasm / nucleus | paper: WBC-Net cell |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.datasets:
-        r = evaluate_dataset(DATASETS / name, "test", args.model, args.weights, args.device, args.out)
+        r = evaluate_dataset(DATASETS / name, "test", args.model, args.weights, args.device, args.out,
+                             flip_average=args.flip_average)
         m = r["metrics"]
         ref = PAPERS.get(name, {})
         paper_mif = f"{ref['mifnet_cytoplasm']} / {ref['mifnet_nucleus']}" if ref else "-"
@@ -43,7 +45,8 @@ def main() -> None:
         row = [name, str(r["images"]), *cells, f"{count['mean_abs_error']:.3f}",
                f"{100 * count['exact']:.0f}%", paper_mif, str(ref.get("wbcnet_cell", "-"))]
         print("| " + " | ".join(row) + " |", flush=True)
-    print(f"\nweights: {r['weights']} (sha256 {r['weights_sha256'][:16]}...), device {r['device']}")
+    print(f"\nweights: {r['weights']} (sha256 {r['weights_sha256'][:16]}...), device {r['device']}, "
+          f"flip-averaged {r['flip_average']}")
 
 
 if __name__ == "__main__":

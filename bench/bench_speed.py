@@ -1,6 +1,8 @@
 """Median time to segment one 640x480 bccd field: network alone and end to end.
 
-End to end = read the JPEG, run the network, split instances, measure cells.
+End to end = read the JPEG, run the network, split instances, measure cells; then end to
+end again with the network flip-averaged (four passes), interleaved field by field so the
+ratio of the two is measured under the same load.
 Usage: python bench/bench_speed.py [--fields 12] [--device cpu] [--threads N]
 """
 
@@ -35,6 +37,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     net, spec = load_model(args.model, device=device)
+    tta, _ = load_model(args.model, device=device, flip_average=True)
     paths = [pair.image for pair in list_pairs(DATASETS / "bccd", "test")][: args.fields]
     warm = read_image(paths[0]).data
     predict_probabilities(net, spec, warm, device)  # warm-up
@@ -43,7 +46,14 @@ def main() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    net_times, e2e_times = [], []
+    def end_to_end(network, smear, t_read):
+        t0 = time.perf_counter()
+        result = run(segment(smear.data, network, spec, device))
+        measure_cells(result.cells, result.nuclei)
+        sync()
+        return time.perf_counter() - t0 + t_read
+
+    net_times, e2e_times, tta_times = [], [], []
     for path in paths:
         t0 = time.perf_counter()
         smear = read_image(path)
@@ -52,17 +62,17 @@ def main() -> None:
         sync()
         t2 = time.perf_counter()
         net_times.append(t2 - t1)
-        t3 = time.perf_counter()
-        result = run(segment(smear.data, net, spec, device))
-        measure_cells(result.cells, result.nuclei)
-        sync()
-        e2e_times.append(time.perf_counter() - t3 + (t1 - t0))
+        e2e_times.append(end_to_end(net, smear, t1 - t0))
+        tta_times.append(end_to_end(tta, smear, t1 - t0))
     print(f"model {spec.name}, device {device}, torch threads {torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}, {len(paths)} bccd test fields 640x480")
     print(f"network alone: median {statistics.median(net_times) * 1000:.0f} ms "
           f"(min {min(net_times) * 1000:.0f}, max {max(net_times) * 1000:.0f})")
     print(f"end to end:    median {statistics.median(e2e_times) * 1000:.0f} ms "
           f"(min {min(e2e_times) * 1000:.0f}, max {max(e2e_times) * 1000:.0f})")
+    print(f"end to end, flip-averaged: median {statistics.median(tta_times) * 1000:.0f} ms "
+          f"(min {min(tta_times) * 1000:.0f}, max {max(tta_times) * 1000:.0f}); "
+          f"median ratio {statistics.median(t / e for t, e in zip(tta_times, e2e_times, strict=True)):.2f}x")
 
 
 if __name__ == "__main__":
