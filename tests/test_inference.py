@@ -29,6 +29,16 @@ def test_typical_cell_width_ignores_fragments_and_blobs_without_nucleus():
     assert typical_cell_width(np.zeros((10, 10), np.uint8)) is None
 
 
+def test_typical_cell_width_of_two_touching_cells_is_one_cells_width():
+    """Two 120 px cells in contact (as in bccd field 00034) are two cells 120 px wide, not
+    one blob of 170 px that would send the auto-scale to half size."""
+    classes = np.zeros((300, 400), np.uint8)
+    for cx in (120, 230):  # discs overlap by 10 px
+        classes[_disc(classes.shape, 150, cx, 60)] = 1
+        classes[_disc(classes.shape, 150, cx, 25)] = 2
+    assert typical_cell_width(classes) == pytest.approx(120, rel=0.05)
+
+
 def test_working_scale():
     spec = ModelSpec("mifnet", pixel_size=0.1)
     assert working_scale(spec, 0.25) == pytest.approx(2.5)

@@ -23,7 +23,10 @@ MIN_NUCLEUS_FRACTION = 0.02
 SPECK_FRACTION = 0.01
 
 
-def _split_touching(mask: np.ndarray, radius: float | None) -> np.ndarray:
+def split_touching(mask: np.ndarray, radius: float | None) -> np.ndarray:
+    """Instances of a binary mask, touching cells apart: a marker watershed on the distance
+    transform with h-maxima of a fifth of ``radius`` (or of each blob's own largest
+    inscribed radius when None) as markers."""
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
@@ -66,7 +69,7 @@ def instances_from_classes(classes: np.ndarray, cell_diameter: float | None = No
     fg = ndimage.binary_fill_holes(classes > 0)
     typical_area = np.pi * ((cell_diameter or DEFAULT_CELL_DIAMETER_PX) / 2) ** 2
     min_area = MIN_DIAMETER_FRACTION**2 * typical_area
-    cells = _split_touching(fg, None if cell_diameter is None else cell_diameter / 2)
+    cells = split_touching(fg, None if cell_diameter is None else cell_diameter / 2)
     # speckle: pinholes in a nucleus are nucleus, specks of "nucleus" in cytoplasm are not
     speck = max(4, int(SPECK_FRACTION * typical_area))
     nucleus = remove_small_holes(classes == 2, max_size=speck)
