@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -124,9 +125,11 @@ class PatchSampler:
         if not self.items:
             raise ValueError("no training pairs found")
         roots = [Path(p.image).parent.parent for p in pairs]
-        counts = {r: roots.count(r) for r in set(roots)}
-        weights = np.array([1.0 / counts[r] if balance else 1.0 for r in roots])
-        self.weights = None if len(counts) == 1 or not balance else weights / weights.sum()
+        counts = Counter(roots)
+        self.weights = None  # uniform over pairs
+        if balance and len(counts) > 1:
+            weights = np.array([1.0 / counts[r] for r in roots])
+            self.weights = weights / weights.sum()
         self.aug = aug
         self.rng = np.random.default_rng(seed)
 
