@@ -4,7 +4,9 @@ Usage: python bench/accuracy.py [--model mifnet] [--weights DIR] [--out docs/eva
 Prints a Markdown table; per-dataset JSON/Markdown reports go to --out. "Annotated cells
 only" scores just the result's cells that overlap a reference cell: the Zheng crops
 annotate only their centre cell, so a neighbouring white cell the model finds counts as
-false positive pixels in the other columns (and as an extra cell in the count).
+false positive pixels in the other columns (and as an extra cell in the count). "NCR
+within 20%": the share of matched cells whose nucleus-to-cytoplasm ratio is within 20% of
+the reference's.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def main() -> None:
     p.add_argument("--flip-average", action="store_true", help="average the network over four flips")
     args = p.parse_args()
     print("| dataset (test split) | images | Dice cell | Dice cytoplasm | Dice nucleus | mIoU cell "
-          "| ME cell | count MAE | count exact | annotated cells only: Dice cell / nucleus "
+          "| ME cell | count MAE | count exact | NCR within 20% | annotated cells only: Dice cell / nucleus "
           "| paper: MIF-Net cytoplasm / nucleus | paper: WBC-Net cell |")
-    print("|---" * 12 + "|")
+    print("|---" * 13 + "|")
     for name in args.datasets:
         r = evaluate_dataset(DATASETS / name, "test", args.model, args.weights, args.device, args.out,
                              flip_average=args.flip_average)
@@ -48,7 +50,7 @@ def main() -> None:
         count = r["count"]
         kept = r["annotated_metrics"]
         row = [name, str(r["images"]), *cells, f"{count['mean_abs_error']:.3f}",
-               f"{100 * count['exact']:.0f}%",
+               f"{100 * count['exact']:.0f}%", f"{100 * r['ncr_agreement']['within_20pct']:.0f}%",
                f"{100 * kept['cell']['dice']:.2f} / {100 * kept['nucleus']['dice']:.2f}",
                paper_mif, str(ref.get("wbcnet_cell", "-"))]
         print("| " + " | ".join(row) + " |", flush=True)

@@ -91,6 +91,8 @@ def test_evaluate_writes_json_and_markdown(tmp_path, datasets, capsys):
     ap = result["instances"]
     assert set(ap) == {"AP", "AP50", "AP75"}
     assert 0 <= ap["AP75"] <= ap["AP50"] <= 100 and ap["AP"] <= ap["AP50"]
+    assert result["ncr_agreement"]["cells"] == 2  # each crop's one cell matched
+    assert 0.5 < result["ncr_agreement"]["median_ratio"] < 2
     assert "types" not in result  # mifnet does not type cells
     report = (tmp_path / "eval" / "mini_test_mifnet.md").read_text()
     assert report.startswith("mifnet on mini test") and "AP50" in report and "Annotated cells only" in report

@@ -31,3 +31,40 @@ def test_annotated_only_with_no_overlap_is_empty():
     classes = np.ones((4, 4), np.uint8)
     cells = np.ones((4, 4), np.uint32)
     assert not annotated_only(classes, cells, np.zeros((4, 4), np.uint8)).any()
+
+
+def test_ncr_ratios_of_matches_compares_each_matched_cell():
+    label = np.zeros((20, 30), np.uint8)
+    label[2:12, 2:12] = 1
+    label[4:8, 4:8] = 2  # reference cell A: nucleus 16, cytoplasm 84
+    label[2:12, 16:26] = 1
+    label[4:10, 18:24] = 2  # reference cell B: nucleus 36, cytoplasm 64
+    reference = np.zeros(label.shape, np.uint32)
+    reference[2:12, 2:12] = 1
+    reference[2:12, 16:26] = 2
+    cells = reference.copy()  # both found with the same outline
+    nuclei = np.zeros_like(cells)
+    nuclei[4:8, 4:9] = 1  # A: nucleus 20, cytoplasm 80
+    nuclei[4:10, 18:24] = 2  # B: exact
+    cells[14:18, 0:4] = 3  # a cell the reference lacks: no ratio
+
+    from napari_wbc.core.evaluate import ncr_agreement, ncr_ratios_of_matches
+
+    ratios = ncr_ratios_of_matches(cells, nuclei, reference, label)
+    assert ratios == [(20 / 80) / (16 / 84), 1.0]
+    agreement = ncr_agreement(ratios)
+    assert agreement["cells"] == 2 and agreement["within_20pct"] == 0.5
+    assert agreement["median_ratio"] == (ratios[0] + 1.0) / 2
+    assert ncr_agreement([]) == {"cells": 0}
+
+
+def test_ncr_needs_iou_of_one_half():
+    label = np.zeros((10, 10), np.uint8)
+    label[0:10, 0:10] = 1
+    label[4:6, 4:6] = 2
+    reference = (label > 0).astype(np.uint32)
+    cells = np.zeros_like(reference)
+    cells[0:4, 0:10] = 1  # IoU 0.4
+    from napari_wbc.core.evaluate import ncr_ratios_of_matches
+
+    assert ncr_ratios_of_matches(cells, cells, reference, label) == []

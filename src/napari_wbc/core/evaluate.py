@@ -8,7 +8,8 @@ crops annotate only their centre cell, so a neighbour the model rightly finds co
 false positive pixels in ``metrics``; such cells still show in the count). For every
 model also the instance figures: COCO-style AP, AP50 and AP75 of the cells against the
 reference's connected white-cell regions (pooled over images), the count error per image,
-and for a typing model the accuracy of the cell types against the dataset's class labels.
+the agreement of each matched cell's NCR with the reference's (``ncr_agreement``), and for
+a typing model the accuracy of the cell types against the dataset's class labels.
 ``evaluate_dataset`` writes ``<dataset>_<split>_<model>.json`` and ``.md``.
 """
 
@@ -58,6 +59,7 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
     known_types = image_cell_types(dataset)
     per_image, network, annotated, count_errors, predictions, references = [], [], [], [], [], []
     typed = {"cells": 0, "correct": 0}
+    ncr_ratios = []
     for i, pair in enumerate(pairs):
         image, label = load_pair(pair)
         result = run(segment(image, net, spec, device))
@@ -66,6 +68,7 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
         annotated.append(class_map_metrics(annotated_only(result.classes, result.cells, label), label))
         count_errors.append(len(np.unique(result.cells[result.cells > 0])) - reference_count(pair, label))
         reference = ndimage.label(label > 0)[0]
+        ncr_ratios += ncr_ratios_of_matches(result.cells, result.nuclei, reference, label)
         predictions.append((result.cells, result.scores or {}))
         references.append(reference)
         if result.types and pair.stem in known_types:
@@ -88,6 +91,7 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
                   "exact": sum(e == 0 for e in count_errors) / len(count_errors),
                   "over": sum(e > 0 for e in count_errors), "under": sum(e < 0 for e in count_errors)},
         "instances": average_precision(predictions, references),
+        "ncr_agreement": ncr_agreement(ncr_ratios),
     }
     if typed["cells"]:
         result["types"] = {**typed, "accuracy": typed["correct"] / typed["cells"]}
@@ -105,6 +109,42 @@ def annotated_only(classes: np.ndarray, cells: np.ndarray, label: np.ndarray) ->
     to background."""
     hit = np.unique(cells[(label > 0) & (cells > 0)])
     return np.where(np.isin(cells, hit), classes, 0).astype(classes.dtype)
+
+
+def _ncr(cell: np.ndarray, nucleus: np.ndarray) -> float:
+    cytoplasm = int(cell.sum()) - int(nucleus.sum())
+    return float(nucleus.sum()) / cytoplasm if cytoplasm > 0 else float("nan")
+
+
+def ncr_ratios_of_matches(cells: np.ndarray, nuclei: np.ndarray, reference: np.ndarray,
+                          label: np.ndarray) -> list[float]:
+    """Result NCR / reference NCR for each reference cell that a result cell matches with
+    IoU >= 0.5 (NCR = nucleus area / cytoplasm area, as in the measurement table)."""
+    ratios = []
+    for ref_id in np.unique(reference[reference > 0]):
+        ref = reference == ref_id
+        ids, overlap = np.unique(cells[ref & (cells > 0)], return_counts=True)
+        if not len(ids):
+            continue
+        cell_id = ids[overlap.argmax()]
+        cell = cells == cell_id
+        if overlap.max() / (cell | ref).sum() < 0.5:
+            continue
+        want, got = _ncr(ref, ref & (label == 2)), _ncr(cell, nuclei == cell_id)
+        if want > 0 and np.isfinite(want) and np.isfinite(got):
+            ratios.append(got / want)
+    return ratios
+
+
+def ncr_agreement(ratios: list[float]) -> dict:
+    """How far the result's NCRs are from the reference's: the median ratio (1 = no bias)
+    and the share of cells within 10% and 20% of the reference."""
+    r = np.asarray(ratios, float)
+    if not r.size:
+        return {"cells": 0}
+    return {"cells": int(r.size), "median_ratio": float(np.median(r)),
+            "within_10pct": float(np.mean(np.abs(r - 1) <= 0.1)),
+            "within_20pct": float(np.mean(np.abs(r - 1) <= 0.2))}
 
 
 def _best_iou(mask: np.ndarray, reference: np.ndarray) -> float:
@@ -140,6 +180,11 @@ def format_markdown(result: dict) -> str:
     if ap:
         figures = ", ".join(f"{k} {v:.2f}" for k, v in ap.items())
         lines += ["", f"Cells as instances (COCO-style, mask IoU): {figures}"]
+    n = result.get("ncr_agreement")
+    if n and n.get("cells"):
+        lines += ["", f"NCR of the {n['cells']} matched cells (IoU >= 0.5) against the reference's: "
+                      f"median ratio {n['median_ratio']:.3f}, within 10% in {100 * n['within_10pct']:.0f}%, "
+                      f"within 20% in {100 * n['within_20pct']:.0f}% of cells"]
     t = result.get("types")
     if t:
         lines += ["", f"Cell type accuracy: {100 * t['accuracy']:.1f}% of {t['cells']} matched cells "
