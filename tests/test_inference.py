@@ -5,6 +5,8 @@ from napari_wbc.core.dataset import list_pairs, load_pair
 from napari_wbc.core.inference import (
     AUTO_SCALE_RANGE,
     AUTO_SCALE_TARGET,
+    EXPOSURE_TARGET,
+    exposure_gain,
     predict_probabilities,
     run,
     segment,
@@ -37,6 +39,27 @@ def test_typical_cell_width_of_two_touching_cells_is_one_cells_width():
         classes[_disc(classes.shape, 150, cx, 60)] = 1
         classes[_disc(classes.shape, 150, cx, 25)] = 2
     assert typical_cell_width(classes) == pytest.approx(120, rel=0.05)
+
+
+def test_exposure_gain_only_for_fields_darker_than_training():
+    field = np.full((50, 50, 3), 216, np.uint8)  # a bccd-like background
+    field[10:30, 10:30] = (120, 60, 150)  # a cell
+    assert exposure_gain(field) == 1.0
+    dim = (field * 0.6).astype(np.uint8)  # background 129
+    assert exposure_gain(dim) == pytest.approx(EXPOSURE_TARGET / 129)
+    assert exposure_gain(np.zeros((8, 8, 3), np.uint8)) == 1.0  # nothing to go by
+    assert exposure_gain(np.full((8, 8, 3), 20, np.uint8)) == 4.0  # capped
+
+
+def test_under_exposed_field_is_brightened_and_segmented_alike(datasets, trained_model):
+    net, spec = load_model(trained_model)
+    image, _ = load_pair(list_pairs(datasets / "zheng_d1", "test")[0])
+    plain = run(segment(image, net, spec))
+    messages = []
+    dim = run(segment((image * 0.6).astype(np.uint8), net, spec), lambda *step: messages.append(step[2]))
+    assert any("under-exposed field: brightened" in m for m in messages)
+    same = ((plain.classes > 0) == (dim.classes > 0)).mean()
+    assert same > 0.97 and dim.cells.max() == plain.cells.max() == 1
 
 
 def test_working_scale():
