@@ -6,7 +6,8 @@ only" scores just the result's cells that overlap a reference cell: the Zheng cr
 annotate only their centre cell, so a neighbouring white cell the model finds counts as
 false positive pixels in the other columns (and as an extra cell in the count). "NCR
 within 20%": the share of matched cells whose nucleus-to-cytoplasm ratio is within 20% of
-the reference's.
+the reference's. "Single-cell crop mode" is what `segment --single-cell` gives (only the
+cell at each image's centre): the Zheng sets are such crops; bccd fields are not ("-").
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main() -> None:
     print("| dataset (test split) | images | Dice cell | Dice cytoplasm | Dice nucleus | mIoU cell "
           "| ME cell | count MAE | count exact | NCR within 20% | annotated cells only: Dice cell / nucleus "
           "| paper: MIF-Net cytoplasm / nucleus | paper: WBC-Net cell |")
-    print("|---" * 13 + "|")
+    print("|---" * 14 + "|")
     for name in args.datasets:
         r = evaluate_dataset(DATASETS / name, "test", args.model, args.weights, args.device, args.out,
                              flip_average=args.flip_average)
@@ -49,9 +50,12 @@ def main() -> None:
         cells = [f"{100 * m[region][metric]:.2f}" for region, metric in columns]
         count = r["count"]
         kept = r["annotated_metrics"]
+        single = r["single_cell_metrics"]
+        crop = (f"{100 * single['cell']['dice']:.2f} / {100 * single['nucleus']['dice']:.2f}"
+                if name.startswith("zheng") else "-")
         row = [name, str(r["images"]), *cells, f"{count['mean_abs_error']:.3f}",
                f"{100 * count['exact']:.0f}%", f"{100 * r['ncr_agreement']['within_20pct']:.0f}%",
-               f"{100 * kept['cell']['dice']:.2f} / {100 * kept['nucleus']['dice']:.2f}",
+               f"{100 * kept['cell']['dice']:.2f} / {100 * kept['nucleus']['dice']:.2f}", crop,
                paper_mif, str(ref.get("wbcnet_cell", "-"))]
         print("| " + " | ".join(row) + " |", flush=True)
     print(f"\nweights: {r['weights']} (sha256 {r['weights_sha256'][:16]}...), device {r['device']}, "

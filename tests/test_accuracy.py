@@ -2,8 +2,13 @@
 
 Marked slow (about a minute on 2 cores). The floors sit one point under the figures in
 docs/benchmarks.md (CPU results are deterministic), so a regression in the model, the
-pre-processing or the post-processing fails here. They are below the first slice's
-aims (whole cell >= 0.97, nucleus >= 0.95 on zheng_d1/d2): see docs/benchmarks.md.
+pre-processing or the post-processing fails here.
+
+The first slice's aims (whole cell >= 0.97, nucleus >= 0.95 on zheng_d1/d2) are asserted
+for single-cell crop mode (`segment --single-cell`), which is what these sets are: one
+white cell per crop, annotated alone. Scored on every cell the default pipeline finds
+(the whole-image figures), a real neighbour cut by a crop's edge counts as false positive
+pixels: see docs/benchmarks.md.
 """
 
 import pytest
@@ -19,6 +24,9 @@ FLOORS = {
     "bccd": (0.938, 0.936, 0.15),  # measured 94.87 / 94.67, 0.068
 }
 
+AIM = (0.97, 0.95)  # whole cell, nucleus: single-cell crop mode on the two crop sets
+# measured: zheng_d1 97.07 / 95.27, zheng_d2 97.56 / 96.02
+
 
 @pytest.mark.parametrize("name", sorted(FLOORS))
 def test_shipped_model_on_test_split(name, datasets, trained_model):
@@ -28,5 +36,8 @@ def test_shipped_model_on_test_split(name, datasets, trained_model):
     assert m["cell"]["dice"] >= cell
     assert m["nucleus"]["dice"] >= nucleus
     assert result["count"]["mean_abs_error"] <= count_mae
+    if name.startswith("zheng"):
+        single = result["single_cell_metrics"]
+        assert single["cell"]["dice"] >= AIM[0] and single["nucleus"]["dice"] >= AIM[1]
     if name == "bccd":  # cells as instances (measured: AP 85.6, AP50 100.0, AP75 100.0)
         assert result["instances"]["AP50"] >= 98 and result["instances"]["AP"] >= 83

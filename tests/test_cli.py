@@ -52,6 +52,24 @@ def test_flip_averaged_segmentation_finds_the_same_cells(tmp_path, datasets):
         pd.read_csv(tmp_path / "plain" / "summary.csv")["white_cells"].item()
 
 
+def test_single_cell_crop_keeps_the_centre_cell(tmp_path, datasets):
+    """zheng_d2 040: a CellaVision crop of one lymphocyte, with a second white cell cut by its
+    right edge that the reference does not annotate."""
+    image = datasets / "zheng_d2" / "images" / "040.png"
+    args = ["segment", str(image), "--device", "cpu", "--out"]
+    assert main([*args, str(tmp_path / "all")]) == 0
+    assert main([*args, str(tmp_path / "crop"), "--single-cell"]) == 0
+    everything = tifffile.imread(tmp_path / "all" / "040_cells.tif")
+    crop = tifffile.imread(tmp_path / "crop" / "040_cells.tif")
+    nuclei = tifffile.imread(tmp_path / "crop" / "040_nuclei.tif")
+    assert everything.max() == 2 and crop.max() == 1
+    assert crop[150, 150] == 1  # the centre cell, outlined as without the option
+    assert np.array_equal(crop > 0, everything == everything[150, 150])
+    assert set(np.unique(nuclei)) == {0, 1}
+    assert pd.read_csv(tmp_path / "crop" / "summary.csv")["white_cells"].item() == 1
+    assert len(pd.read_csv(tmp_path / "crop" / "040_cells.csv")) == 1
+
+
 def test_segment_pixel_size_gives_um(tmp_path, datasets):
     image = datasets / "bccd" / "images" / f"{FIELDS[0]}.jpg"
     assert main(["segment", str(image), "--out", str(tmp_path), "--pixel-size", "0.1"]) == 0
@@ -88,6 +106,7 @@ def test_evaluate_writes_json_and_markdown(tmp_path, datasets, capsys):
         assert least < m["dice"] <= 1 and 0 <= m["me"] < 0.15
         # leaving out cells the reference lacks only removes false positive pixels
         assert result["annotated_metrics"][region]["dice"] >= m["dice"]
+        assert 0 < result["single_cell_metrics"][region]["dice"] <= 1
     ap = result["instances"]
     assert set(ap) == {"AP", "AP50", "AP75"}
     assert 0 <= ap["AP75"] <= ap["AP50"] <= 100 and ap["AP"] <= ap["AP50"]
@@ -96,3 +115,4 @@ def test_evaluate_writes_json_and_markdown(tmp_path, datasets, capsys):
     assert "types" not in result  # mifnet does not type cells
     report = (tmp_path / "eval" / "mini_test_mifnet.md").read_text()
     assert report.startswith("mifnet on mini test") and "AP50" in report and "Annotated cells only" in report
+    assert "Single-cell crop mode" in report

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from napari_wbc.core.evaluate import annotated_only
+from napari_wbc.core.evaluate import annotated_only, centre_cell_only
 from napari_wbc.core.metrics import class_map_metrics
 
 
@@ -25,6 +25,20 @@ def test_annotated_only_drops_cells_the_reference_does_not_have():
     # whole cell: 30 of 36 reference pixels found, 6 + 36 false ones before, 6 after
     assert class_map_metrics(classes, label)["cell"]["dice"] == 2 * 30 / (72 + 36)
     assert class_map_metrics(kept, label)["cell"]["dice"] == 2 * 30 / (36 + 36)
+
+
+def test_centre_cell_only_keeps_the_crop_s_cell():
+    classes = np.zeros((9, 9), np.uint8)
+    classes[2:7, 2:7] = 1
+    classes[4, 4] = 2
+    classes[0:2, 7:9] = 2  # a neighbour's nucleus in the corner
+    cells = np.zeros((9, 9), np.uint32)
+    cells[2:7, 2:7] = 2
+    cells[0:2, 7:9] = 1
+    kept = centre_cell_only(classes, cells)
+    assert kept.dtype == np.uint8
+    assert (kept[2:7, 2:7] == classes[2:7, 2:7]).all() and not kept[0:2, 7:9].any()
+    assert not centre_cell_only(classes, np.zeros_like(cells)).any()
 
 
 def test_annotated_only_with_no_overlap_is_empty():

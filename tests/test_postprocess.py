@@ -1,6 +1,6 @@
 import numpy as np
 
-from napari_wbc.core.postprocess import instances_from_classes
+from napari_wbc.core.postprocess import centre_cell, instances_from_classes
 
 
 def _disc(shape, cy, cx, r):
@@ -60,3 +60,14 @@ def test_scale_aware_minimum_size():
 def test_nothing_in_nothing_out():
     cells, nuclei = instances_from_classes(np.zeros((32, 32), np.uint8))
     assert cells.max() == 0 and nuclei.max() == 0
+
+
+def test_centre_cell_is_the_one_under_or_nearest_the_centre():
+    cells = np.zeros((11, 21), np.uint32)
+    cells[3:8, 8:13] = 2  # covers the centre (5, 10)
+    cells[0:11, 0:3] = 1  # a larger neighbour cut by the left edge
+    assert centre_cell(cells) == 2
+    cells[cells == 2] = 0
+    cells[6:9, 14:17] = 3  # nearest pixel (6, 14): 4.1 px from the centre; cell 1's is 7.5 px
+    assert centre_cell(cells) == 3
+    assert centre_cell(np.zeros((4, 4), np.uint32)) == 0

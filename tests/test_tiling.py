@@ -22,7 +22,7 @@ from napari_wbc.core.tiling import (
     cells_in_tile,
     has_nucleus_stain,
 )
-from napari_wbc.core.wholeslide import segment_slide
+from napari_wbc.core.wholeslide import segment_slide, slide_exposure_gain
 from napari_wbc.models import create_model, load_model
 
 
@@ -174,6 +174,25 @@ def test_bccd_field_tiled_equals_untiled(field, model, tmp_path):
     summary = pd.read_csv(result.summary)
     assert summary.loc[0, "white_cells"] == cells.max()
     assert not (tmp_path / ".field.work").exists()
+
+
+def test_under_exposed_slide_is_brightened_as_a_field_is(field, model, tmp_path):
+    image = (field[0] * 0.6).astype(np.uint8)
+    ref = run(segment(image, *model, auto_scale=False))
+    messages = []
+    result = run(segment_slide(Slide.from_array(image, None, "dim"), tmp_path, *model, tile=(240, 320),
+                               halo=100), lambda *step: messages.append(step[2]))
+    assert any("under-exposed slide: tiles brightened" in m for m in messages)
+    cells, _ = read_result(result)
+    assert cells.max() == ref.cells.max() >= 2
+    assert np.array_equal(cells, canonical_labels(ref.cells))
+
+
+def test_slide_exposure_gain_samples_a_large_slide():
+    glass = np.full((2100, 2100, 3), 216, np.uint8)
+    assert slide_exposure_gain(Slide.from_array(glass)) == 1.0
+    dim = Slide.from_array((glass * 0.6).astype(np.uint8))  # too large to read whole: sampled
+    assert slide_exposure_gain(dim) == pytest.approx(225 / 129)
 
 
 class CountingNet:

@@ -105,8 +105,9 @@ def test_augmentation_overrides_from_the_command_line(tmp_path, capsys):
     from napari_wbc.cli import main
     from napari_wbc.core.augment import parse_overrides
 
-    assert parse_overrides(["rotation=40", "scale=0.8,1.2", "rotate=false", "stain-p=0.5"]) == {
-        "rotation": 40.0, "scale": (0.8, 1.2), "rotate": False, "stain_p": 0.5}
+    assert parse_overrides(["rotation=40", "scale=0.8,1.2", "rotate=false", "stain-p=0.5",
+                            "stain_scale=0.4"]) == {
+        "rotation": 40.0, "scale": (0.8, 1.2), "rotate": False, "stain_p": 0.5, "stain_scale": 0.4}
     for bad, message in (("spin=3", "KEY one of"), ("rotation=lots", "not a float"),
                          ("scale=2", "two numbers"), ("size=64", "--patch")):
         with pytest.raises(ValueError, match=message):

@@ -33,11 +33,14 @@ def cmd_segment(args) -> int:
     slides = [p for p in items if is_slide(p)]
     fields = [p for p in items if p not in slides]
     failures = 0
+    if slides and args.single_cell:
+        print("note: --single-cell applies to single-cell crops, not to whole slides: "
+              f"{len(slides)} slide(s) keep all their cells", file=sys.stderr)
     if fields:
         with _bar(len(fields), "segment", "image") as bar:
             failures = segment_files(
                 fields, args.out, model=args.model, weights=args.weights, device=args.device,
-                pixel_size=args.pixel_size, flip_average=args.flip_average,
+                pixel_size=args.pixel_size, flip_average=args.flip_average, single_cell=args.single_cell,
                 on_done=lambda name: bar.update(1),
                 on_error=lambda path, msg: bar.write(f"error: {msg}", file=sys.stderr),
             )
@@ -186,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None,
                    help="tile side (px) for whole slides (SVS, pyramidal or huge TIFF); any size gives the "
                         "same cells (default: 1024 px at the network's scale)")
+    s.add_argument("--single-cell", action="store_true",
+                   help="the images are single-cell crops (CellaVision-style gallery images): keep only "
+                        "the cell at each image's centre, not the neighbours cut by its edge")
     cluster = s.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
                          help="spread the tiles of whole slides over the dask.distributed cluster at this "

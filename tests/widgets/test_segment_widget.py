@@ -113,6 +113,16 @@ def test_running_again_updates_the_layers(viewer, qtbot, trained_model, notifica
     tta = np.asarray(viewer.layers[f"{SAMPLE} cells"].data)
     assert len(np.unique(tta)) == len(np.unique(first))
     assert 0.9 < 2 * ((tta > 0) & (first > 0)).sum() / ((tta > 0).sum() + (first > 0).sum()) < 1.0
+    # a single-cell crop: only the cell nearest the centre stays, as id 1, with its one table row
+    widget.flip_average.value = False
+    widget.single_cell.value = True
+    _run(qtbot, widget)
+    assert _errors(notifications) == []
+    crop = np.asarray(viewer.layers[f"{SAMPLE} cells"].data)
+    assert len(np.unique(first)) == 3 and set(np.unique(crop)) == {0, 1}
+    assert any(np.array_equal(crop > 0, first == label) for label in (1, 2))
+    assert len(viewer.layers[f"{SAMPLE} cells"].features) == 1
+    assert set(np.unique(viewer.layers[f"{SAMPLE} nuclei"].data)) == {0, 1}
 
 
 def test_cancel_leaves_no_result(viewer, qtbot, trained_model, notifications):

@@ -80,6 +80,7 @@ class SlideSegmentMixin:
 
         path = slide_path(self.image.value)
         self.output.visible = path is not None
+        self.single_cell.visible = path is None  # a slide is never a single-cell crop
         if path is None:
             return
         from ._slide_run import default_output

@@ -57,6 +57,8 @@ TIPS = {
                   "areas are also given in um^2",
     "flip_average": "average the network over the four flips of the image: four times the time, "
                     "smoother and slightly more accurate outlines (models that classify pixels)",
+    "single_cell": "the image is a single-cell crop (a CellaVision-style gallery image): keep only the "
+                   "cell at its centre, not the neighbours cut by its edge",
     "run": "segment the chosen image (results replace an earlier run on the same image)",
     "cancel": "stop the segmentation after the current step",
     "output": "folder for a slide's results (label TIFFs, cell table); a stopped run in it resumes",
@@ -85,7 +87,7 @@ def _rgb_field(layer) -> tuple[np.ndarray, list[str]]:
 
 @thread_worker(ignore_errors=True)  # errors are shown as notifications by the widget
 def _segment_job(image: np.ndarray, model: str, device: str, pixel_size: float | None,
-                 flip_average: bool = False):
+                 flip_average: bool = False, single_cell: bool = False):
     """Load the model, segment, measure: yields (done, total, message), returns (result, table)."""
     from ..core.inference import segment
     from ..core.measure import measure_cells
@@ -94,7 +96,7 @@ def _segment_job(image: np.ndarray, model: str, device: str, pixel_size: float |
     try:
         yield 0, 3, "loading the model"
         net, spec = load_model(model, device=device, flip_average=flip_average)
-        result = yield from segment(image, net, spec, device, pixel_size)
+        result = yield from segment(image, net, spec, device, pixel_size, single_cell=single_cell)
         table = measure_cells(result.cells, result.nuclei, pixel_size, types=result.types)
     except RuntimeError as err:
         raise SegmentationError(str(err)) from err
@@ -150,14 +152,17 @@ class SegmentWidget(SlideSegmentMixin, Container):
                                        step=0.01, tooltip=TIPS["pixel_size"])
         self.flip_average = CheckBox(text="flip-average (4x slower)", value=False,
                                      tooltip=TIPS["flip_average"])
+        self.single_cell = CheckBox(text="single-cell crop (centre cell only)", value=False,
+                                    tooltip=TIPS["single_cell"])
         self.output = FileEdit(label="output folder", mode="d", tooltip=TIPS["output"], visible=False)
         self._cancel = threading.Event()  # asks a slide run to stop between tiles
         self.run_button = PushButton(text="Segment", tooltip=TIPS["run"])
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=TIPS["cancel"])
         self.progress_bar = ProgressBar(label="progress", min=0, max=3, value=0)
         self.status = Label(value="" if models else "no trained model found: see `napari-wbc train`")
-        self.extend([self.image, self.model, self.device, self.pixel_size, self.flip_average, self.output,
-                     self.run_button, self.cancel_button, self.progress_bar, self.status])
+        self.extend([self.image, self.model, self.device, self.pixel_size, self.flip_average,
+                     self.single_cell, self.output, self.run_button, self.cancel_button,
+                     self.progress_bar, self.status])
 
         # take only the height the controls need, so a dock below (the table) gets the rest
         self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
@@ -212,7 +217,8 @@ class SegmentWidget(SlideSegmentMixin, Container):
         if notes:
             show_info(f"{layer.name}: " + "; ".join(notes))
         pixel_size = self._pixel_size(layer)
-        worker = _segment_job(image, model, device, pixel_size, self.flip_average.value)
+        worker = _segment_job(image, model, device, pixel_size, self.flip_average.value,
+                              self.single_cell.value)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda out: self._show_result(layer, model, pixel_size, *out))
         worker.errored.connect(self._on_error)

@@ -26,6 +26,7 @@ class AugmentConfig:
     elastic_p: float = 0.3
     elastic_alpha: float = 6.0  # displacement in px
     stain_p: float = 0.8
+    stain_scale: float = 0.25  # each of H, E, DAB scaled by 1 +- this (0.4 covers a 1.4x haematoxylin)
     blur_p: float = 0.2
     noise_p: float = 0.2
     gray_p: float = 0.03
@@ -101,11 +102,11 @@ def _coordinates(shape_in, label, cfg: AugmentConfig, rng: np.random.Generator, 
     return np.stack([sy, sx])
 
 
-def _stain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _stain(image: np.ndarray, rng: np.random.Generator, scale: float = 0.25) -> np.ndarray:
     from skimage.color import hed2rgb, rgb2hed
 
     hed = rgb2hed(image)
-    hed = hed * rng.uniform(0.75, 1.25, 3) + rng.uniform(-0.04, 0.04, 3)
+    hed = hed * rng.uniform(1 - scale, 1 + scale, 3) + rng.uniform(-0.04, 0.04, 3)
     return np.clip(hed2rgb(hed), 0, 1).astype(np.float32)
 
 
@@ -119,7 +120,7 @@ def augment(image: np.ndarray, label: np.ndarray, cfg: AugmentConfig, rng: np.ra
     )
     lab = ndimage.map_coordinates(label, coords, order=0, mode="mirror")
     if rng.random() < cfg.stain_p:
-        out = _stain(out, rng)
+        out = _stain(out, rng, cfg.stain_scale)
     # lamp and camera: brightness, contrast, gamma, saturation
     out = out * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
     mean = out.mean()

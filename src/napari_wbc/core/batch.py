@@ -57,9 +57,10 @@ def write_csv(path: Path, table: pd.DataFrame) -> None:
 
 
 def segment_files(inputs, out, model=None, weights=None, device="auto", pixel_size=None,
-                  flip_average=False, on_done=None, on_error=None) -> int:
+                  flip_average=False, single_cell=False, on_done=None, on_error=None) -> int:
     """Segment every input into ``out``; return the number of inputs that failed.
-    ``flip_average``: see :func:`napari_wbc.models.load_model`."""
+    ``flip_average``: see :func:`napari_wbc.models.load_model`; ``single_cell``: see
+    :func:`.inference.segment`."""
     from ..models import load_model
     from .device import pick_device
     from .inference import run, segment
@@ -80,7 +81,7 @@ def segment_files(inputs, out, model=None, weights=None, device="auto", pixel_si
             log.warning("%s", err)
             continue
         px = pixel_size or smear.pixel_size
-        result = run(segment(smear.data, net, spec, device, px))
+        result = run(segment(smear.data, net, spec, device, px, single_cell=single_cell))
         table = measure_cells(result.cells, result.nuclei, px, types=result.types)
         stem = path.stem
         write_labels_tiff(out / f"{stem}_cells.tif", result.cells, px)

@@ -58,6 +58,7 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
 
     known_types = image_cell_types(dataset)
     per_image, network, annotated, count_errors, predictions, references = [], [], [], [], [], []
+    single = []
     typed = {"cells": 0, "correct": 0}
     ncr_ratios = []
     for i, pair in enumerate(pairs):
@@ -66,6 +67,7 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
         per_image.append(class_map_metrics(result.classes, label))
         network.append(class_map_metrics(result.network, label))
         annotated.append(class_map_metrics(annotated_only(result.classes, result.cells, label), label))
+        single.append(class_map_metrics(centre_cell_only(result.classes, result.cells), label))
         count_errors.append(len(np.unique(result.cells[result.cells > 0])) - reference_count(pair, label))
         reference = ndimage.label(label > 0)[0]
         ncr_ratios += ncr_ratios_of_matches(result.cells, result.nuclei, reference, label)
@@ -87,6 +89,8 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
         "metrics": mean_metrics(per_image),
         "network_metrics": mean_metrics(network),
         "annotated_metrics": mean_metrics(annotated),
+        # what `segment --single-cell` gives: the centre cell of each image only
+        "single_cell_metrics": mean_metrics(single),
         "count": {"mean_abs_error": sum(map(abs, count_errors)) / len(count_errors),
                   "exact": sum(e == 0 for e in count_errors) / len(count_errors),
                   "over": sum(e > 0 for e in count_errors), "under": sum(e < 0 for e in count_errors)},
@@ -102,6 +106,15 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
         (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
         (out / f"{stem}.md").write_text(format_markdown(result) + "\n")
     return result
+
+
+def centre_cell_only(classes: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """The class map with every cell but the one at the image centre set to background,
+    as single-cell crop mode gives it (:func:`.postprocess.centre_cell`)."""
+    from .postprocess import centre_cell
+
+    keep = centre_cell(cells)
+    return np.where((cells == keep) & (keep > 0), classes, 0).astype(classes.dtype)
 
 
 def annotated_only(classes: np.ndarray, cells: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -172,6 +185,11 @@ def format_markdown(result: dict) -> str:
         lines += ["", "Annotated cells only (result cells that overlap no reference cell left out), "
                       "Dice: " + ", ".join(f"{region} {100 * scores['dice']:.2f}"
                                            for region, scores in kept.items())]
+    single = result.get("single_cell_metrics")
+    if single:
+        lines += ["", "Single-cell crop mode (`segment --single-cell`: only the centre cell kept), "
+                      "Dice: " + ", ".join(f"{region} {100 * scores['dice']:.2f}"
+                                           for region, scores in single.items())]
     c = result.get("count")
     if c:
         lines += ["", f"White-cell count per image: mean absolute error {c['mean_abs_error']:.3f}, "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .postprocess import DEFAULT_CELL_DIAMETER_PX, instances_from_classes
+from .postprocess import DEFAULT_CELL_DIAMETER_PX, centre_cell, instances_from_classes
 
 Progress = tuple[int, int, str]
 
@@ -91,7 +91,7 @@ def exposure_gain(image: np.ndarray) -> float:
     return min(EXPOSURE_TARGET / background, 4.0)
 
 
-def _brightened(image: np.ndarray, gain: float) -> np.ndarray:
+def brighten(image: np.ndarray, gain: float) -> np.ndarray:
     return np.clip(np.rint(image.astype(np.float32) * gain), 0, 255).astype(np.uint8)
 
 
@@ -199,7 +199,7 @@ def network_classes(net, spec, image: np.ndarray, device: str = "cpu", scale: fl
 
 
 def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float | None = None,
-            auto_scale: bool = True) -> Generator[Progress, None, Segmentation]:
+            auto_scale: bool = True, single_cell: bool = False) -> Generator[Progress, None, Segmentation]:
     """Segment one RGB uint8 field: network, then instances. Yields progress, returns result.
 
     With a pixel size the image is resampled to the network's working pixel size. Without
@@ -208,12 +208,16 @@ def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float
     resampled so that they are ``AUTO_SCALE_TARGET`` px wide and segmented again, which
     handles fields from other magnifications. An under-exposed field (background darker
     than any training field's) is brightened for the network first (``exposure_gain``).
+
+    ``single_cell``: the image is a single-cell crop (a CellaVision-style gallery image, as in
+    the Zheng sets), so only the cell at its centre is kept, as id 1; neighbours cut by the
+    crop's edge are dropped.
     """
     names = type_names(spec)
     scale = working_scale(spec, pixel_size)
     gain = exposure_gain(image)
     if gain != 1.0:
-        image = _brightened(image, gain)
+        image = brighten(image, gain)
         yield 0, 4, f"under-exposed field: brightened {gain:.2f}x for the network"
     yield 0, 4, "running the network"
     network, raw = network_pass(net, spec, image, device, scale)
@@ -236,8 +240,24 @@ def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float
         if names:
             types = assign_types(cells, nuclei, raw[2:], names)
         scores = cell_scores(cells, 1.0 - raw[0])
+    if single_cell:
+        found = len(np.unique(cells[cells > 0]))
+        cells, nuclei, types, scores = _centre_cell_only(cells, nuclei, types, scores)
+        if found > 1:
+            yield 3, 4, f"single-cell crop: kept the centre cell, dropped {found - 1} at the edges"
     yield 4, 4, "done"
     return Segmentation(_classes(cells, nuclei), cells, nuclei, scale, network, types, scores)
+
+
+def _centre_cell_only(cells, nuclei, types, scores):
+    """Cells, nuclei, types and scores reduced to the crop's centre cell, renumbered 1."""
+    keep = centre_cell(cells)
+    cells_out = (cells == keep).astype(np.uint32) if keep else np.zeros_like(cells)
+    nuclei_out = ((nuclei == keep) & (nuclei > 0)).astype(np.uint32)
+
+    def only(d):
+        return None if d is None else ({1: d[keep]} if keep in d else {})
+    return cells_out, nuclei_out, only(types), only(scores)
 
 
 def cell_scores(cells: np.ndarray, foreground: np.ndarray) -> dict[int, float]:

@@ -83,3 +83,14 @@ def instances_from_classes(classes: np.ndarray, cell_diameter: float | None = No
     cells = relabel_sequential(cells)[0].astype(np.uint32)
     nuclei = np.where(nucleus & (cells > 0), cells, 0).astype(np.uint32)
     return cells, nuclei
+
+
+def centre_cell(cells: np.ndarray) -> int:
+    """Id of the white cell of a single-cell crop (CellaVision style, or the Zheng sets):
+    the one under the image centre, else the one that comes nearest it; 0 if none."""
+    ys, xs = np.nonzero(cells)
+    if ys.size == 0:
+        return 0
+    h, w = cells.shape
+    k = np.argmin((ys - (h - 1) / 2) ** 2 + (xs - (w - 1) / 2) ** 2)
+    return int(cells[ys[k], xs[k]])

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .batch import write_atomic
-from .inference import Progress, predict_batch, working_scale
+from .inference import Progress, brighten, exposure_gain, predict_batch, working_scale
 from .io import InputError
 from .postprocess import DEFAULT_CELL_DIAMETER_PX
 from .slide import Slide, open_slide
@@ -58,6 +58,20 @@ class SlideResult:
     scale: float
 
 
+def slide_exposure_gain(slide: Slide, samples: int = 4, side: int = 256) -> float:
+    """:func:`~.inference.exposure_gain` of a whole slide, from its coarsest pyramid level
+    when that is small, else from ``samples`` x ``samples`` windows spread over level 0,
+    so that every tile of an under-exposed slide is brightened by the same factor."""
+    coarsest = int(np.argmax(slide.downsamples))
+    h, w = slide.levels[coarsest].shape
+    if h * w <= 2048 * 2048:
+        return exposure_gain(slide.read(0, 0, h, w, coarsest))
+    h, w = slide.shape
+    ys = np.linspace(0, max(0, h - side), samples).astype(int)
+    xs = np.linspace(0, max(0, w - side), samples).astype(int)
+    return exposure_gain(np.concatenate([slide.read(y, x, y + side, x + side) for y in ys for x in xs], 1))
+
+
 def _plan(slide: Slide, spec, px, tile, halo, skip_empty) -> dict:
     scale = working_scale(spec, px)
     diameter = None if scale == 1.0 else DEFAULT_CELL_DIAMETER_PX / scale  # as core.inference.segment
@@ -70,7 +84,7 @@ def _plan(slide: Slide, spec, px, tile, halo, skip_empty) -> dict:
     return {"shape": list(slide.shape), "tile": list(tile), "halo": int(halo), "scale": scale,
             "cell_diameter": diameter, "context": network_context(spec), "pixel_size": px,
             "model": spec.name, "model_hash": model, "skip_empty": bool(skip_empty), "purple": PURPLE,
-            "version": 1}
+            "gain": round(slide_exposure_gain(slide), 4), "version": 2}
 
 
 def _open_work(work: Path, plan: dict, shard: tuple[int, int]):
@@ -162,6 +176,13 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
     todo = [i for i in mine if not classified(i).exists()]
     done += len(mine) - len(todo)
     look_ds = max(1.0, DEFAULT_CELL_DIAMETER_PX / plan["scale"] / 8)
+    gain = plan["gain"]
+    if gain != 1.0 and todo:
+        yield done, total, f"under-exposed slide: tiles brightened {gain:.2f}x for the network"
+
+    def exposed(image: np.ndarray) -> np.ndarray:
+        return image if gain == 1.0 else brighten(image, gain)
+
     batch: list[tuple[int, tuple, tuple]] = []
 
     def flush():
@@ -169,7 +190,7 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
         images = []
         for _, window, _ in batch:
             source = wgrid.source(window)
-            images.append(wgrid.to_work(slide.read(*source), source, window))
+            images.append(wgrid.to_work(exposed(slide.read(*source)), source, window))
         probs = predict_batch(net, spec, images, device)
         for (i, window, _), prob in zip(batch, probs, strict=True):
             core = grid.core(i)
@@ -181,7 +202,7 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
 
     for i in todo:
         core = grid.core(i)
-        if skip_empty and not has_nucleus_stain(slide.look(*grid.expand(core, grid.halo), look_ds)):
+        if skip_empty and not has_nucleus_stain(exposed(slide.look(*grid.expand(core, grid.halo), look_ds))):
             classified(i).write_text("skipped")
             done += 1
             yield done, total, f"tile {i + 1}/{len(grid)}: no nuclei, skipped"
