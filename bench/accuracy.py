@@ -37,6 +37,7 @@ def main() -> None:
     args = p.parse_args()
     print("| dataset (test split) | images | Dice cell | Dice cytoplasm | Dice nucleus | mIoU cell "
           "| ME cell | count MAE | count exact | NCR within 20% | annotated cells only: Dice cell / nucleus "
+          "| single-cell crop mode: Dice cell / nucleus "
           "| paper: MIF-Net cytoplasm / nucleus | paper: WBC-Net cell |")
     print("|---" * 14 + "|")
     for name in args.datasets:

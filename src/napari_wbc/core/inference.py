@@ -244,7 +244,7 @@ def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float
         found = len(np.unique(cells[cells > 0]))
         cells, nuclei, types, scores = _centre_cell_only(cells, nuclei, types, scores)
         if found > 1:
-            yield 3, 4, f"single-cell crop: kept the centre cell, dropped {found - 1} at the edges"
+            yield 3, 4, f"single-cell crop: kept the centre cell of the {found} found"
     yield 4, 4, "done"
     return Segmentation(_classes(cells, nuclei), cells, nuclei, scale, network, types, scores)
 
