@@ -10,7 +10,8 @@ scale estimate has to cope with the magnification changes.
 
 Usage: python bench/robustness.py [--datasets zheng_d1 zheng_d2 bccd] [--max-images 30]
        [--conditions none half ...] [--flip-average]
-Prints a Markdown table (pipeline Dice cell / nucleus %, count exact) per condition.
+Prints a Markdown table (pipeline Dice cell / nucleus %, count exact, cell-type accuracy of the
+whole pipeline) per condition.
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def _blur(image, sigma):
     return ndimage.gaussian_filter(image, (sigma, sigma, 0))
 
 
+def _artefacts(image, label):
+    from napari_wbc.core.celltype_data import add_artefacts
+
+    seed = int(image[::37, ::41].sum()) % 2**32  # the same image gets the same frame and glare
+    return add_artefacts(image, np.random.default_rng(seed)), label
+
+
 # name: (what it stands for, function of (image, label) -> (image, label))
 CONDITIONS = {
     "none": ("the test split as it is", lambda i, lab: (i, lab)),
@@ -76,6 +84,7 @@ CONDITIONS = {
     "blur": ("out of focus: Gaussian blur, sigma 1.5 px", lambda i, lab: (_blur(i, 1.5), lab)),
     "jpeg": ("JPEG quality 30", lambda i, lab: (_jpeg(i, 30), lab)),
     "gray": ("grayscale camera", lambda i, lab: (_gray(i), lab)),
+    "artefacts": ("dark field-stop frame at the edges and glare spots", _artefacts),
 }
 
 
@@ -96,6 +105,9 @@ def changed_split(dataset: Path, condition: str, out: Path, max_images: int | No
         imsave(root / "labels" / f"{pair.stem}.png", label, check_contrast=False)
         stems.append(pair.stem)
     (root / "split.csv").write_text("stem,split\n" + "".join(f"{s},test\n" for s in stems))
+    for types in ("class_labels.csv", "wbc_class_labels.csv"):  # the cell types go along
+        if (dataset / types).exists():
+            (root / types).write_text((dataset / types).read_text())
     return root
 
 
@@ -112,7 +124,8 @@ def main() -> None:
     p.add_argument("--flip-average", action="store_true")
     args = p.parse_args()
     names = args.datasets
-    print("| condition | " + " | ".join(f"{n}: Dice cell / nucleus, count exact" for n in names) + " |")
+    heads = [f"{n}: Dice cell / nucleus, count exact, type accuracy" for n in names]
+    print("| condition | " + " | ".join(heads) + " |")
     print("|---" * (len(names) + 1) + "|")
     with tempfile.TemporaryDirectory() as tmp:
         for condition in args.conditions:
@@ -122,8 +135,10 @@ def main() -> None:
                 r = evaluate_dataset(root, "test", args.model, args.weights, args.device,
                                      flip_average=args.flip_average)
                 m = r["metrics"]
+                types = r.get("types", {}).get("accuracy")
                 cells.append(f"{100 * m['cell']['dice']:.1f} / {100 * m['nucleus']['dice']:.1f}, "
-                             f"{100 * r['count']['exact']:.0f}%")
+                             f"{100 * r['count']['exact']:.0f}%, "
+                             + ("–" if types is None else f"{100 * types:.0f}%"))
             print(f"| {condition}: {CONDITIONS[condition][0]} | " + " | ".join(cells) + " |", flush=True)
     print(f"\n{args.max_images} first test images per split; weights {r['weights']} "
           f"(sha256 {r['weights_sha256'][:16]}...), device {r['device']}, flip-averaged {r['flip_average']}")

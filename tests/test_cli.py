@@ -116,3 +116,26 @@ def test_evaluate_writes_json_and_markdown(tmp_path, datasets, capsys):
     report = (tmp_path / "eval" / "mini_test_mifnet.md").read_text()
     assert report.startswith("mifnet on mini test") and "AP50" in report and "Annotated cells only" in report
     assert "Single-cell crop mode" in report
+
+
+def test_segment_types_every_cell_and_writes_the_differential(tmp_path, datasets):
+    """BloodImage_00007 (a test field, never trained on) shows one neutrophil."""
+    image = datasets / "bccd" / "images" / "BloodImage_00007.jpg"
+    args = ["segment", str(image), "--device", "cpu", "--out"]
+    assert main([*args, str(tmp_path / "typed")]) == 0
+    table = pd.read_csv(tmp_path / "typed" / "BloodImage_00007_cells.csv")
+    counted = table[table["cell_type"] != "not_wbc"]
+    assert counted["cell_type"].tolist() == ["neutrophil"]
+    probs = table[[f"p_{k}" for k in ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil",
+                                      "not_wbc")]]
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
+    assert (table["type_confidence"] > 0.5).all()
+    summary = pd.read_csv(tmp_path / "typed" / "summary.csv").iloc[0]
+    assert summary["white_cells"] == 1 and summary["n_neutrophil"] == 1 and summary["pct_neutrophil"] == 100
+    assert summary["n_lymphocyte"] == 0 and summary["n_unidentified"] == 0
+    assert summary["typing"].startswith("celltype")
+    # typing off: no type columns, no differential
+    assert main([*args, str(tmp_path / "plain"), "--typing", "none"]) == 0
+    plain = pd.read_csv(tmp_path / "plain" / "BloodImage_00007_cells.csv")
+    assert "cell_type" not in plain and not any(c.startswith("p_") for c in plain)
+    assert "n_neutrophil" not in pd.read_csv(tmp_path / "plain" / "summary.csv")

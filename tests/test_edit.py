@@ -223,6 +223,9 @@ def test_edited_cells_and_table_follow_the_edits(scene):
     assert table["label"].tolist() == [1, 2, 4, 5]
     assert table["cell_type"].tolist() == [None, "neutrophil", "lymphocyte", None]
     assert table["reviewed"].tolist() == [False, True, False, False]
-    assert count_summary(table) == {"white_cells": 4, "complete_cells": 4, "n_lymphocyte": 1,
-                                    "n_neutrophil": 1}
+    counts = count_summary(table)
+    assert (counts["white_cells"], counts["complete_cells"], counts["excluded"]) == (4, 4, 0)
+    # the differential is of the typed cells: the two without a type are not in it
+    assert (counts["n_lymphocyte"], counts["n_neutrophil"], counts["n_monocyte"]) == (1, 1, 0)
+    assert counts["pct_neutrophil"] == counts["pct_lymphocyte"] == 50.0
     assert "cell_area_um2" in table

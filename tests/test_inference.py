@@ -69,6 +69,18 @@ def test_working_scale():
     assert working_scale(ModelSpec("mifnet"), 0.25) == 1.0
 
 
+def test_the_cells_not_the_pixel_size_set_the_networks_scale():
+    from napari_wbc.core.inference import scale_for_cells
+
+    spec = ModelSpec("mifnet", pixel_size=0.1)
+    for px in (None, 0.07, 0.25):  # the pixel size only matters when no white cell was found
+        assert scale_for_cells(100.0, spec, px) == 1.0
+        assert scale_for_cells(210.0, spec, px) == pytest.approx(AUTO_SCALE_TARGET / 210)
+        assert scale_for_cells(42.0, spec, px) == pytest.approx(AUTO_SCALE_TARGET / 42)
+    assert scale_for_cells(None, spec, 0.25) == pytest.approx(2.5)
+    assert scale_for_cells(None, spec, None) == 1.0
+
+
 def test_probabilities_sum_to_one_at_any_size(trained_model):
     net, spec = load_model(trained_model)
     image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)

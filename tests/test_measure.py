@@ -72,8 +72,10 @@ def test_shape_of_a_disc():
 def test_empty_and_counts():
     empty = measure_cells(np.zeros((10, 10), np.uint32), np.zeros((10, 10), np.uint32))
     assert len(empty) == 0 and "ncr" in empty
-    assert count_summary(empty) == {"white_cells": 0, "complete_cells": 0}
-    assert count_summary(measure_cells(*_two_cells())) == {"white_cells": 2, "complete_cells": 1}
+    counts = count_summary(empty)
+    assert counts["white_cells"] == 0 and counts["complete_cells"] == 0 and np.isnan(counts["mean_ncr"])
+    table = measure_cells(*_two_cells())
+    assert count_summary(table) == {"white_cells": 2, "complete_cells": 1, "mean_ncr": table["ncr"].mean()}
 
 
 def test_cell_types_give_a_differential_count():
@@ -85,5 +87,27 @@ def test_cell_types_give_a_differential_count():
     assert table["cell_type"].tolist() == ["neutrophil", "lymphocyte", "neutrophil"]
     assert table["type_confidence"].tolist() == [0.9, 0.6, 0.8]
     counts = count_summary(table)
-    assert counts["n_neutrophil"] == 2 and counts["n_lymphocyte"] == 1
-    assert describe_counts(counts) == "3 white cells (3 complete): 2 neutrophil, 1 lymphocyte"
+    assert counts["n_neutrophil"] == 2 and counts["n_lymphocyte"] == 1 and counts["n_monocyte"] == 0
+    assert counts["pct_neutrophil"] == pytest.approx(200 / 3) and counts["excluded"] == 0
+    assert describe_counts(counts) == "3 white cells (3 complete): 2 neutrophil (67%), 1 lymphocyte (33%)"
+
+
+def test_not_a_white_cell_is_left_out_of_the_count_and_unidentified_counts_apart():
+    cells = np.zeros((30, 30), np.uint32)
+    for i, (y, x) in enumerate([(0, 0), (0, 10), (0, 20), (10, 0), (10, 10), (20, 20)], start=1):
+        cells[y + 1:y + 8, x + 1:x + 8] = i
+    nuclei = np.where(cells > 0, cells, 0).astype(np.uint32)
+    nuclei[::2] = 0
+    types = {1: ("neutrophil", 0.9), 2: ("neutrophil", 0.8), 3: ("lymphocyte", 0.7),
+             4: ("unidentified", 0.4), 5: ("not_wbc", 0.95), 6: ("eosinophil", 0.9)}
+    table = measure_cells(cells, nuclei, types=types)
+    counts = count_summary(table)
+    # 5 white cells (the not_wbc object is excluded), percent of the 5
+    assert counts["white_cells"] == 5 and counts["excluded"] == 1
+    assert counts["n_neutrophil"] == 2 and counts["pct_neutrophil"] == 40.0
+    assert counts["n_unidentified"] == 1 and counts["pct_unidentified"] == 20.0
+    assert counts["n_eosinophil"] == 1 and counts["pct_lymphocyte"] == 20.0
+    assert counts["mean_ncr"] == pytest.approx(table["ncr"][table["cell_type"] != "not_wbc"].mean())
+    assert describe_counts(counts) == (
+        "5 white cells (5 complete): 2 neutrophil (40%), 1 lymphocyte (20%), 1 eosinophil (20%), "
+        "1 unidentified (20%); 1 not a white cell (excluded)")

@@ -11,8 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
+from .core.dataset import TYPING
 from .core.io import InputError
 from .models import MissingWeightsError, list_models
+from .models.registry import list_classifiers
 
 log = logging.getLogger("napari_wbc")
 
@@ -41,6 +43,7 @@ def cmd_segment(args) -> int:
             failures = segment_files(
                 fields, args.out, model=args.model, weights=args.weights, device=args.device,
                 pixel_size=args.pixel_size, flip_average=args.flip_average, single_cell=args.single_cell,
+                typing=args.typing, classifier_weights=args.classifier_weights,
                 on_done=lambda name: bar.update(1),
                 on_error=lambda path, msg: bar.write(f"error: {msg}", file=sys.stderr),
             )
@@ -59,13 +62,15 @@ def cmd_segment(args) -> int:
 
 def _segment_slide(path: Path, args) -> None:
     """A whole slide, in tiles: resumes a stopped run in the same output folder."""
+    from .core.celltypes import load_classifier
     from .core.device import pick_device
     from .core.wholeslide import segment_slide
     from .models import load_model
 
     device = pick_device(args.device)
     net, spec = load_model(args.model, args.weights, device, args.flip_average)
-    gen = segment_slide(path, args.out, net, spec, tile=args.tile, pixel_size=args.pixel_size, device=device)
+    gen = segment_slide(path, args.out, net, spec, tile=args.tile, pixel_size=args.pixel_size, device=device,
+                        classifier=load_classifier(args.typing, device, args.classifier_weights))
     with _bar(0, f"slide {path.name}", "tile") as bar:
         while True:
             try:
@@ -86,7 +91,7 @@ def _segment_slides_on_cluster(slides: list[Path], args) -> int:
     with connect(args.scheduler, args.workers, quiet) as client, _bar(0, "slides (dask)", "task") as bar:
         gen = segment_slides(slides, args.out, client, model=args.model, weights=args.weights,
                              device=args.device, tile=args.tile, pixel_size=args.pixel_size,
-                             flip_average=args.flip_average)
+                             flip_average=args.flip_average, typing=args.typing)
         while True:
             try:
                 done, total, message = next(gen)
@@ -111,7 +116,8 @@ def cmd_evaluate(args) -> int:
 
         result = evaluate_dataset(args.dataset, split=args.split, model=args.model, weights=args.weights,
                                   device=args.device, out=args.out, progress=progress,
-                                  flip_average=args.flip_average)
+                                  flip_average=args.flip_average, typing=args.typing,
+                                  classifier_weights=args.classifier_weights)
     print(format_markdown(result))
     return 0
 
@@ -145,7 +151,8 @@ def cmd_train(args) -> int:
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, patch=args.patch,
                          lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                          max_steps=args.max_steps, val_every=args.val_every, patience=args.patience,
-                         bf16=args.bf16, seed=args.seed, balance=not args.no_balance, augment=augment)
+                         bf16=args.bf16, seed=args.seed, balance=not args.no_balance, augment=augment,
+                         workers=args.workers)
     with _bar(0, f"train {args.model} on {device}", "step") as bar:
         def progress(step, total, info):
             bar.total = total
@@ -180,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--flip-average", action="store_true",
                         help="average the network over the four flips of each image (4x the time, "
                              "slightly more accurate)")
+        sp.add_argument("--typing", choices=TYPING, default="classifier",
+                        help="how cells get their type: the cell-type classifier (default; it also "
+                             "leaves objects that are no white cell out of the count), the segmentation "
+                             "model's own types (wcsegnet), or none")
+        sp.add_argument("--classifier-weights", default=None, metavar="DIR",
+                        help="a cell-type classifier folder written by `napari-wbc train --model celltype` "
+                             "(default: the shipped one)")
 
     s = sub.add_parser("segment", help="segment smear images and whole slides; write cells, nuclei and "
                                        "measurements")
@@ -218,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("train", help="train a model on dataset folders (CPU or GPU)")
-    t.add_argument("--model", default="mifnet", choices=list_models(), help="the architecture to train")
+    t.add_argument("--model", default="mifnet", choices=list_models() + list_classifiers(),
+                   help="the architecture to train (celltype: the cell-type classifier)")
     t.add_argument("--data", nargs="+", required=True, help="dataset folders")
     t.add_argument("--out", required=True, help="folder for weights, checkpoint and history")
     t.add_argument("--epochs", type=int, default=100)
@@ -236,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmentation settings on top of the paper's, e.g. rotation=40 stain_p=0.5 "
                         "scale=0.8,1.2 (see core/augment.py AugmentConfig)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=int, default=1,
+                   help="processes that draw and augment batches while the network trains (celltype)")
     t.add_argument("--no-balance", action="store_true",
                    help="draw every training image equally often (default: every data folder equally often)")
     t.add_argument("--init", default=None, help="weights folder to fine-tune from")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_wbc._widgets.measure import MeasureWidget
+from napari_wbc._widgets.measure import COLUMN_ROLE, MeasureWidget
 from napari_wbc.core.measure import measure_cells
 
 pytestmark = pytest.mark.gui
@@ -43,7 +43,8 @@ def setup(make_napari_viewer_proxy):
 
 
 def _headers(widget):
-    return [widget.table.horizontalHeaderItem(c).text() for c in range(widget.table.columnCount())]
+    """The table's column names (the headers show plain names and keep these as data)."""
+    return [widget.table.horizontalHeaderItem(c).data(COLUMN_ROLE) for c in range(widget.table.columnCount())]
 
 
 def _column(widget, name):
@@ -65,6 +66,12 @@ def test_table_shows_one_row_per_cell(setup):
     assert headers[-2:] == ["centroid_y", "centroid_x"]
     assert sorted(headers) == sorted(table.columns)  # all measurements, no napari `index` column
     assert widget.summary.value == "3 white cells (2 complete)"
+    # a person reads plain names, with what each means (and its unit) on hover
+    shown = {widget.table.horizontalHeaderItem(c).data(COLUMN_ROLE): widget.table.horizontalHeaderItem(c)
+             for c in range(widget.table.columnCount())}
+    assert shown["ncr"].text() == "NCR" and "nucleus area / cytoplasm area" in shown["ncr"].toolTip()
+    assert shown["cell_area_px"].text() == "cell area (px²)"
+    assert shown["touches_border"].text() == "at border" and "complete" in shown["touches_border"].toolTip()
 
 
 def _click_row(qtbot, widget, row):

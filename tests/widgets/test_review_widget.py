@@ -110,7 +110,7 @@ def test_review_colours_metrics_and_cells(setup, qtbot, notifications):
     assert list(cells_layer.features["index"]) == [1, 2]
     _, table = viewer.window.add_plugin_dock_widget("napari-wbc", "Cell measurements")
     headers = [table.table.horizontalHeaderItem(c).text() for c in range(table.table.columnCount())]
-    assert headers[:3] == ["label", "status", "iou"]
+    assert headers[:3] == ["cell", "review", "IoU"]  # plain names of label, status, iou
     table.table.sortItems(2, Qt.SortOrder.AscendingOrder)  # worst IoU first: the cell to fix
     assert table.table.item(0, 0).data(Qt.ItemDataRole.DisplayRole) == 2
 

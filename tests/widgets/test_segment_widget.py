@@ -72,9 +72,13 @@ def test_segment_sample_field(viewer, qtbot, trained_model, notifications, datas
         own = cells == row["label"]
         assert row["cell_area_px"] == own.sum()
         assert row["nucleus_area_px"] == (nuclei == row["label"]).sum()
+    # every cell typed by the classifier, with its probabilities; the differential in the status
+    assert features["cell_type"].notna().all() and "p_neutrophil" in features and "p_not_wbc" in features
+    typed = features[features["cell_type"] != "not_wbc"]
     counts = cells_layer.metadata["counts"]
-    assert counts["white_cells"] == len(ids)
-    assert widget.status.value.startswith(f"{len(ids)} white cells")
+    assert counts["white_cells"] == len(typed) == 2
+    assert sum(counts[f"n_{kind}"] for kind in set(typed["cell_type"])) == 2
+    assert widget.status.value.startswith("2 white cells") and "%" in widget.status.value
     assert widget.progress_bar.value == widget.progress_bar.max > 0
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
@@ -123,6 +127,17 @@ def test_running_again_updates_the_layers(viewer, qtbot, trained_model, notifica
     assert any(np.array_equal(crop > 0, first == label) for label in (1, 2))
     assert len(viewer.layers[f"{SAMPLE} cells"].features) == 1
     assert set(np.unique(viewer.layers[f"{SAMPLE} nuclei"].data)) == {0, 1}
+
+
+def test_typing_can_be_switched_off(viewer, qtbot, trained_model, notifications):
+    viewer.open_sample("napari-wbc", "two_cells")
+    widget = _widget(viewer)
+    widget.typing.value = "none"
+    _run(qtbot, widget)
+    assert _errors(notifications) == []
+    features = viewer.layers[f"{SAMPLE} cells"].features
+    assert "cell_type" not in features and not any(c.startswith("p_") for c in features)
+    assert "%" not in widget.status.value
 
 
 def test_cancel_leaves_no_result(viewer, qtbot, trained_model, notifications):

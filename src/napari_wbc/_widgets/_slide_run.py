@@ -90,19 +90,23 @@ class ClassPreview:
 
 
 def slide_job(slide: str, out: Path, name: str, model: str, device: str, pixel_size: float | None,
-              preview: ClassPreview | None, cancel: threading.Event, flip_average: bool = False):
+              preview: ClassPreview | None, cancel: threading.Event, flip_average: bool = False,
+              typing: str = "classifier"):
     """Generator for a thread worker: yields ``(done, total, message)``; returns
     ``(SlideResult, cell table)``, or None when cancelled."""
     import pandas as pd
 
+    from ..core.celltypes import load_classifier
     from ..core.wholeslide import segment_slide
     from ..models import load_model
 
     yield 0, 1, "loading the model"
     net, spec = load_model(model, device=device, flip_average=flip_average)
+    classifier = load_classifier(typing, device)
     if cancel.is_set():
         return None
-    steps = segment_slide(slide, out, net, spec, name=name, pixel_size=pixel_size, device=device)
+    steps = segment_slide(slide, out, net, spec, name=name, pixel_size=pixel_size, device=device,
+                          classifier=classifier)
     try:
         while True:
             try:

@@ -115,7 +115,7 @@ class SlideSegmentMixin:
         self._cancel = threading.Event()
         self._preview = ClassPreview(tuple(layer.level_shapes[0][:2]), work_folder(out, name))
         worker = _slide_job(str(path), out, name, model, device, pixel_size, self._preview, self._cancel,
-                            flip_average=self.flip_average.value)
+                            flip_average=self.flip_average.value, typing=self.typing.value)
         worker.yielded.connect(lambda step: self._on_slide_progress(layer, step))
         worker.returned.connect(lambda res: self._show_slide_result(layer, model, out, res))
         worker.errored.connect(self._on_error)

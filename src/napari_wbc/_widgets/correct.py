@@ -33,10 +33,13 @@ if TYPE_CHECKING:
     import napari
 
 from ..core.dataset import CELL_TYPES as DATASET_TYPES
+from ..core.dataset import NOT_WBC, UNIDENTIFIED
 
 log = logging.getLogger(__name__)
 
-CELL_TYPES = (("—", None), *((name, name) for name in (*DATASET_TYPES, "other")))
+# "not a white cell" leaves the object out of the count (and back in when given a type)
+CELL_TYPES = (("—", None), *((name, name) for name in (*DATASET_TYPES, "other", UNIDENTIFIED)),
+              ("not a white cell", NOT_WBC))
 TIPS = {
     "ids": "the cells to act on, e.g. '3, 7'; follows the selected label; Ctrl+click a cell to add it",
     "drawing": "points (split), a line (cut), a polygon or a painted mask (new cell, nucleus); "

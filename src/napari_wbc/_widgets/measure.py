@@ -25,6 +25,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QSizePolicy, QTableWidget, QTableWidgetItem
 
+from ..core.columns import COMPLETE, explain, plain_name
 from ..core.io import InputError
 
 if TYPE_CHECKING:
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LABEL_ROLE = Qt.ItemDataRole.UserRole
+LABEL_ROLE = Qt.ItemDataRole.UserRole  # on a table item: its cell id
+COLUMN_ROLE = Qt.ItemDataRole.UserRole  # on a header item: the column's name in the table and CSV
 NAPARI_ONLY_COLUMNS = ("index",)  # napari's label -> row key, equal to `label`
 
 
@@ -75,6 +77,9 @@ class MeasureWidget(Container):
         self.layer = ComboBox(label="cells layer", choices=self._cell_layers,
                               tooltip="labels layer whose per-cell measurements are shown")
         self.summary = Label(value="no cells layer yet: run Segment white cells")
+        self.summary.native.setWordWrap(True)
+        self.summary.tooltip = ("white cells counted (objects the classifier calls no white cell are "
+                                "left out), then the differential: count and percent per type; " + COMPLETE)
         self.export_button = PushButton(text="Export CSV…", tooltip="save this table as a CSV file")
         self.extend([self.layer, self.summary, self.export_button])
         self.table = QTableWidget()
@@ -160,7 +165,11 @@ class MeasureWidget(Container):
             table = table[columns]
             self.table.setColumnCount(len(columns))
             self.table.setRowCount(len(table))
-            self.table.setHorizontalHeaderLabels(columns)
+            for col, name in enumerate(columns):  # plain names, explained on hover; the key kept
+                header = QTableWidgetItem(plain_name(name))
+                header.setToolTip(explain(name))
+                header.setData(COLUMN_ROLE, name)
+                self.table.setHorizontalHeaderItem(col, header)
             for row, (label, values) in enumerate(zip(table["label"], table.itertuples(index=False),
                                                       strict=True)):
                 for col, value in enumerate(values):

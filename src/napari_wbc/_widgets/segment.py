@@ -59,6 +59,9 @@ TIPS = {
                     "smoother and slightly more accurate outlines (models that classify pixels)",
     "single_cell": "the image is a single-cell crop (a CellaVision-style gallery image): keep only the "
                    "cell at its centre, not the neighbours cut by its edge",
+    "typing": "how each cell gets its type: the cell-type classifier (five types, 'unidentified' when "
+              "unsure, and objects that are no white cell left out of the count), the segmentation "
+              "model's own types (wcsegnet, once trained), or off",
     "run": "segment the chosen image (results replace an earlier run on the same image)",
     "cancel": "stop the segmentation after the current step",
     "output": "folder for a slide's results (label TIFFs, cell table); a stopped run in it resumes",
@@ -87,8 +90,10 @@ def _rgb_field(layer) -> tuple[np.ndarray, list[str]]:
 
 @thread_worker(ignore_errors=True)  # errors are shown as notifications by the widget
 def _segment_job(image: np.ndarray, model: str, device: str, pixel_size: float | None,
-                 flip_average: bool = False, single_cell: bool = False):
-    """Load the model, segment, measure: yields (done, total, message), returns (result, table)."""
+                 flip_average: bool = False, single_cell: bool = False, typing: str = "classifier"):
+    """Load the models, segment, type, measure: yields (done, total, message), returns
+    (result, table)."""
+    from ..core.celltypes import load_classifier
     from ..core.inference import segment
     from ..core.measure import measure_cells
     from ..models import load_model
@@ -96,8 +101,12 @@ def _segment_job(image: np.ndarray, model: str, device: str, pixel_size: float |
     try:
         yield 0, 3, "loading the model"
         net, spec = load_model(model, device=device, flip_average=flip_average)
-        result = yield from segment(image, net, spec, device, pixel_size, single_cell=single_cell)
-        table = measure_cells(result.cells, result.nuclei, pixel_size, types=result.types)
+        classifier = load_classifier(typing, device)
+        result = yield from segment(image, net, spec, device, pixel_size, single_cell=single_cell,
+                                    classifier=classifier)
+        types = None if typing == "none" else result.types
+        table = measure_cells(result.cells, result.nuclei, pixel_size, types=types,
+                              type_probs=result.type_probs)
     except RuntimeError as err:
         raise SegmentationError(str(err)) from err
     return result, table
@@ -154,6 +163,9 @@ class SegmentWidget(SlideSegmentMixin, Container):
                                      tooltip=TIPS["flip_average"])
         self.single_cell = CheckBox(text="single-cell crop (centre cell only)", value=False,
                                     tooltip=TIPS["single_cell"])
+        self.typing = ComboBox(label="cell types", value="classifier", tooltip=TIPS["typing"],
+                               choices=[("cell-type classifier", "classifier"),
+                                        ("the model's own (wcsegnet)", "model"), ("off", "none")])
         self.output = FileEdit(label="output folder", mode="d", tooltip=TIPS["output"], visible=False)
         self._cancel = threading.Event()  # asks a slide run to stop between tiles
         self.run_button = PushButton(text="Segment", tooltip=TIPS["run"])
@@ -161,7 +173,7 @@ class SegmentWidget(SlideSegmentMixin, Container):
         self.progress_bar = ProgressBar(label="progress", min=0, max=3, value=0)
         self.status = Label(value="" if models else "no trained model found: see `napari-wbc train`")
         self.extend([self.image, self.model, self.device, self.pixel_size, self.flip_average,
-                     self.single_cell, self.output, self.run_button, self.cancel_button,
+                     self.single_cell, self.typing, self.output, self.run_button, self.cancel_button,
                      self.progress_bar, self.status])
 
         # take only the height the controls need, so a dock below (the table) gets the rest
@@ -218,7 +230,7 @@ class SegmentWidget(SlideSegmentMixin, Container):
             show_info(f"{layer.name}: " + "; ".join(notes))
         pixel_size = self._pixel_size(layer)
         worker = _segment_job(image, model, device, pixel_size, self.flip_average.value,
-                              self.single_cell.value)
+                              self.single_cell.value, self.typing.value)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda out: self._show_result(layer, model, pixel_size, *out))
         worker.errored.connect(self._on_error)

@@ -31,6 +31,7 @@ class AugmentConfig:
     noise_p: float = 0.2
     gray_p: float = 0.03
     focus_p: float = 0.8  # probability that the patch is centred near a white cell
+    centred: bool = False  # the patch is centred on the image's centre (a crop around one cell)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -77,7 +78,10 @@ def _coordinates(shape_in, label, cfg: AugmentConfig, rng: np.random.Generator, 
         angle = np.deg2rad(rng.uniform(-cfg.rotation, cfg.rotation))
     flip = rng.random() < 0.5
     fg = np.flatnonzero(label.ravel() > 0)
-    if fg.size and rng.random() < cfg.focus_p:
+    if cfg.centred:
+        jitter = cfg.shift * size / zoom
+        cy, cx = h / 2 + rng.uniform(-jitter, jitter), w / 2 + rng.uniform(-jitter, jitter)
+    elif fg.size and rng.random() < cfg.focus_p:
         idx = fg[rng.integers(fg.size)]
         cy, cx = divmod(int(idx), w)
         jitter = cfg.shift * size / zoom

@@ -57,11 +57,13 @@ def write_csv(path: Path, table: pd.DataFrame) -> None:
 
 
 def segment_files(inputs, out, model=None, weights=None, device="auto", pixel_size=None,
-                  flip_average=False, single_cell=False, on_done=None, on_error=None) -> int:
+                  flip_average=False, single_cell=False, typing="classifier", classifier_weights=None,
+                  on_done=None, on_error=None) -> int:
     """Segment every input into ``out``; return the number of inputs that failed.
     ``flip_average``: see :func:`napari_wbc.models.load_model`; ``single_cell``: see
-    :func:`.inference.segment`."""
+    :func:`.inference.segment`; ``typing``: see :func:`.celltypes.load_classifier`."""
     from ..models import load_model
+    from .celltypes import load_classifier, typing_name
     from .device import pick_device
     from .inference import run, segment
     from .measure import count_summary, measure_cells
@@ -70,6 +72,7 @@ def segment_files(inputs, out, model=None, weights=None, device="auto", pixel_si
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(device)
     net, spec = load_model(model, weights, device, flip_average)
+    classifier = load_classifier(typing, device, classifier_weights)
     rows, failures = [], 0
     for path in expand_inputs(inputs):
         try:
@@ -81,16 +84,17 @@ def segment_files(inputs, out, model=None, weights=None, device="auto", pixel_si
             log.warning("%s", err)
             continue
         px = pixel_size or smear.pixel_size
-        result = run(segment(smear.data, net, spec, device, px, single_cell=single_cell))
-        table = measure_cells(result.cells, result.nuclei, px, types=result.types)
+        result = run(segment(smear.data, net, spec, device, px, single_cell=single_cell,
+                             classifier=classifier))
+        types = None if typing == "none" else result.types
+        table = measure_cells(result.cells, result.nuclei, px, types=types, type_probs=result.type_probs)
         stem = path.stem
         write_labels_tiff(out / f"{stem}_cells.tif", result.cells, px)
         write_labels_tiff(out / f"{stem}_nuclei.tif", result.nuclei, px)
         write_csv(out / f"{stem}_cells.csv", table)
         counts = count_summary(table)
-        rows.append({"file": str(path), **counts,
-                     "mean_ncr": float(table["ncr"].mean()) if len(table) else float("nan"),
-                     "pixel_size_um": px, "model": spec.name, "notes": "; ".join(smear.notes)})
+        rows.append({"file": str(path), **counts, "pixel_size_um": px, "model": spec.name,
+                     "typing": typing_name(typing, classifier, spec), "notes": "; ".join(smear.notes)})
         if on_done:
             on_done(path.name)
     if rows:

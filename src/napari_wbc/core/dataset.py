@@ -244,6 +244,14 @@ def validate_training_folder(root: str | Path) -> list[str]:
 
 # the five white-cell types in the coding of the Zheng sets' class_labels.csv (1..5)
 CELL_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+# what the cell-type classifier says of an object that is no white cell (platelet, red cell,
+# debris, glare, frame edge): kept in the labels, left out of the count
+NOT_WBC = "not_wbc"
+# a white cell whose most likely type is not likely enough (as analysers say it)
+UNIDENTIFIED = "unidentified"
+# how cells get their type: the cell-type classifier, the segmentation model's own
+# (WCSegNet), or none (core.celltypes.load_classifier)
+TYPING = ("classifier", "model", "none")
 
 
 def image_cell_types(root: str | Path) -> dict[str, str]:

@@ -69,6 +69,7 @@ def _slide_name(path: Path) -> str:
 def _task(step: str, path: str, out: str, shard: tuple[int, int], options: dict):
     """One step of one shard of one slide, on a worker; never waits for other shards."""
     from ..models import load_model
+    from .celltypes import load_classifier
     from .device import pick_device
     from .slide import open_slide
     from .tiling import TileGrid
@@ -77,9 +78,10 @@ def _task(step: str, path: str, out: str, shard: tuple[int, int], options: dict)
     device = pick_device(options["device"])
     net, spec = load_model(options["model"], options["weights"], device,  # cached per process
                            options.get("flip_average", False))
+    classifier = load_classifier(options.get("typing", "classifier"), device)
     with open_slide(path) as slide:
         gen = segment_slide(slide, out, net, spec, tile=options["tile"], pixel_size=options["pixel_size"],
-                            device=device, shard=shard, until=step)
+                            device=device, shard=shard, until=step, classifier=classifier)
         while True:
             try:
                 next(gen)
@@ -115,7 +117,7 @@ def total_threads(client) -> int:
 def segment_slides(slides: Sequence[str | Path], out: str | Path, client, *, model: str | None = None,
                    weights: str | Path | None = None, device: str = "auto",
                    tile: int | tuple[int, int] | None = None, pixel_size: float | None = None,
-                   shards: int | None = None, flip_average: bool = False,
+                   shards: int | None = None, flip_average: bool = False, typing: str = "classifier",
                    ) -> Generator[Progress, None, list[SlideOutcome]]:
     """Segment ``slides`` into ``out`` on the cluster behind ``client``; yields per finished task.
 
@@ -128,7 +130,8 @@ def segment_slides(slides: Sequence[str | Path], out: str | Path, client, *, mod
     out.mkdir(parents=True, exist_ok=True)
     shards = shards or total_threads(client)
     options = {"model": model, "weights": None if weights is None else str(Path(weights).resolve()),
-               "device": device, "tile": tile, "pixel_size": pixel_size, "flip_average": flip_average}
+               "device": device, "tile": tile, "pixel_size": pixel_size, "flip_average": flip_average,
+               "typing": typing}
     token = uuid.uuid4().hex[:8]
     jobs, names = [], {}
     for index, path in enumerate(Path(p).resolve() for p in slides):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import list_pairs, load_pair
+from .dataset import NOT_WBC, list_pairs, load_pair
 from .metrics import METRICS, class_map_metrics, mean_metrics
 
 
@@ -40,14 +40,18 @@ def reference_count(pair, label) -> int:
 
 
 def evaluate_dataset(dataset, split="test", model=None, weights=None, device="auto", out=None,
-                     progress=None, flip_average: bool = False) -> dict:
+                     progress=None, flip_average: bool = False, typing: str = "classifier",
+                     classifier_weights=None) -> dict:
     from ..models import load_model, resolve_weights, sha256
+    from .celltypes import CLASSIFIER, classify_cells, load_classifier
     from .device import pick_device
     from .inference import run, segment
+    from .type_metrics import MISSED, confusion_png, type_report
 
     device = pick_device(device)
     folder = resolve_weights(model, weights)
     net, spec = load_model(weights=folder, device=device, flip_average=flip_average)
+    classifier = load_classifier(typing, device, classifier_weights)
     pairs = list_pairs(dataset, split)
     if not pairs:
         raise FileNotFoundError(f"{dataset}: no images in split {split!r}")
@@ -58,26 +62,35 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
 
     known_types = image_cell_types(dataset)
     per_image, network, annotated, count_errors, predictions, references = [], [], [], [], [], []
-    single = []
-    typed = {"cells": 0, "correct": 0}
+    single, all_objects = [], []
+    typed = {"truth": [], "pipeline": [], "reference": []}
     ncr_ratios = []
     for i, pair in enumerate(pairs):
         image, label = load_pair(pair)
-        result = run(segment(image, net, spec, device))
+        result = run(segment(image, net, spec, device, classifier=classifier))
+        types = result.types if typing != "none" else None
         per_image.append(class_map_metrics(result.classes, label))
         network.append(class_map_metrics(result.network, label))
         annotated.append(class_map_metrics(annotated_only(result.classes, result.cells, label), label))
         single.append(class_map_metrics(centre_cell_only(result.classes, result.cells), label))
-        count_errors.append(len(np.unique(result.cells[result.cells > 0])) - reference_count(pair, label))
+        found = [int(c) for c in np.unique(result.cells[result.cells > 0])]
+        counted = [c for c in found if (types or {}).get(c, ("",))[0] != NOT_WBC]
+        count_errors.append(len(counted) - reference_count(pair, label))
+        all_objects.append(len(found) - reference_count(pair, label))
         reference = ndimage.label(label > 0)[0]
         ncr_ratios += ncr_ratios_of_matches(result.cells, result.nuclei, reference, label)
         predictions.append((result.cells, result.scores or {}))
         references.append(reference)
-        if result.types and pair.stem in known_types:
-            for cell, (kind, _) in result.types.items():
-                if _best_iou(result.cells == cell, reference) >= 0.5:
-                    typed["cells"] += 1
-                    typed["correct"] += kind == known_types[pair.stem]
+        if types is not None and pair.stem in known_types:
+            refs = list(range(1, int(reference.max()) + 1))
+            for r in refs:
+                cell = _best_match(reference == r, result.cells)
+                typed["truth"].append(known_types[pair.stem])
+                typed["pipeline"].append(types.get(cell, (MISSED,))[0] if cell else MISSED)
+            if classifier is not None:
+                nuclei = np.where(label == 2, reference, 0)
+                alone, _ = classify_cells(*classifier, image, reference, nuclei, result.scale, device)
+                typed["reference"] += [alone[r][0] for r in refs]
         if progress:
             progress(i + 1, len(pairs))
     result = {
@@ -91,21 +104,49 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
         "annotated_metrics": mean_metrics(annotated),
         # what `segment --single-cell` gives: the centre cell of each image only
         "single_cell_metrics": mean_metrics(single),
-        "count": {"mean_abs_error": sum(map(abs, count_errors)) / len(count_errors),
-                  "exact": sum(e == 0 for e in count_errors) / len(count_errors),
-                  "over": sum(e > 0 for e in count_errors), "under": sum(e < 0 for e in count_errors)},
+        # white cells counted (objects the classifier calls no white cell left out), and every object
+        "count": _count_figures(count_errors),
+        "count_all_objects": _count_figures(all_objects),
         "instances": average_precision(predictions, references),
         "ncr_agreement": ncr_agreement(ncr_ratios),
     }
-    if typed["cells"]:
-        result["types"] = {**typed, "accuracy": typed["correct"] / typed["cells"]}
+    if typed["truth"]:
+        result["typing"] = typing
+        if classifier is not None:
+            where = resolve_weights(None if classifier_weights else CLASSIFIER, classifier_weights)
+            result["classifier"] = {"name": classifier[1].name,
+                                    "weights_sha256": sha256(where / "model.safetensors"),
+                                    "unidentified_below": classifier[1].extra.get("unidentified_below")}
+        result["types"] = type_report(typed["truth"], typed["pipeline"])
+        if typed["reference"]:
+            result["types_reference_cells"] = type_report(typed["truth"], typed["reference"])
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         stem = f"{result['dataset']}_{split}_{spec.name}"
+        if "types" in result:
+            confusion_png(result["types"], out / f"{stem}_confusion.png",
+                          f"{result['dataset']} {split}: cell types, whole pipeline ({spec.name})")
         (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
         (out / f"{stem}.md").write_text(format_markdown(result) + "\n")
     return result
+
+
+def _count_figures(errors: list[int]) -> dict:
+    """Count errors per image (found - reference) as mean absolute error, exact share, over/under."""
+    return {"mean_abs_error": sum(map(abs, errors)) / len(errors),
+            "exact": sum(e == 0 for e in errors) / len(errors),
+            "over": sum(e > 0 for e in errors), "under": sum(e < 0 for e in errors)}
+
+
+def _best_match(ref: np.ndarray, cells: np.ndarray) -> int:
+    """The result cell that matches a reference cell with IoU >= 0.5, else 0."""
+    ids, overlap = np.unique(cells[ref & (cells > 0)], return_counts=True)
+    if not len(ids):
+        return 0
+    k = int(overlap.argmax())
+    iou = overlap[k] / (ref.sum() + (cells == ids[k]).sum() - overlap[k])
+    return int(ids[k]) if iou >= 0.5 else 0
 
 
 def centre_cell_only(classes: np.ndarray, cells: np.ndarray) -> np.ndarray:
@@ -160,14 +201,6 @@ def ncr_agreement(ratios: list[float]) -> dict:
             "within_20pct": float(np.mean(np.abs(r - 1) <= 0.2))}
 
 
-def _best_iou(mask: np.ndarray, reference: np.ndarray) -> float:
-    ids, overlap = np.unique(reference[mask & (reference > 0)], return_counts=True)
-    if not len(ids):
-        return 0.0
-    k = int(overlap.argmax())
-    return float(overlap[k] / (mask.sum() + (reference == ids[k]).sum() - overlap[k]))
-
-
 def format_markdown(result: dict) -> str:
     """The metrics as a Markdown table (percent), regions as rows."""
     tta = ", flip-averaged" if result.get("flip_average") else ""
@@ -190,10 +223,14 @@ def format_markdown(result: dict) -> str:
         lines += ["", "Single-cell crop mode (`segment --single-cell`: only the centre cell kept), "
                       "Dice: " + ", ".join(f"{region} {100 * scores['dice']:.2f}"
                                            for region, scores in single.items())]
-    c = result.get("count")
-    if c:
-        lines += ["", f"White-cell count per image: mean absolute error {c['mean_abs_error']:.3f}, "
-                      f"exact in {100 * c['exact']:.1f}% of images ({c['over']} over, {c['under']} under)"]
+    for key, what in (("count", "White-cell count per image"),
+                      ("count_all_objects", "Every object segmented (before leaving out what is no "
+                                            "white cell)")):
+        c = result.get(key)
+        if c:
+            lines += ["", f"{what}: mean absolute error {c['mean_abs_error']:.3f}, "
+                          f"exact in {100 * c['exact']:.1f}% of images ({c['over']} over, "
+                          f"{c['under']} under)"]
     ap = result.get("instances")
     if ap:
         figures = ", ".join(f"{k} {v:.2f}" for k, v in ap.items())
@@ -203,8 +240,12 @@ def format_markdown(result: dict) -> str:
         lines += ["", f"NCR of the {n['cells']} matched cells (IoU >= 0.5) against the reference's: "
                       f"median ratio {n['median_ratio']:.3f}, within 10% in {100 * n['within_10pct']:.0f}%, "
                       f"within 20% in {100 * n['within_20pct']:.0f}% of cells"]
-    t = result.get("types")
-    if t:
-        lines += ["", f"Cell type accuracy: {100 * t['accuracy']:.1f}% of {t['cells']} matched cells "
-                      "in images whose type the dataset gives"]
+    from .type_metrics import format_type_report
+
+    if result.get("types"):
+        lines += ["", format_type_report(result["types"], "Cell types, whole pipeline (every reference cell "
+                                         "of known type; unmatched ones count as missed)")]
+    if result.get("types_reference_cells"):
+        lines += ["", format_type_report(result["types_reference_cells"], "Cell types, classifier alone "
+                                         "(on the reference outlines)")]
     return "\n".join(lines)

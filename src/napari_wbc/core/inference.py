@@ -43,6 +43,7 @@ class Segmentation:
     network: np.ndarray | None = None  # (H, W) uint8 argmax of the network, before clean-up
     types: dict[int, tuple[str, float]] | None = None  # cell id -> (type, confidence)
     scores: dict[int, float] | None = None  # cell id -> confidence that it is a white cell
+    type_probs: dict[int, dict[str, float]] | None = None  # cell id -> classifier's class -> probability
 
 
 TYPE_PREFIX = "nucleus:"
@@ -80,6 +81,16 @@ def working_scale(spec, pixel_size: float | None) -> float:
     if pixel_size is None or spec.pixel_size is None:
         return 1.0
     return float(pixel_size) / float(spec.pixel_size)
+
+
+def scale_for_cells(width: float | None, spec, pixel_size: float | None) -> float:
+    """The network's scale for an image whose white cells are ``width`` px wide (None: none
+    found): 1 within ``AUTO_SCALE_RANGE``, else the factor that brings them to
+    ``AUTO_SCALE_TARGET``; without cells, the pixel size's :func:`working_scale`."""
+    if width is None:
+        return working_scale(spec, pixel_size)
+    lo, hi = AUTO_SCALE_RANGE
+    return 1.0 if lo <= width <= hi else AUTO_SCALE_TARGET / width
 
 
 def exposure_gain(image: np.ndarray) -> float:
@@ -199,34 +210,44 @@ def network_classes(net, spec, image: np.ndarray, device: str = "cpu", scale: fl
 
 
 def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float | None = None,
-            auto_scale: bool = True, single_cell: bool = False) -> Generator[Progress, None, Segmentation]:
+            auto_scale: bool = True, single_cell: bool = False, classifier=None,
+            ) -> Generator[Progress, None, Segmentation]:
     """Segment one RGB uint8 field: network, then instances. Yields progress, returns result.
 
-    With a pixel size the image is resampled to the network's working pixel size. Without
-    one and with ``auto_scale``, a first pass measures how wide the white cells are; when
-    they lie outside the width the network sees best (``AUTO_SCALE_RANGE``), the image is
-    resampled so that they are ``AUTO_SCALE_TARGET`` px wide and segmented again, which
-    handles fields from other magnifications. An under-exposed field (background darker
-    than any training field's) is brightened for the network first (``exposure_gain``).
+    With ``auto_scale`` (the default) the cells themselves set the scale the network sees: a
+    first pass at the image's own scale measures how wide the white cells are; when they lie
+    outside the width the network sees best (``AUTO_SCALE_RANGE``), the image is resampled so
+    that they are ``AUTO_SCALE_TARGET`` px wide and segmented again, which handles fields
+    from other magnifications. The pixel size does not change this (it only converts px to
+    um in the measurements), so a cell's outline, areas and NCR are the same whether a pixel
+    size is given or not, and whichever (:func:`scale_for_cells`); only when the first pass
+    finds no white cell does the pixel size choose the scale. Without ``auto_scale`` the
+    image is resampled to the network's working pixel size. An under-exposed field
+    (background darker than any training field's) is brightened for the network first
+    (``exposure_gain``).
 
     ``single_cell``: the image is a single-cell crop (a CellaVision-style gallery image, as in
     the Zheng sets), so only the cell at its centre is kept, as id 1; neighbours cut by the
     crop's edge are dropped.
+
+    ``classifier``: (net, spec) of a cell classifier (:func:`.celltypes.load_classifier`);
+    it types every cell (and tells which objects are no white cell), in place of a typing
+    model's own types.
     """
-    names = type_names(spec)
-    scale = working_scale(spec, pixel_size)
+    names = type_names(spec) if classifier is None else []
+    scale = 1.0 if auto_scale else working_scale(spec, pixel_size)
     gain = exposure_gain(image)
     if gain != 1.0:
         image = brighten(image, gain)
         yield 0, 4, f"under-exposed field: brightened {gain:.2f}x for the network"
     yield 0, 4, "running the network"
     network, raw = network_pass(net, spec, image, device, scale)
-    if pixel_size is None and auto_scale:
+    if auto_scale:
         width = typical_cell_width(network)
-        lo, hi = AUTO_SCALE_RANGE
-        if width is not None and not lo <= width <= hi:
-            scale = AUTO_SCALE_TARGET / width
-            yield 1, 4, f"white cells are ~{width:.0f} px wide: segmenting again at {scale:.2f}x"
+        scale = scale_for_cells(width, spec, pixel_size)
+        if scale != 1.0:
+            yield 1, 4, (f"white cells are ~{width:.0f} px wide" if width else "no white cell at this scale")\
+                + f": segmenting again at {scale:.2f}x"
             network, raw = network_pass(net, spec, image, device, scale)
     yield 2, 4, "separating cells"
     types = None
@@ -245,8 +266,14 @@ def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float
         cells, nuclei, types, scores = _centre_cell_only(cells, nuclei, types, scores)
         if found > 1:
             yield 3, 4, f"single-cell crop: kept the centre cell of the {found} found"
+    probs = None
+    if classifier is not None:
+        from .celltypes import classify_cells
+
+        yield 3, 4, "typing cells"
+        types, probs = classify_cells(*classifier, image, cells, nuclei, scale, device)
     yield 4, 4, "done"
-    return Segmentation(_classes(cells, nuclei), cells, nuclei, scale, network, types, scores)
+    return Segmentation(_classes(cells, nuclei), cells, nuclei, scale, network, types, scores, probs)
 
 
 def _centre_cell_only(cells, nuclei, types, scores):

@@ -3,7 +3,8 @@
 Columns: ``label`` (the cell id), centroid, areas of cell, nucleus and cytoplasm (cell
 minus nucleus), ``ncr`` = nucleus area / cytoplasm area (MIF-Net Eq. 10),
 ``nucleus_cell_ratio`` = nucleus area / cell area, perimeter, circularity
-(4 pi area / perimeter^2, 1 for a disc; Crofton perimeter), the number of nucleus lobes, and whether the
+(4 pi area / perimeter^2, 1 for a disc; Crofton perimeter), the number of nucleus lobes (lobes
+joined by thin chromatin bridges apart, a band one: :mod:`.lobes`), and whether the
 cell touches the image border. With a pixel size, areas in um^2 and lengths in um too.
 With the types a typing model gave, ``cell_type`` and ``type_confidence``; the count
 summary then holds a differential count per type.
@@ -14,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-# a nucleus piece counts as a lobe from this fraction of the nucleus area (and 10 px) on
-MIN_LOBE_FRACTION = 0.05
+from .dataset import NOT_WBC, UNIDENTIFIED
+from .lobes import count_lobes
 
 COLUMNS = [
     "label", "centroid_y", "centroid_x", "cell_area_px", "nucleus_area_px", "cytoplasm_area_px",
@@ -23,23 +24,15 @@ COLUMNS = [
 ]
 
 
-def _lobes(nucleus_mask: np.ndarray) -> int:
-    from scipy import ndimage
-
-    pieces, n = ndimage.label(nucleus_mask, structure=np.ones((3, 3)))
-    if n == 0:
-        return 0
-    areas = np.bincount(pieces.ravel())[1:]
-    return int(np.count_nonzero(areas >= max(10, MIN_LOBE_FRACTION * areas.sum())))
-
-
 def measure_cells(cells: np.ndarray, nuclei: np.ndarray, pixel_size: float | None = None,
                   offset: tuple[float, float] = (0.0, 0.0),
-                  types: dict[int, tuple[str, float]] | None = None) -> pd.DataFrame:
+                  types: dict[int, tuple[str, float]] | None = None,
+                  type_probs: dict[int, dict[str, float]] | None = None) -> pd.DataFrame:
     """One row per cell id in ``cells``; ``nuclei`` carries each nucleus's cell id.
 
     ``offset`` (y, x) shifts centroids, e.g. into slide coordinates. ``types`` maps a cell
-    id to (type, confidence); cells it lacks get no type.
+    id to (type, confidence); cells it lacks get no type. ``type_probs`` maps a cell id to
+    the classifier's probability per class, as columns ``p_<class>``.
     """
     from skimage.measure import regionprops
 
@@ -69,7 +62,7 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, pixel_size: float | Non
             "nucleus_cell_ratio": n_area / area,
             "perimeter_px": perimeter,
             "circularity": 4 * np.pi * area / perimeter**2 if perimeter > 0 else float("nan"),
-            "nucleus_lobes": _lobes(own_nucleus),
+            "nucleus_lobes": count_lobes(own_nucleus),
             "touches_border": bool(minr == 0 or minc == 0 or maxr == h or maxc == w),
         })
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -83,24 +76,42 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, pixel_size: float | Non
         table["cell_type"] = pd.Series([types.get(i, (None, np.nan))[0] for i in table["label"]],
                                        index=table.index, dtype=object)
         table["type_confidence"] = [types.get(i, (None, np.nan))[1] for i in table["label"]]
+    if type_probs:
+        names = list(next(iter(type_probs.values())))
+        for name in names:
+            table[f"p_{name}"] = [type_probs.get(i, {}).get(name, np.nan) for i in table["label"]]
     return table
 
 
-def count_summary(table: pd.DataFrame) -> dict[str, int]:
-    """White-cell counts: all cells, cells wholly inside the image, and per type if typed."""
-    summary = {
-        "white_cells": int(len(table)),
-        "complete_cells": int((~table["touches_border"]).sum()) if len(table) else 0,
+def count_summary(table: pd.DataFrame) -> dict[str, int | float]:
+    """White-cell counts: the white cells (objects typed ``not_wbc`` left out, as
+    ``excluded``), those wholly inside the image, their mean NCR, and, when cells are typed, the
+    differential: ``n_<type>`` and ``pct_<type>`` for the five types and ``unidentified``."""
+    from .celltypes import differential
+
+    counted = table["cell_type"] != NOT_WBC if "cell_type" in table else pd.Series(True, index=table.index)
+    summary: dict[str, int | float] = {
+        "white_cells": int(counted.sum()),
+        "complete_cells": int((counted & ~table["touches_border"].astype(bool)).sum()) if len(table) else 0,
+        "mean_ncr": float(table.loc[counted, "ncr"].mean()) if counted.any() else float("nan"),
     }
-    if "cell_type" in table:  # the differential count
-        for kind, n in table["cell_type"].value_counts().sort_index().items():
-            summary[f"n_{kind}"] = int(n)
+    if "cell_type" in table and table["cell_type"].notna().any():  # the differential count
+        summary["excluded"] = int((~counted).sum())
+        for kind, row in differential(table).iterrows():
+            summary[f"n_{kind}"] = int(row["count"])
+            summary[f"pct_{kind}"] = float(row["percent"])
     return summary
 
 
-def describe_counts(counts: dict[str, int]) -> str:
+def describe_counts(counts: dict) -> str:
     """'12 white cells (11 complete)', with the differential count when cells are typed:
-    '...: 7 neutrophil, 3 lymphocyte, 2 monocyte'."""
+    '...: 7 neutrophil (58%), 3 lymphocyte (25%), 2 monocyte (17%); 1 not a white cell'."""
     text = f"{counts['white_cells']} white cells ({counts['complete_cells']} complete)"
-    kinds = sorted(((n, k.removeprefix("n_")) for k, n in counts.items() if k.startswith("n_")), reverse=True)
-    return text + (": " + ", ".join(f"{n} {kind}" for n, kind in kinds) if kinds else "")
+    kinds = sorted(((n, k.removeprefix("n_")) for k, n in counts.items() if k.startswith("n_") and n),
+                   key=lambda item: (item[1] == UNIDENTIFIED, -item[0]))
+    if kinds:
+        text += ": " + ", ".join(f"{n} {kind} ({counts.get('pct_' + kind, float('nan')):.0f}%)"
+                                 for n, kind in kinds)
+    if counts.get("excluded"):
+        text += f"; {counts['excluded']} not a white cell (excluded)"
+    return text

@@ -92,8 +92,8 @@ def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skip
     write_csv(table_path, table)
     counts = count_summary(table)
     write_csv(summary_path, pd.DataFrame([{
-        "file": name, **counts, "mean_ncr": float(table["ncr"].mean()) if len(table) else float("nan"),
-        "pixel_size_um": px, "model": spec.name, "tiles": len(grid), "skipped_tiles": skipped,
+        "file": name, **counts, "pixel_size_um": px, "model": spec.name, "tiles": len(grid),
+        "skipped_tiles": skipped,
         "scale": plan["scale"],
     }]))
     return SlideResult(paths["cells"], paths["nuclei"], table_path, summary_path, counts, len(grid),

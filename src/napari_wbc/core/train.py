@@ -64,6 +64,7 @@ class TrainConfig:
     balance: bool = True
     bf16: bool = False  # bfloat16 autocast (fast on CPUs with AVX512-BF16 and on GPUs)
     max_steps: int | None = None
+    workers: int = 1  # processes that draw and augment batches while the network trains (classifier)
     # working pixel size written into the model's config: patches show cells 60-200 px
     # across, i.e. a 12 um white cell at about 0.06-0.2 um/px; 0.1 sits in the middle
     pixel_size: float = 0.1
@@ -190,6 +191,30 @@ def segmentation_loss(logits, target, dice_weight: float = 0.5):
     return ce + dice_weight * dice
 
 
+def load_checkpoint(path: Path, net, opt, sched, device: str) -> dict:
+    """Restore the network, optimiser and schedule from a ``checkpoint.pt`` (tensors only,
+    no pickle); return the whole saved state (step, best score, ...)."""
+    import torch
+
+    state = torch.load(path, map_location=device, weights_only=True)
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    return state
+
+
+def take_step(loss, opt, sched, history: dict, step: int, running: float | None) -> tuple[int, float]:
+    """One optimiser and schedule step on ``loss``, logged in ``history["loss"]``; returns the
+    new step count and the running (exponentially smoothed) loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    value = loss.item()
+    history["loss"].append([step + 1, round(value, 5)])
+    return step + 1, value if running is None else 0.95 * running + 0.05 * value
+
+
 def validate(net, spec, pairs, device) -> dict[str, float]:
     """Mean Dice of whole cell and nucleus over validation pairs at native scale."""
     from .inference import network_classes
@@ -222,6 +247,10 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
         config = replace(config, model=read_spec(init_weights).name)
     config = recipe(config)
     module = model_module(config.model)
+    if getattr(module, "KIND", "semantic") == "classifier":
+        from .train_classifier import train_classifier
+
+        return train_classifier(data_dirs, out, config, device, resume, init_weights, progress, cancelled)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -260,10 +289,7 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
     step, best, stale = 0, -1.0, 0
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
+        state = load_checkpoint(ckpt, net, opt, sched, device)
         step, best, stale = int(state["step"]), float(state["best"]), int(state["stale"])
         history = json.loads((out / "history.json").read_text())
         sampler.rng = np.random.default_rng(config.seed + step)
@@ -285,13 +311,7 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
         x = (x - np.float32(spec.mean)) / np.float32(spec.std)
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
         loss = model_loss(net, module, xt, y, device, config.dice_weight, config.bf16)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        step += 1
-        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-        history["loss"].append([step, round(loss.item(), 5)])
+        step, running = take_step(loss, opt, sched, history, step, running)
         seconds = (time.time() - t0) / (step - start)
         info = {"loss": running, "epoch": step / steps_per_epoch, "s_per_step": seconds}
         if step % config.val_every == 0 or step == total:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .batch import write_atomic
-from .inference import Progress, brighten, exposure_gain, predict_batch, working_scale
+from .inference import Progress, brighten, exposure_gain, predict_batch, scale_for_cells, working_scale
 from .io import InputError
 from .postprocess import DEFAULT_CELL_DIAMETER_PX
 from .slide import Slide, open_slide
@@ -42,6 +42,7 @@ from .tiling import (
 log = logging.getLogger(__name__)
 # default tile side in working px: the network's activations for one tile take ~1.5 GB
 WORK_TILE = 1024
+PROBE_WINDOW, PROBE_WINDOWS = 1024, 6  # slide px; windows looked at to measure the cells' width
 UNTIL = ("plan", "classified", "cells", "results")  # where segment_slide(until=...) stops
 
 
@@ -72,8 +73,59 @@ def slide_exposure_gain(slide: Slide, samples: int = 4, side: int = 256) -> floa
     return exposure_gain(np.concatenate([slide.read(y, x, y + side, x + side) for y in ys for x in xs], 1))
 
 
-def _plan(slide: Slide, spec, px, tile, halo, skip_empty) -> dict:
-    scale = working_scale(spec, px)
+def slide_cell_width(slide: Slide, net, spec, device: str = "cpu", gain: float = 1.0) -> float | None:
+    """How wide the slide's white cells are (px), measured as :func:`.inference.segment`
+    measures a field's: the network at the slide's own scale, then
+    :func:`~.inference.typical_cell_width`. A slide of up to ``PROBE_WINDOW``^2 x 2 px is
+    looked at whole (so a field and the same pixels as a slide get the same scale); a larger
+    one in up to ``PROBE_WINDOWS`` windows of that side that show nucleus stain, spread over
+    it (the median of their widths). None when no white cell is found."""
+    from .inference import network_classes, typical_cell_width
+
+    h, w = slide.shape
+    if h * w <= 2 * PROBE_WINDOW**2:
+        boxes = [(0, 0, h, w)]
+    else:
+        side = min(PROBE_WINDOW, h, w)
+        ys = np.linspace(0, h - side, max(1, min(8, h // side))).astype(int)
+        xs = np.linspace(0, w - side, max(1, min(8, w // side))).astype(int)
+        boxes = [(y, x, y + side, x + side) for y in ys for x in xs]
+        boxes = [b for b in boxes if has_nucleus_stain(brighten(slide.look(*b, 8.0), gain) if gain != 1.0
+                                                       else slide.look(*b, 8.0))]
+        boxes = [boxes[i] for i in np.unique(np.linspace(0, len(boxes) - 1, PROBE_WINDOWS).astype(int))] \
+            if boxes else []
+    widths = []
+    for box in boxes:
+        image = slide.read(*box)
+        width = typical_cell_width(network_classes(net, spec, brighten(image, gain) if gain != 1.0 else image,
+                                                   device))
+        if width is not None:
+            widths.append(width)
+    return float(np.median(widths)) if widths else None
+
+
+def _slide_scale(work: Path, slide: Slide, net, spec, device: str, px, gain: float,
+                 auto_scale: bool) -> float:
+    """The network's scale for the slide, as a field's (:func:`.inference.scale_for_cells` of
+    :func:`slide_cell_width`), or the pixel size's without ``auto_scale``. Measured once per
+    work folder (``scale.json``), so every process of a run uses the same."""
+    if not auto_scale:
+        return working_scale(spec, px)
+    key = hashlib.sha256(json.dumps([spec.to_json(), list(slide.shape), gain, px], sort_keys=True).encode())
+    key = key.hexdigest()[:16]
+    path = work / "scale.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return float(stored["scale"])
+    width = slide_cell_width(slide, net, spec, device, gain)
+    scale = scale_for_cells(width, spec, px)
+    work.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda p: p.write_text(json.dumps({"key": key, "width": width, "scale": scale})))
+    return scale
+
+
+def _plan(slide: Slide, spec, px, tile, halo, skip_empty, scale: float, gain: float) -> dict:
     diameter = None if scale == 1.0 else DEFAULT_CELL_DIAMETER_PX / scale  # as core.inference.segment
     if halo is None:  # the widest white cell (20 um) and the margin around it
         halo = int(2 * DEFAULT_CELL_DIAMETER_PX / scale) + finish_margin(diameter)
@@ -84,7 +136,7 @@ def _plan(slide: Slide, spec, px, tile, halo, skip_empty) -> dict:
     return {"shape": list(slide.shape), "tile": list(tile), "halo": int(halo), "scale": scale,
             "cell_diameter": diameter, "context": network_context(spec), "pixel_size": px,
             "model": spec.name, "model_hash": model, "skip_empty": bool(skip_empty), "purple": PURPLE,
-            "gain": round(slide_exposure_gain(slide), 4), "version": 2}
+            "gain": gain, "version": 3}
 
 
 def _open_work(work: Path, plan: dict, shard: tuple[int, int]):
@@ -107,7 +159,9 @@ def _open_work(work: Path, plan: dict, shard: tuple[int, int]):
 def _save_cells(path: Path, record: TileCells, table: pd.DataFrame) -> None:
     arrays = {"origin": np.array(record.origin), "cells": record.cells, "nuclei": record.nuclei,
               "first": record.first, "bbox": record.bbox}
-    arrays.update({f"table:{c}": table[c].to_numpy() for c in table.columns})
+    # text columns (cell types) as fixed-width strings: the file loads without pickle
+    arrays.update({f"table:{c}": table[c].to_numpy().astype(str) if table[c].dtype == object
+                   else table[c].to_numpy() for c in table.columns})
 
     def write(p: Path) -> None:
         with open(p, "wb") as f:
@@ -120,13 +174,16 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
                   tile: int | tuple[int, int] | None = None, halo: int | None = None,
                   pixel_size: float | None = None, device: str = "cpu", batch_size: int = 1,
                   skip_empty: bool = True, shard: tuple[int, int] = (0, 1), poll: float = 2.0,
-                  keep_work: bool = False, until: str = "results",
-                  ) -> Generator[Progress, None, SlideResult | None]:
+                  keep_work: bool = False, until: str = "results", classifier=None,
+                  auto_scale: bool = True) -> Generator[Progress, None, SlideResult | None]:
     """Segment a slide tile by tile into ``out``; yields ``(done, total, message)`` per tile.
 
-    ``pixel_size`` (um/px) overrides the file's; without either the slide is taken to be at
-    the network's working pixel size. ``tile`` (slide px, a side or (height, width))
-    defaults to ``WORK_TILE`` working px, which bounds the network's memory. ``halo``
+    ``pixel_size`` (um/px) overrides the file's; it gives the measurements in um. The
+    network sees the slide at the scale a field with the same cells gets
+    (:func:`_slide_scale`: the cells' width, measured once), so a cell's outline, areas and
+    NCR do not depend on the pixel size or on tiling; without ``auto_scale`` the slide is
+    resampled to the network's working pixel size. ``tile`` (slide px, a side or (height,
+    width)) defaults to ``WORK_TILE`` working px, which bounds the network's memory. ``halo``
     (slide px) defaults to the widest white cell plus the clean-up margin. Tiles whose
     neighbourhood shows no nucleus stain at low resolution are skipped (``skip_empty``).
     ``shard=(i, n)``: this process does every n-th tile from the i-th, and shard 0 writes
@@ -137,6 +194,9 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
     the steps in order, as :mod:`.distributed` does, uses it): "plan" after setting up the
     work folder, "classified" after its tiles' class maps, "cells" after its tiles' cells;
     these return None. "results" (the default) goes on to the end.
+
+    ``classifier`` ((net, spec), :func:`.celltypes.load_classifier`) types every cell as on
+    fields, from the slide's pixels around it.
     """
     if until not in UNTIL:
         raise ValueError(f"until must be one of {UNTIL}, not {until!r}")
@@ -145,7 +205,8 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
             return (yield from segment_slide(opened, out, net, spec, name=name, tile=tile, halo=halo,
                                              pixel_size=pixel_size, device=device, batch_size=batch_size,
                                              skip_empty=skip_empty, shard=shard, poll=poll,
-                                             keep_work=keep_work, until=until))
+                                             keep_work=keep_work, until=until, classifier=classifier,
+                                             auto_scale=auto_scale))
     from ..models.registry import list_models, model_kind
 
     if model_kind(spec.name) != "semantic":
@@ -157,9 +218,12 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
     name = name or slide.name
     px = pixel_size or slide.pixel_size
     if px is None and spec.pixel_size is not None:
-        log.warning("%s: no pixel size; taking it to be the network's %.3g um/px", name, spec.pixel_size)
-    plan = _plan(slide, spec, px, tile, halo, skip_empty)
+        log.warning("%s: no pixel size; areas in px only", name)
     work = out / f".{name}.work"
+    gain = round(slide_exposure_gain(slide), 4)
+    scale = _slide_scale(work, slide, net, spec, device, px, gain, auto_scale)
+    plan = _plan(slide, spec, px, tile, halo, skip_empty, scale, gain)
+    plan["typing"] = None if classifier is None else classifier[1].to_json()
     store = _open_work(work, plan, shard)
     if until == "plan":
         return None
@@ -229,7 +293,10 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
             if classified(i).read_text() != "skipped":
                 record = cells_in_tile(lambda b: store[b[0]:b[2], b[1]:b[3]], grid, i,
                                        cell_diameter=plan["cell_diameter"])
-            table = _measure(record, px)
+            types = probs = None
+            if classifier is not None and len(record.first):
+                types, probs = _classify(record, slide, exposed, classifier, plan["scale"], device)
+            table = _measure(record, px, types, probs)
             _save_cells(path, record, table)
         done += 1
         yield done, total, f"tile {i + 1}/{len(grid)}: cells separated"
@@ -253,9 +320,24 @@ def _wait(ready, poll: float, done: int, total: int, message: str):
         time.sleep(poll)
 
 
-def _measure(record: TileCells, px: float | None) -> pd.DataFrame:
+def _classify(record: TileCells, slide: Slide, exposed, classifier, scale: float, device: str):
+    """The classifier's types of a tile's cells, from the slide's pixels around them (with
+    room for the crop's context)."""
+    from .celltypes import classify_cells
+
+    h, w = record.cells.shape
+    m = int(np.ceil(max(h, w) * float(classifier[1].extra.get("context", 1.5)) / 2))
+    y0, x0 = max(0, record.origin[0] - m), max(0, record.origin[1] - m)
+    y1, x1 = min(slide.shape[0], record.origin[0] + h + m), min(slide.shape[1], record.origin[1] + w + m)
+    image = exposed(slide.read(y0, x0, y1, x1))
+    return classify_cells(*classifier, image, record.cells, record.nuclei, scale, device,
+                          origin=(record.origin[0] - y0, record.origin[1] - x0))
+
+
+def _measure(record: TileCells, px: float | None, types=None, probs=None) -> pd.DataFrame:
     from .measure import measure_cells
 
     if not len(record.first):
         return measure_cells(np.zeros((1, 1), np.uint32), np.zeros((1, 1), np.uint32), px)
-    return measure_cells(record.cells, record.nuclei, px, offset=tuple(float(v) for v in record.origin))
+    return measure_cells(record.cells, record.nuclei, px, offset=tuple(float(v) for v in record.origin),
+                         types=types, type_probs=probs)

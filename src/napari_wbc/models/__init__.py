@@ -72,17 +72,25 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def available_weights() -> dict[str, Path]:
-    """Model name -> weights folder, for every model that has trained weights.
+def available_weights(classifiers: bool = False) -> dict[str, Path]:
+    """Model name -> weights folder, for every segmentation model (or, with
+    ``classifiers``, every cell classifier) that has trained weights.
 
     Weights the user trained take precedence over shipped weights of the same name.
     """
+    from .registry import list_classifiers
+
     found = {}
     for root in (SHIPPED, user_model_dir()):
         if root.is_dir():
             for d in sorted(root.iterdir()):
                 if (d / "config.json").exists() and (d / "model.safetensors").exists():
-                    found[d.name] = d
+                    try:
+                        name = json.loads((d / "config.json").read_text()).get("name")
+                    except (OSError, ValueError):
+                        continue
+                    if (name in list_classifiers()) == classifiers:
+                        found[d.name] = d
     return found
 
 
@@ -99,7 +107,7 @@ def resolve_weights(model: str | None = None, weights: str | Path | None = None)
             )
         return path
     name = model or DEFAULT_MODEL
-    found = available_weights()
+    found = {**available_weights(), **available_weights(classifiers=True)}
     if name not in found:
         raise MissingWeightsError(
             f"model {name!r} has no trained weights yet; train it with "

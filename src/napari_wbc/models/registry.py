@@ -13,11 +13,20 @@ _ARCHITECTURES = {
     "wcsegnet": "napari_wbc.models.wcsegnet",
     "yolact_cis": "napari_wbc.models.yolact_cis",
 }
+# classifiers type the cells a segmentation model found (KIND "classifier")
+_CLASSIFIERS = {
+    "celltype": "napari_wbc.models.celltype",
+}
 
 
 def list_models() -> list[str]:
-    """Names of every registered architecture."""
+    """Names of every registered segmentation architecture."""
     return sorted(_ARCHITECTURES)
+
+
+def list_classifiers() -> list[str]:
+    """Names of every registered cell classifier."""
+    return sorted(_CLASSIFIERS)
 
 
 def model_module(name: str):
@@ -27,14 +36,16 @@ def model_module(name: str):
     recipe) and optionally ``loss``; see docs/model-interface.md.
     """
     try:
-        module = _ARCHITECTURES[name]
+        module = {**_ARCHITECTURES, **_CLASSIFIERS}[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; choose one of {list_models()}") from None
+        valid = list_models() + list_classifiers()
+        raise KeyError(f"unknown model {name!r}; choose one of {valid}") from None
     return importlib.import_module(module)
 
 
 def model_kind(name: str) -> str:
-    """"semantic" (a class per pixel) or "instance" (scored masks per cell)."""
+    """"semantic" (a class per pixel), "instance" (scored masks per cell) or "classifier"
+    (a class per cell crop)."""
     return getattr(model_module(name), "KIND", "semantic")
 
 

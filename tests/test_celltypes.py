@@ -1,0 +1,194 @@
+"""The cell-type classifier's parts: crops, the analyser's rules (not a white cell,
+unidentified), the threshold choice, the differential, the figures, the network itself."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from napari_wbc.core.celltypes import cell_crops, crops_to_tensor, decide, differential, size_cue
+from napari_wbc.core.dataset import CELL_TYPES
+from napari_wbc.core.train_classifier import choose_threshold
+from napari_wbc.core.type_metrics import type_report
+from napari_wbc.models import ModelSpec, create_model, load_model, save_model
+from napari_wbc.models.celltype import CLASSES, CROP
+
+
+def test_crop_is_centred_on_the_cell_scaled_to_it_and_masks_only_it():
+    image = np.zeros((100, 120, 3), np.uint8)
+    cells = np.zeros((100, 120), np.uint32)
+    cells[20:40, 30:50] = 1  # a 20 px square cell
+    cells[20:40, 50:60] = 2  # its neighbour, right next to it
+    nuclei = np.zeros_like(cells)
+    nuclei[25:35, 35:45] = 1
+    image[cells == 1] = 200
+    rgb, label, width = cell_crops(image, cells, nuclei, [1], size=30, context=1.5)
+    assert rgb.shape == (1, 30, 30, 3) and label.shape == (1, 30, 30)
+    # the crop is 30 px of image around the 20 px cell: the cell spans the middle 20 px
+    assert set(np.unique(label[0])) == {0, 1, 2}
+    assert (label[0, 5:25, 5:25] > 0).all() and (label[0, :5] == 0).all() and (label[0, :, 25:] == 0).all()
+    assert (label[0, 10:20, 10:20] == 2).all()
+    assert width[0] == pytest.approx(np.sqrt(4 * 400 / np.pi))
+    assert rgb[0, 15, 15, 0] == 200 and rgb[0, 15, 2, 0] == 0
+    # the neighbour is in the image but not in the masks
+    assert (label[0, 5:25, 25:] == 0).all()
+
+
+def test_crop_at_the_image_edge_mirrors_the_image_and_pads_masks_with_zero():
+    image = np.zeros((50, 50, 3), np.uint8)
+    image[:, :10] = 255
+    cells = np.zeros((50, 50), np.uint32)
+    cells[10:30, 0:10] = 1
+    rgb, label, _ = cell_crops(image, cells, cells, [1], size=30, context=1.5)
+    assert (label[0][:, :5] == 0).all()  # left of the image: no mask
+    assert (rgb[0][:, :5] == 255).all()  # ...but mirrored image
+
+
+def test_crops_on_a_part_of_the_image_at_an_origin_give_the_same_crop():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)
+    cells = np.zeros((80, 80), np.uint32)
+    cells[30:50, 30:45] = 1
+    whole = cell_crops(image, cells, cells, [1])
+    part = cell_crops(image, cells[20:60, 25:55], cells[20:60, 25:55], [1], origin=(20, 25))
+    for a, b in zip(whole, part, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_network_input_and_size_cue():
+    spec = ModelSpec("celltype", classes=CLASSES)
+    rgb = np.full((2, 8, 8, 3), 255, np.uint8)
+    label = np.zeros((2, 8, 8), np.uint8)
+    label[0, 2:6, 2:6] = 1
+    label[0, 3:5, 3:5] = 2
+    x = crops_to_tensor(rgb, label, spec)
+    assert x.shape == (2, 5, 8, 8)
+    assert torch.allclose(x[:, :3], torch.full((2, 3, 8, 8), 2.0))  # (1 - 0.5) / 0.25
+    assert x[0, 3].sum() == 16 and x[0, 4].sum() == 4 and x[1, 3:].sum() == 0
+    assert size_cue(np.array([100.0, 50.0]), 2.0) == pytest.approx([np.log(2.0), 0.0])
+
+
+def test_rules_not_a_white_cell_and_unidentified():
+    p = np.array([
+        [0.80, 0.10, 0.05, 0.03, 0.01, 0.01],  # a confident neutrophil
+        [0.30, 0.25, 0.20, 0.10, 0.05, 0.10],  # unsure: 0.30 / 0.90 = 0.33 of the types
+        [0.05, 0.05, 0.05, 0.05, 0.05, 0.75],  # no white cell
+        [0.10, 0.05, 0.05, 0.30, 0.05, 0.45],  # not_wbc most likely
+        [0.20, 0.00, 0.00, 0.40, 0.00, 0.40],  # tie between eosinophil and not_wbc: argmax takes eosinophil
+    ])
+    out = decide(p, CLASSES, 0.5)
+    assert [kind for kind, _ in out] == ["neutrophil", "unidentified", "not_wbc", "not_wbc", "eosinophil"]
+    assert out[0][1] == pytest.approx(0.80 / 0.99)
+    assert out[1][1] == pytest.approx(0.30 / 0.90)
+    assert out[2][1] == pytest.approx(0.75)
+    assert out[4][1] == pytest.approx(0.40 / 0.60)
+    assert decide(p[1:2], CLASSES, 0.3)[0][0] == "neutrophil"
+
+
+def test_differential_counts_and_percent_leave_out_what_is_no_white_cell():
+    kinds = ["neutrophil"] * 3 + ["lymphocyte", "monocyte", "unidentified", "not_wbc", "not_wbc"]
+    table = pd.DataFrame({"label": range(1, 9), "cell_type": kinds})
+    d = differential(table)
+    assert list(d.index) == [*CELL_TYPES, "unidentified"]
+    assert d["count"].tolist() == [3, 1, 1, 0, 0, 1]
+    assert d["percent"].tolist() == pytest.approx([50.0, 100 / 6, 100 / 6, 0.0, 0.0, 100 / 6])
+    assert d["percent"].sum() == pytest.approx(100.0)
+    assert differential(table.drop(columns="cell_type"))["count"].sum() == 0
+
+
+def test_threshold_minimises_wrong_plus_half_unidentified_with_at_most_a_tenth_unidentified():
+    # 20 cells: 18 right and sure, one wrong and unsure (0.4), one right and unsure (0.45)
+    prob = np.zeros((20, 6))
+    target = np.zeros(20, int)
+    prob[:, 0] = 0.95
+    prob[:, 1] = 0.05
+    prob[18] = [0.4, 0.35, 0.25, 0, 0, 0]
+    target[18] = 1  # wrong: the top is neutrophil
+    prob[19] = [0.45, 0.35, 0.20, 0, 0, 0]
+    threshold, figures = choose_threshold(prob, target)
+    # leaving the wrong cell unidentified (cost 0.5) beats calling it (cost 1); the unsure right one
+    # stays called (leaving it out costs 0.5 for nothing)
+    assert 0.4 < threshold <= 0.45
+    assert figures == {"wrong": 0, "unidentified": 1, "cells": 20, "accuracy_identified": 1.0}
+
+
+def test_type_report_exact_values():
+    truth = ["neutrophil"] * 4 + ["lymphocyte"] * 2 + ["eosinophil"]
+    pred = ["neutrophil", "neutrophil", "unidentified", "missed", "lymphocyte", "neutrophil", "eosinophil"]
+    r = type_report(truth, pred)
+    assert r["cells"] == 7
+    assert r["accuracy"] == pytest.approx(4 / 7)
+    assert r["accuracy_identified"] == pytest.approx(4 / 5)
+    assert r["unidentified_rate"] == pytest.approx(1 / 7)
+    assert r["per_class"]["neutrophil"] == {"cells": 4, "recall": 0.5, "precision": pytest.approx(2 / 3)}
+    assert r["per_class"]["lymphocyte"]["recall"] == 0.5 and r["per_class"]["monocyte"]["recall"] is None
+    assert r["confusion"][0] == [2, 0, 0, 0, 0, 1, 0, 1]
+
+
+def test_forward_save_load_and_training_lowers_the_loss(tmp_path):
+    torch.manual_seed(0)
+    spec = ModelSpec("celltype", classes=CLASSES,
+                     extra={"crop": CROP, "context": 1.5, "unidentified_below": 0.5})
+    net = create_model("celltype")
+    # two kinds of crop: a dark round nucleus (lymphocyte-like) and a pale one with pink granules
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:CROP, :CROP]
+    r = np.hypot(yy - CROP / 2, xx - CROP / 2)
+    label = np.where(r < 14, 2, np.where(r < 22, 1, 0)).astype(np.uint8)
+    rgb = np.empty((16, CROP, CROP, 3), np.uint8)
+    target = np.arange(16) % 2
+    for i in range(16):
+        colour = (60, 40, 120) if target[i] == 0 else (220, 120, 120)
+        rgb[i] = np.where((label > 0)[..., None], colour, 230) + rng.integers(0, 20, (CROP, CROP, 3))
+    x = crops_to_tensor(rgb, np.repeat(label[None], 16, 0), spec)
+    y = torch.from_numpy(target)
+    assert net.eval()(x).shape == (16, len(CLASSES))
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(net(x, torch.zeros(16)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    save_model(net, spec, tmp_path / "ct")
+    loaded, loaded_spec = load_model(weights=tmp_path / "ct")
+    assert loaded_spec.extra["unidentified_below"] == 0.5 and loaded_spec.classes == CLASSES
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x))
+
+
+def test_napari_wbc_train_celltype_end_to_end(tmp_path, datasets):
+    """`napari-wbc train --model celltype` on a tiny copy of bccd (two train fields, one val
+    field): examples collected with the shipped segmenter, a few steps with a worker process,
+    weights that load, with the unidentified threshold chosen on val."""
+    import shutil
+
+    from napari_wbc.cli import main
+
+    source = datasets / "bccd"
+    data = tmp_path / "bccd"
+    splits = {"BloodImage_00001": "train", "BloodImage_00004": "train", "BloodImage_00003": "val"}
+    for sub in ("images", "labels", "annotations_voc"):
+        (data / sub).mkdir(parents=True)
+    for stem in splits:
+        shutil.copy(source / "images" / f"{stem}.jpg", data / "images")
+        shutil.copy(source / "labels" / f"{stem}.png", data / "labels")
+        shutil.copy(source / "annotations_voc" / f"{stem}.xml", data / "annotations_voc")
+    shutil.copy(source / "wbc_class_labels.csv", data)
+    (data / "split.csv").write_text("stem,split\n" + "".join(f"{s},{v}\n" for s, v in splits.items()))
+    out = tmp_path / "celltype"
+    args = ["train", "--model", "celltype", "--data", str(data), "--out", str(out), "--max-steps", "4",
+            "--val-every", "2", "--batch-size", "8", "--workers", "1", "--device", "cpu"]
+    assert main(args) == 0
+    net, spec = load_model(weights=out)
+    assert spec.name == "celltype" and spec.classes == CLASSES
+    assert 0.0 <= spec.extra["unidentified_below"] < 1.0 and spec.extra["crop"] == CROP
+    with np.load(out / "examples_train.npz") as z:
+        kinds = set(z["target"].tolist())
+        # the neutrophils of the fields, and red cells and platelets as "not a white cell"
+        assert CLASSES.index("neutrophil") in kinds and CLASSES.index("not_wbc") in kinds
+        assert any(":ref:" in s for s in z["source"]) and any(":seg:" in s for s in z["source"])
