@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+GRID, GAP = (5, 6), 160  # the sample slide's layout (core.slide.build_sample_slide)
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "napari_wbc" / "sample_data" / "BloodImage_00034.jpg"
 
 
@@ -41,10 +42,12 @@ def main() -> None:
                  for r in table.to_dict("records")]
     field = pd.DataFrame(rows)
     with tempfile.TemporaryDirectory() as tmp:
-        slide = build_sample_slide(Path(tmp) / "sample.ome.tif")
+        slide = build_sample_slide(Path(tmp) / "sample.ome.tif", grid=GRID, gap=GAP)
         result = run(segment_slide(slide, Path(tmp) / "out", net, spec, device=args.device))
         copies = pd.read_csv(result.table)
     h, w = image.shape[:2]
+    fields = sorted(SAMPLE.parent.glob("*.jpg"))
+    mine = fields.index(Path(args.field)) if Path(args.field) in fields else None
     print("| path | network scale | cell (field centroid y, x) | NCR | cell px | nucleus px |")
     print("|---|---|---|---|---|---|")
     first = field[field["path"] == field["path"].iloc[0]]
@@ -54,9 +57,20 @@ def main() -> None:
                                    field["centroid_x"] - cell["centroid_x"]) < 5].iterrows():
             print(f"| {r['path']} | {r['scale']} | {where} | {r['ncr']:.3f} | {r['cell_area_px']} "
                   f"| {r['nucleus_area_px']} |")
-        # slide copies: the cells of about the same area (within 20%)
-        near = copies[(copies["cell_area_px"] - cell["cell_area_px"]).abs() < 0.2 * cell["cell_area_px"]]
-        ncr = near["ncr"].to_numpy()
+        # its copies on the slide: field n of the grid is fields[n % 2], flipped by (n // 2) % 4
+        # (core.slide.build_mosaic_slide); the cell nearest where the copy's centroid falls
+        found = []
+        for n in range(GRID[0] * GRID[1]) if mine is not None else []:
+            if n % len(fields) != mine:
+                continue
+            i, j, turn = n // GRID[1], n % GRID[1], (n // len(fields)) % 4
+            y = GAP + i * (h + GAP) + (h - 1 - cell["centroid_y"] if turn & 1 else cell["centroid_y"])
+            x = GAP + j * (w + GAP) + (w - 1 - cell["centroid_x"] if turn & 2 else cell["centroid_x"])
+            d = np.hypot(copies["centroid_y"] - y, copies["centroid_x"] - x)
+            if d.min() < 10:
+                found.append(copies.loc[d.idxmin()])
+        near = pd.DataFrame(found)
+        ncr = near["ncr"].to_numpy() if len(near) else []
         if len(ncr):
             areas = f"{near['cell_area_px'].min()}-{near['cell_area_px'].max()}"
             nuclei = f"{near['nucleus_area_px'].min()}-{near['nucleus_area_px'].max()}"

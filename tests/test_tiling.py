@@ -354,14 +354,21 @@ def test_mosaic_tiled_equals_untiled_across_seams_and_corners(mosaic, model, tmp
     assert skipped > 0, "no tile of empty glass was skipped"
 
 
-def test_cli_routes_slides_to_the_tiled_engine(field, tmp_path):
+def test_cli_routes_slides_to_the_tiled_engine(field, model, tmp_path):
+    """A one-field slide through the CLI gets the cells the field gets: both are resampled to
+    the scale their cells' width sets (the slide in windows, the field whole, so the outlines
+    differ by resampling only)."""
     from napari_wbc.cli import main
 
-    image, cells, _ = field
+    image = field[0]
+    cells = canonical_labels(run(segment(image, *model)).cells)
     path = build_mosaic_slide(tmp_path / "one.ome.tif", [image], grid=(1, 1), tile=128, pixel_size=0.1)
     out = tmp_path / "out"
     assert main(["segment", str(path), "--out", str(out), "--tile", "320", "--device", "cpu"]) == 0
     with tifffile.TiffFile(tmp_path / "out" / "one_cells.tif") as tif:
         levels = tif.series[0].levels
-        assert len(levels) == 3 and np.array_equal(levels[0].asarray(), cells)  # 640, 320, 160 px
+        assert len(levels) == 3  # 640, 320, 160 px
+        got = levels[0].asarray()
+    assert got.max() == cells.max()
+    assert 2 * ((got > 0) & (cells > 0)).sum() / ((got > 0).sum() + (cells > 0).sum()) > 0.98
     assert len(pd.read_csv(tmp_path / "out" / "one_cells.csv")) == cells.max()

@@ -30,6 +30,13 @@ def small_slide(tmp_path_factory) -> Path:
                               pixel_size=0.1)
 
 
+@pytest.fixture(autouse=True)
+def _two_by_two_tiles(monkeypatch):
+    """The bundled fields' cells (up to 170 px wide) set the small slide's scale (about 0.6-0.7),
+    so that tiles of 600 working px are 768-1024 slide px: 2 x 2 tiles on the small slide."""
+    monkeypatch.setattr("napari_wbc.core.wholeslide.WORK_TILE", 600)
+
+
 @pytest.fixture
 def viewer(make_napari_viewer_proxy):
     return make_napari_viewer_proxy()

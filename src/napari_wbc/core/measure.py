@@ -93,8 +93,9 @@ def count_summary(table: pd.DataFrame) -> dict[str, int | float]:
     summary: dict[str, int | float] = {
         "white_cells": int(counted.sum()),
         "complete_cells": int((counted & ~table["touches_border"].astype(bool)).sum()) if len(table) else 0,
-        "mean_ncr": float(table.loc[counted, "ncr"].mean()) if counted.any() else float("nan"),
     }
+    if "ncr" in table:
+        summary["mean_ncr"] = float(table.loc[counted, "ncr"].mean()) if counted.any() else float("nan")
     if "cell_type" in table and table["cell_type"].notna().any():  # the differential count
         summary["excluded"] = int((~counted).sum())
         for kind, row in differential(table).iterrows():
