@@ -82,6 +82,9 @@ def slide_cell_width(slide: Slide, net, spec, device: str = "cpu", gain: float =
     it (the median of their widths). None when no white cell is found."""
     from .inference import network_classes, typical_cell_width
 
+    def exposed(image: np.ndarray) -> np.ndarray:
+        return image if gain == 1.0 else brighten(image, gain)
+
     h, w = slide.shape
     if h * w <= 2 * PROBE_WINDOW**2:
         boxes = [(0, 0, h, w)]
@@ -90,15 +93,12 @@ def slide_cell_width(slide: Slide, net, spec, device: str = "cpu", gain: float =
         ys = np.linspace(0, h - side, max(1, min(8, h // side))).astype(int)
         xs = np.linspace(0, w - side, max(1, min(8, w // side))).astype(int)
         boxes = [(y, x, y + side, x + side) for y in ys for x in xs]
-        boxes = [b for b in boxes if has_nucleus_stain(brighten(slide.look(*b, 8.0), gain) if gain != 1.0
-                                                       else slide.look(*b, 8.0))]
+        boxes = [b for b in boxes if has_nucleus_stain(exposed(slide.look(*b, 8.0)))]
         boxes = [boxes[i] for i in np.unique(np.linspace(0, len(boxes) - 1, PROBE_WINDOWS).astype(int))] \
             if boxes else []
     widths = []
     for box in boxes:
-        image = slide.read(*box)
-        width = typical_cell_width(network_classes(net, spec, brighten(image, gain) if gain != 1.0 else image,
-                                                   device))
+        width = typical_cell_width(network_classes(net, spec, exposed(slide.read(*box)), device))
         if width is not None:
             widths.append(width)
     return float(np.median(widths)) if widths else None
