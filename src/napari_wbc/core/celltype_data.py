@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..models.celltype import CLASSES
 from .celltypes import cell_crops, size_cue
-from .dataset import CELL_TYPES, NOT_WBC, image_cell_types, list_pairs, load_pair
+from .dataset import NOT_WBC, image_cell_types, list_pairs, load_pair
 
 log = logging.getLogger(__name__)
 BIG, BIG_CONTEXT = 96, 2.2
-CLASSES = (*CELL_TYPES, NOT_WBC)
 
 
 def voc_boxes(root: Path, stem: str) -> dict[str, list[tuple[int, int, int, int]]]:

@@ -162,9 +162,8 @@ def load_classifier(typing: str = "classifier", device: str = "cpu", weights=Non
     return load_model(CLASSIFIER if weights is None else None, weights, device)
 
 
-
 def typing_name(typing: str, classifier, spec) -> str:
-    """What typed the cells, for summaries: the classifier's name and weights, the
+    """What typed the cells, for summaries: the classifier's name and threshold, the
     segmentation model's name, or "none"."""
     if classifier is not None:
         return f"{classifier[1].name} (unidentified below {classifier[1].extra.get('unidentified_below')})"

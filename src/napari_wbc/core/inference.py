@@ -103,6 +103,9 @@ def exposure_gain(image: np.ndarray) -> float:
 
 
 def brighten(image: np.ndarray, gain: float) -> np.ndarray:
+    """The image times ``gain`` (:func:`exposure_gain`), clipped; the image itself at 1."""
+    if gain == 1.0:
+        return image
     return np.clip(np.rint(image.astype(np.float32) * gain), 0, 255).astype(np.uint8)
 
 

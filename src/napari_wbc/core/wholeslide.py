@@ -82,9 +82,6 @@ def slide_cell_width(slide: Slide, net, spec, device: str = "cpu", gain: float =
     it (the median of their widths). None when no white cell is found."""
     from .inference import network_classes, typical_cell_width
 
-    def exposed(image: np.ndarray) -> np.ndarray:
-        return image if gain == 1.0 else brighten(image, gain)
-
     h, w = slide.shape
     if h * w <= 2 * PROBE_WINDOW**2:
         boxes = [(0, 0, h, w)]
@@ -93,12 +90,12 @@ def slide_cell_width(slide: Slide, net, spec, device: str = "cpu", gain: float =
         ys = np.linspace(0, h - side, max(1, min(8, h // side))).astype(int)
         xs = np.linspace(0, w - side, max(1, min(8, w // side))).astype(int)
         boxes = [(y, x, y + side, x + side) for y in ys for x in xs]
-        boxes = [b for b in boxes if has_nucleus_stain(exposed(slide.look(*b, 8.0)))]
+        boxes = [b for b in boxes if has_nucleus_stain(brighten(slide.look(*b, 8.0), gain))]
         boxes = [boxes[i] for i in np.unique(np.linspace(0, len(boxes) - 1, PROBE_WINDOWS).astype(int))] \
             if boxes else []
     widths = []
     for box in boxes:
-        width = typical_cell_width(network_classes(net, spec, exposed(slide.read(*box)), device))
+        width = typical_cell_width(network_classes(net, spec, brighten(slide.read(*box), gain), device))
         if width is not None:
             widths.append(width)
     return float(np.median(widths)) if widths else None
@@ -244,9 +241,6 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
     if gain != 1.0 and todo:
         yield done, total, f"under-exposed slide: tiles brightened {gain:.2f}x for the network"
 
-    def exposed(image: np.ndarray) -> np.ndarray:
-        return image if gain == 1.0 else brighten(image, gain)
-
     batch: list[tuple[int, tuple, tuple]] = []
 
     def flush():
@@ -254,7 +248,7 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
         images = []
         for _, window, _ in batch:
             source = wgrid.source(window)
-            images.append(wgrid.to_work(exposed(slide.read(*source)), source, window))
+            images.append(wgrid.to_work(brighten(slide.read(*source), gain), source, window))
         probs = predict_batch(net, spec, images, device)
         for (i, window, _), prob in zip(batch, probs, strict=True):
             core = grid.core(i)
@@ -266,7 +260,8 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
 
     for i in todo:
         core = grid.core(i)
-        if skip_empty and not has_nucleus_stain(exposed(slide.look(*grid.expand(core, grid.halo), look_ds))):
+        if skip_empty and not has_nucleus_stain(
+                brighten(slide.look(*grid.expand(core, grid.halo), look_ds), gain)):
             classified(i).write_text("skipped")
             done += 1
             yield done, total, f"tile {i + 1}/{len(grid)}: no nuclei, skipped"
@@ -295,7 +290,7 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
                                        cell_diameter=plan["cell_diameter"])
             types = probs = None
             if classifier is not None and len(record.first):
-                types, probs = _classify(record, slide, exposed, classifier, plan["scale"], device)
+                types, probs = _classify(record, slide, gain, classifier, plan["scale"], device)
             table = _measure(record, px, types, probs)
             _save_cells(path, record, table)
         done += 1
@@ -320,7 +315,7 @@ def _wait(ready, poll: float, done: int, total: int, message: str):
         time.sleep(poll)
 
 
-def _classify(record: TileCells, slide: Slide, exposed, classifier, scale: float, device: str):
+def _classify(record: TileCells, slide: Slide, gain: float, classifier, scale: float, device: str):
     """The classifier's types of a tile's cells, from the slide's pixels around them (with
     room for the crop's context)."""
     from .celltypes import classify_cells
@@ -329,7 +324,7 @@ def _classify(record: TileCells, slide: Slide, exposed, classifier, scale: float
     m = int(np.ceil(max(h, w) * float(classifier[1].extra.get("context", 1.5)) / 2))
     y0, x0 = max(0, record.origin[0] - m), max(0, record.origin[1] - m)
     y1, x1 = min(slide.shape[0], record.origin[0] + h + m), min(slide.shape[1], record.origin[1] + w + m)
-    image = exposed(slide.read(y0, x0, y1, x1))
+    image = brighten(slide.read(y0, x0, y1, x1), gain)
     return classify_cells(*classifier, image, record.cells, record.nuclei, scale, device,
                           origin=(record.origin[0] - y0, record.origin[1] - x0))
 
