@@ -35,32 +35,59 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=["zheng_d1", "zheng_d2", "bccd"])
     p.add_argument("--flip-average", action="store_true", help="average the network over four flips")
     args = p.parse_args()
-    print("| dataset (test split) | images | Dice cell | Dice cytoplasm | Dice nucleus | mIoU cell "
-          "| ME cell | count MAE | count exact | NCR within 20% | annotated cells only: Dice cell / nucleus "
-          "| single-cell crop mode: Dice cell / nucleus "
-          "| paper: MIF-Net cytoplasm / nucleus | paper: WBC-Net cell |")
+    print(
+        "| dataset (test split) | images | Dice cell | Dice cytoplasm | Dice nucleus | mIoU cell "
+        "| ME cell | count MAE | count exact | NCR within 20% | annotated cells only: Dice cell / nucleus "
+        "| single-cell crop mode: Dice cell / nucleus "
+        "| paper: MIF-Net cytoplasm / nucleus | paper: WBC-Net cell |"
+    )
     print("|---" * 14 + "|")
     for name in args.datasets:
-        r = evaluate_dataset(DATASETS / name, "test", args.model, args.weights, args.device, args.out,
-                             flip_average=args.flip_average)
+        r = evaluate_dataset(
+            DATASETS / name,
+            "test",
+            args.model,
+            args.weights,
+            args.device,
+            args.out,
+            flip_average=args.flip_average,
+        )
         m = r["metrics"]
         ref = PAPERS.get(name, {})
         paper_mif = f"{ref['mifnet_cytoplasm']} / {ref['mifnet_nucleus']}" if ref else "-"
-        columns = (("cell", "dice"), ("cytoplasm", "dice"), ("nucleus", "dice"),
-                   ("cell", "miou"), ("cell", "me"))
+        columns = (
+            ("cell", "dice"),
+            ("cytoplasm", "dice"),
+            ("nucleus", "dice"),
+            ("cell", "miou"),
+            ("cell", "me"),
+        )
         cells = [f"{100 * m[region][metric]:.2f}" for region, metric in columns]
         count = r["count"]
         kept = r["annotated_metrics"]
         single = r["single_cell_metrics"]
-        crop = (f"{100 * single['cell']['dice']:.2f} / {100 * single['nucleus']['dice']:.2f}"
-                if name.startswith("zheng") else "-")
-        row = [name, str(r["images"]), *cells, f"{count['mean_abs_error']:.3f}",
-               f"{100 * count['exact']:.0f}%", f"{100 * r['ncr_agreement']['within_20pct']:.0f}%",
-               f"{100 * kept['cell']['dice']:.2f} / {100 * kept['nucleus']['dice']:.2f}", crop,
-               paper_mif, str(ref.get("wbcnet_cell", "-"))]
+        crop = (
+            f"{100 * single['cell']['dice']:.2f} / {100 * single['nucleus']['dice']:.2f}"
+            if name.startswith("zheng")
+            else "-"
+        )
+        row = [
+            name,
+            str(r["images"]),
+            *cells,
+            f"{count['mean_abs_error']:.3f}",
+            f"{100 * count['exact']:.0f}%",
+            f"{100 * r['ncr_agreement']['within_20pct']:.0f}%",
+            f"{100 * kept['cell']['dice']:.2f} / {100 * kept['nucleus']['dice']:.2f}",
+            crop,
+            paper_mif,
+            str(ref.get("wbcnet_cell", "-")),
+        ]
         print("| " + " | ".join(row) + " |", flush=True)
-    print(f"\nweights: {r['weights']} (sha256 {r['weights_sha256'][:16]}...), device {r['device']}, "
-          f"flip-averaged {r['flip_average']}")
+    print(
+        f"\nweights: {r['weights']} (sha256 {r['weights_sha256'][:16]}...), device {r['device']}, "
+        f"flip-averaged {r['flip_average']}"
+    )
 
 
 if __name__ == "__main__":

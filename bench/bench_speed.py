@@ -64,15 +64,23 @@ def main() -> None:
         net_times.append(t2 - t1)
         e2e_times.append(end_to_end(net, smear, t1 - t0))
         tta_times.append(end_to_end(tta, smear, t1 - t0))
-    print(f"model {spec.name}, device {device}, torch threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}, {len(paths)} bccd test fields 640x480")
-    print(f"network alone: median {statistics.median(net_times) * 1000:.0f} ms "
-          f"(min {min(net_times) * 1000:.0f}, max {max(net_times) * 1000:.0f})")
-    print(f"end to end:    median {statistics.median(e2e_times) * 1000:.0f} ms "
-          f"(min {min(e2e_times) * 1000:.0f}, max {max(e2e_times) * 1000:.0f})")
-    print(f"end to end, flip-averaged: median {statistics.median(tta_times) * 1000:.0f} ms "
-          f"(min {min(tta_times) * 1000:.0f}, max {max(tta_times) * 1000:.0f}); "
-          f"median ratio {statistics.median(t / e for t, e in zip(tta_times, e2e_times, strict=True)):.2f}x")
+    print(
+        f"model {spec.name}, device {device}, torch threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}, {len(paths)} bccd test fields 640x480"
+    )
+    print(
+        f"network alone: median {statistics.median(net_times) * 1000:.0f} ms "
+        f"(min {min(net_times) * 1000:.0f}, max {max(net_times) * 1000:.0f})"
+    )
+    print(
+        f"end to end:    median {statistics.median(e2e_times) * 1000:.0f} ms "
+        f"(min {min(e2e_times) * 1000:.0f}, max {max(e2e_times) * 1000:.0f})"
+    )
+    print(
+        f"end to end, flip-averaged: median {statistics.median(tta_times) * 1000:.0f} ms "
+        f"(min {min(tta_times) * 1000:.0f}, max {max(tta_times) * 1000:.0f}); "
+        f"median ratio {statistics.median(t / e for t, e in zip(tta_times, e2e_times, strict=True)):.2f}x"
+    )
 
 
 if __name__ == "__main__":

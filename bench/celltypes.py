@@ -47,9 +47,11 @@ def timing(fields: int, device: str, classifier_weights=None) -> str:
         type_s += time.perf_counter() - t
         cells += len(types)
     n = len(pairs)
-    return (f"{n} bccd test fields on {device}: segmentation {1000 * seg_s / n:.0f} ms per field, typing "
-            f"{1000 * type_s / n:.1f} ms per field ({1000 * type_s / max(cells, 1):.1f} ms per cell, "
-            f"{cells} cells): typing adds {100 * type_s / seg_s:.1f}% to the segmentation time")
+    return (
+        f"{n} bccd test fields on {device}: segmentation {1000 * seg_s / n:.0f} ms per field, typing "
+        f"{1000 * type_s / n:.1f} ms per field ({1000 * type_s / max(cells, 1):.1f} ms per cell, "
+        f"{cells} cells): typing adds {100 * type_s / seg_s:.1f}% to the segmentation time"
+    )
 
 
 def main() -> None:
@@ -57,32 +59,46 @@ def main() -> None:
     from napari_wbc.core.evaluate import evaluate_dataset
 
     p = argparse.ArgumentParser()
-    p.add_argument("--classifier-weights", default=None,
-                   help="a classifier weights folder (default: the shipped one)")
+    p.add_argument(
+        "--classifier-weights", default=None, help="a classifier weights folder (default: the shipped one)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None)
     p.add_argument("--datasets", nargs="+", default=["zheng_d1", "zheng_d2", "bccd"])
     p.add_argument("--timing-fields", type=int, default=20)
     args = p.parse_args()
-    print("| test split | cells | accuracy, pipeline % | of identified % | classifier alone % "
-          "| unidentified % | recall per type % (cells) | count exact % before -> after "
-          "| count MAE before -> after |")
+    print(
+        "| test split | cells | accuracy, pipeline % | of identified % | classifier alone % "
+        "| unidentified % | recall per type % (cells) | count exact % before -> after "
+        "| count MAE before -> after |"
+    )
     print("|---" * 9 + "|")
     for name in args.datasets:
-        r = evaluate_dataset(DATASETS / name, "test", device=args.device, out=args.out,
-                             classifier_weights=args.classifier_weights)
+        r = evaluate_dataset(
+            DATASETS / name,
+            "test",
+            device=args.device,
+            out=args.out,
+            classifier_weights=args.classifier_weights,
+        )
         t, alone = r["types"], r.get("types_reference_cells", {})
-        recall = ", ".join(f"{k[:4]} {_pct(c['recall'])} ({c['cells']})" for k, c in t["per_class"].items()
-                           if c["cells"])
+        recall = ", ".join(
+            f"{k[:4]} {_pct(c['recall'])} ({c['cells']})" for k, c in t["per_class"].items() if c["cells"]
+        )
         before, after = r["count_all_objects"], r["count"]
-        print(f"| {name} | {t['cells']} | {_pct(t['accuracy'])} | {_pct(t['accuracy_identified'])} "
-              f"| {_pct(alone.get('accuracy'))} | {_pct(t['unidentified_rate'])} | {recall} "
-              f"| {_pct(before['exact'])} -> {_pct(after['exact'])} "
-              f"| {before['mean_abs_error']:.3f} -> {after['mean_abs_error']:.3f} |", flush=True)
+        print(
+            f"| {name} | {t['cells']} | {_pct(t['accuracy'])} | {_pct(t['accuracy_identified'])} "
+            f"| {_pct(alone.get('accuracy'))} | {_pct(t['unidentified_rate'])} | {recall} "
+            f"| {_pct(before['exact'])} -> {_pct(after['exact'])} "
+            f"| {before['mean_abs_error']:.3f} -> {after['mean_abs_error']:.3f} |",
+            flush=True,
+        )
     c = r.get("classifier", {})
-    print(f"\nclassifier sha256 {c.get('weights_sha256', '?')[:16]}..., unidentified below "
-          f"{c.get('unidentified_below')}; segmenter {r['model']} sha256 {r['weights_sha256'][:16]}...; "
-          f"types {', '.join(CELL_TYPES)}")
+    print(
+        f"\nclassifier sha256 {c.get('weights_sha256', '?')[:16]}..., unidentified below "
+        f"{c.get('unidentified_below')}; segmenter {r['model']} sha256 {r['weights_sha256'][:16]}...; "
+        f"types {', '.join(CELL_TYPES)}"
+    )
     if args.timing_fields:
         print(timing(args.timing_fields, args.device, args.classifier_weights))
 

@@ -48,14 +48,24 @@ def main() -> None:
         cells, nuclei = instances_from_class_map(truth)  # the reviewer's corrected labels
         edited = int(max(pred_cells.max(), cells.max()))  # every cell reviewed and fixed
         edited_total += edited
-        provenance = {"source": str(pair.image), "model": spec.name,
-                      "weights_sha256": sha256(base / "model.safetensors"), "cells_edited": edited,
-                      "note": "simulated perfect reviewer: ground truth"}
+        provenance = {
+            "source": str(pair.image),
+            "model": spec.name,
+            "weights_sha256": sha256(base / "model.safetensors"),
+            "cells_edited": edited,
+            "note": "simulated perfect reviewer: ground truth",
+        }
         save_training_pair(folder, image, cells, nuclei, provenance=provenance)
     before = evaluate_dataset(DATASETS / "bccd", "test", weights=base, device="cpu")
     t0 = time.time()
-    config = TrainConfig(max_steps=args.steps, lr=args.lr, val_every=max(10, args.steps // 5),
-                         patience=100, bf16=args.bf16, batch_size=8)
+    config = TrainConfig(
+        max_steps=args.steps,
+        lr=args.lr,
+        val_every=max(10, args.steps // 5),
+        patience=100,
+        bf16=args.bf16,
+        batch_size=8,
+    )
     history = train([folder], out / "weights", config, device="cpu", init_weights=base)
     minutes = (time.time() - t0) / 60
     after = evaluate_dataset(DATASETS / "bccd", "test", weights=out / "weights", device="cpu")
@@ -64,9 +74,11 @@ def main() -> None:
         m, c = r["metrics"], r["count"]
         dice = " | ".join(f"{100 * m[region]['dice']:.2f}" for region in ("cell", "cytoplasm", "nucleus"))
         rows.append(f"| {name} | {dice} | {c['mean_abs_error']:.3f} | {100 * c['exact']:.0f}% |")
-    print(f"corrected {args.images} bccd train fields ({edited_total} cells); fine-tuned "
-          f"{history['steps']} steps (batch 8, lr {args.lr}) in {minutes:.1f} min on CPU; "
-          f"bccd test split, {before['images']} fields:")
+    print(
+        f"corrected {args.images} bccd train fields ({edited_total} cells); fine-tuned "
+        f"{history['steps']} steps (batch 8, lr {args.lr}) in {minutes:.1f} min on CPU; "
+        f"bccd test split, {before['images']} fields:"
+    )
     print("| model | Dice cell | Dice cytoplasm | Dice nucleus | count MAE | count exact |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))

@@ -88,9 +88,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     weights = available_weights()
     print(f"# {platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| model | params (ours) | params (paper) | GMAC / GFLOP at 512² | CPU s per 640x480 field "
-          "| Dice cell / cyto / nucleus: zheng_d1 | zheng_d2 | bccd | AP / AP50 / AP75 bccd "
-          "| type accuracy | paper (zheng_d1 / zheng_d2) |")
+    print(
+        "| model | params (ours) | params (paper) | GMAC / GFLOP at 512² | CPU s per 640x480 field "
+        "| Dice cell / cyto / nucleus: zheng_d1 | zheng_d2 | bccd | AP / AP50 / AP75 bccd "
+        "| type accuracy | paper (zheng_d1 / zheng_d2) |"
+    )
     print("|---" * 11 + "|")
     for name in args.models or list_models():
         module = model_module(name)
@@ -123,11 +125,17 @@ def main() -> None:
         ap = acc.get("bccd", {}).get("instances")
         types = [f"{d} {100 * acc[d]['types']['accuracy']:.0f}%" for d in acc if "types" in acc[d]]
         cells = [
-            f"{name}{trained}", f"{params / 1e6:.2f} M", f"{paper / 1e6:.2f} M" if paper else "-",
-            f"{flops / 2e9:.1f} / {flops / 1e9:.1f}", f"{seconds:.2f}",
-            dice("zheng_d1"), dice("zheng_d2"), dice("bccd"),
+            f"{name}{trained}",
+            f"{params / 1e6:.2f} M",
+            f"{paper / 1e6:.2f} M" if paper else "-",
+            f"{flops / 2e9:.1f} / {flops / 1e9:.1f}",
+            f"{seconds:.2f}",
+            dice("zheng_d1"),
+            dice("zheng_d2"),
+            dice("bccd"),
             f"{ap['AP']:.1f} / {ap['AP50']:.1f} / {ap['AP75']:.1f}" if ap else "-",
-            ", ".join(types) or "-", PAPERS.get(name, "-"),
+            ", ".join(types) or "-",
+            PAPERS.get(name, "-"),
         ]
         print("| " + " | ".join(cells) + " |", flush=True)
 

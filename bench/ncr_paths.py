@@ -38,8 +38,10 @@ def main() -> None:
     for px in (None, 0.1, 0.07):
         result = run(segment(image, net, spec, args.device, px))
         table = measure_cells(result.cells, result.nuclei)
-        rows += [{"path": f"field, pixel size {px or 'none'}", "scale": round(result.scale, 3), **r}
-                 for r in table.to_dict("records")]
+        rows += [
+            {"path": f"field, pixel size {px or 'none'}", "scale": round(result.scale, 3), **r}
+            for r in table.to_dict("records")
+        ]
     field = pd.DataFrame(rows)
     with tempfile.TemporaryDirectory() as tmp:
         slide = build_sample_slide(Path(tmp) / "sample.ome.tif", grid=GRID, gap=GAP)
@@ -53,10 +55,13 @@ def main() -> None:
     first = field[field["path"] == field["path"].iloc[0]]
     for _, cell in first.iterrows():
         where = f"{cell['centroid_y']:.0f}, {cell['centroid_x']:.0f}"
-        for _, r in field[np.hypot(field["centroid_y"] - cell["centroid_y"],
-                                   field["centroid_x"] - cell["centroid_x"]) < 5].iterrows():
-            print(f"| {r['path']} | {r['scale']} | {where} | {r['ncr']:.3f} | {r['cell_area_px']} "
-                  f"| {r['nucleus_area_px']} |")
+        for _, r in field[
+            np.hypot(field["centroid_y"] - cell["centroid_y"], field["centroid_x"] - cell["centroid_x"]) < 5
+        ].iterrows():
+            print(
+                f"| {r['path']} | {r['scale']} | {where} | {r['ncr']:.3f} | {r['cell_area_px']} "
+                f"| {r['nucleus_area_px']} |"
+            )
         # its copies on the slide: field n of the grid is fields[n % 2], flipped by (n // 2) % 4
         # (core.slide.build_mosaic_slide); the cell nearest where the copy's centroid falls
         found = []
@@ -74,8 +79,10 @@ def main() -> None:
         if len(ncr):
             areas = f"{near['cell_area_px'].min()}-{near['cell_area_px'].max()}"
             nuclei = f"{near['nucleus_area_px'].min()}-{near['nucleus_area_px'].max()}"
-            print(f"| sample slide, {len(ncr)} copies (flipped fields) | {result.scale:.3f} | {where} "
-                  f"| {ncr.min():.3f}-{ncr.max():.3f} | {areas} | {nuclei} |")
+            print(
+                f"| sample slide, {len(ncr)} copies (flipped fields) | {result.scale:.3f} | {where} "
+                f"| {ncr.min():.3f}-{ncr.max():.3f} | {areas} | {nuclei} |"
+            )
     print(f"\nfield {args.field} ({w}x{h} px)")
 
 

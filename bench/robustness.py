@@ -33,7 +33,8 @@ def _resample(image, label, factor):
     shape = (round(h * factor), round(w * factor))
     image = resize(image, shape, order=1, preserve_range=True, anti_aliasing=factor < 1)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), resize(
-        label, shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.uint8)
+        label, shape, order=0, preserve_range=True, anti_aliasing=False
+    ).astype(np.uint8)
 
 
 def _stain(image, haematoxylin, eosin):
@@ -132,16 +133,20 @@ def main() -> None:
             cells = []
             for name in names:
                 root = changed_split(DATASETS / name, condition, Path(tmp), args.max_images)
-                r = evaluate_dataset(root, "test", args.model, args.weights, args.device,
-                                     flip_average=args.flip_average)
+                r = evaluate_dataset(
+                    root, "test", args.model, args.weights, args.device, flip_average=args.flip_average
+                )
                 m = r["metrics"]
                 types = r.get("types", {}).get("accuracy")
-                cells.append(f"{100 * m['cell']['dice']:.1f} / {100 * m['nucleus']['dice']:.1f}, "
-                             f"{100 * r['count']['exact']:.0f}%, "
-                             + ("–" if types is None else f"{100 * types:.0f}%"))
+                cells.append(
+                    f"{100 * m['cell']['dice']:.1f} / {100 * m['nucleus']['dice']:.1f}, "
+                    f"{100 * r['count']['exact']:.0f}%, " + ("–" if types is None else f"{100 * types:.0f}%")
+                )
             print(f"| {condition}: {CONDITIONS[condition][0]} | " + " | ".join(cells) + " |", flush=True)
-    print(f"\n{args.max_images} first test images per split; weights {r['weights']} "
-          f"(sha256 {r['weights_sha256'][:16]}...), device {r['device']}, flip-averaged {r['flip_average']}")
+    print(
+        f"\n{args.max_images} first test images per split; weights {r['weights']} "
+        f"(sha256 {r['weights_sha256'][:16]}...), device {r['device']}, flip-averaged {r['flip_average']}"
+    )
 
 
 if __name__ == "__main__":

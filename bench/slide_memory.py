@@ -44,8 +44,9 @@ def one_size(size: int, tile: int, gap: int, device: str, fields: int) -> dict:
     rows, cols = max(1, round((size + gap) / (480 + gap))), max(1, round((size + gap) / (640 + gap)))
     with tempfile.TemporaryDirectory(prefix="slide-bench-") as tmp:
         t0 = time.perf_counter()
-        path = build_mosaic_slide(Path(tmp) / "slide.ome.tif", images, grid=(rows, cols), gap=gap,
-                                  pixel_size=spec.pixel_size)
+        path = build_mosaic_slide(
+            Path(tmp) / "slide.ome.tif", images, grid=(rows, cols), gap=gap, pixel_size=spec.pixel_size
+        )
         t1 = time.perf_counter()
         after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result = run(segment_slide(path, Path(tmp) / "out", net, spec, tile=tile, device=device))
@@ -54,11 +55,17 @@ def one_size(size: int, tile: int, gap: int, device: str, fields: int) -> dict:
 
         with open_slide(path) as slide:
             shape = slide.shape
-    return {"slide_px": f"{shape[1]}x{shape[0]}", "megapixels": round(shape[0] * shape[1] / 1e6, 1),
-            "build_s": round(t1 - t0, 1), "segment_s": round(t2 - t1, 1), "tiles": result.tiles,
-            "skipped": result.skipped, "cells": result.counts["white_cells"],
-            "peak_rss_build_mb": round(after_build),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    return {
+        "slide_px": f"{shape[1]}x{shape[0]}",
+        "megapixels": round(shape[0] * shape[1] / 1e6, 1),
+        "build_s": round(t1 - t0, 1),
+        "segment_s": round(t2 - t1, 1),
+        "tiles": result.tiles,
+        "skipped": result.skipped,
+        "cells": result.counts["white_cells"],
+        "peak_rss_build_mb": round(after_build),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
 
 
 def peak_mb() -> int:
@@ -74,8 +81,11 @@ def build_sparse(size: int, per_side: int, folder: Path) -> dict:
     images = [image for image, _ in bccd_fields("test", per_side * per_side)]
     t0 = time.perf_counter()
     path = tile_centred_slide(size, images, per_side=per_side).write(folder / f"sparse{size}.ome.tif")
-    return {"build_s": round(time.perf_counter() - t0, 1), "file_mb": round(path.stat().st_size / 2**20, 1),
-            "peak_rss_build_mb": peak_mb()}
+    return {
+        "build_s": round(time.perf_counter() - t0, 1),
+        "file_mb": round(path.stat().st_size / 2**20, 1),
+        "peak_rss_build_mb": peak_mb(),
+    }
 
 
 def segment_sparse(size: int, folder: Path, device: str, tile: int | None) -> dict:
@@ -90,14 +100,25 @@ def segment_sparse(size: int, folder: Path, device: str, tile: int | None) -> di
     net, spec = load_model(device=device)
     before = peak_mb()
     t0 = time.perf_counter()
-    result = run(segment_slide(folder / f"sparse{size}.ome.tif", folder / f"out{size}", net, spec, tile=tile,
-                               device=device))
+    result = run(
+        segment_slide(
+            folder / f"sparse{size}.ome.tif", folder / f"out{size}", net, spec, tile=tile, device=device
+        )
+    )
     seconds = time.perf_counter() - t0
     table = pd.read_csv(result.table)
-    return {"slide_px": f"{size}x{size}", "megapixels": round(size * size / 1e6),
-            "tiles": result.tiles, "skipped": result.skipped, "classified": result.tiles - result.skipped,
-            "cells": result.counts["white_cells"], "cell_px": int(table["cell_area_px"].sum()),
-            "segment_s": round(seconds, 1), "peak_rss_model_loaded_mb": before, "peak_rss_mb": peak_mb()}
+    return {
+        "slide_px": f"{size}x{size}",
+        "megapixels": round(size * size / 1e6),
+        "tiles": result.tiles,
+        "skipped": result.skipped,
+        "classified": result.tiles - result.skipped,
+        "cells": result.counts["white_cells"],
+        "cell_px": int(table["cell_area_px"].sum()),
+        "segment_s": round(seconds, 1),
+        "peak_rss_model_loaded_mb": before,
+        "peak_rss_mb": peak_mb(),
+    }
 
 
 def child(args) -> None:
@@ -112,8 +133,13 @@ def child(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--layout", choices=["sparse", "mosaic"], default="sparse")
-    p.add_argument("--sizes", type=int, nargs="+", default=None,
-                   help="slide sides, px (default: 10000 50000; mosaic: 2048 4096)")
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="slide sides, px (default: 10000 50000; mosaic: 2048 4096)",
+    )
     p.add_argument("--tile", type=int, default=None, help="tile side (default: the engine's; mosaic: 512)")
     p.add_argument("--per-side", type=int, default=3, help="sparse: fields per side (3: nine fields)")
     p.add_argument("--gap", type=int, default=1280, help="mosaic: px of empty glass between fields")
@@ -130,10 +156,24 @@ def main() -> None:
     rows = []
 
     def run_child(size: int, *extra: str) -> dict:
-        cmd = [sys.executable, __file__, "--child", str(size), "--layout", args.layout,
-               "--gap", str(args.gap), "--fields", str(args.fields), "--per-side", str(args.per_side),
-               "--device", args.device,
-               *(["--tile", str(args.tile)] if args.tile else []), *extra]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(size),
+            "--layout",
+            args.layout,
+            "--gap",
+            str(args.gap),
+            "--fields",
+            str(args.fields),
+            "--per-side",
+            str(args.per_side),
+            "--device",
+            args.device,
+            *(["--tile", str(args.tile)] if args.tile else []),
+            *extra,
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 

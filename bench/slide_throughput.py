@@ -78,9 +78,16 @@ def dense(folder: Path, grid: tuple[int, int], workers: int) -> dict:
         h, w = slide.shape
     mp = h * w / 1e6
     result, wall, cpu = timed_run(path, folder / "dense-single")
-    row = {"slide_px": f"{w}x{h}", "megapixels": round(mp, 2), "tiles": result.tiles,
-           "skipped": result.skipped, "cells": result.counts["white_cells"],
-           "single_s": round(wall, 1), "single_cpu_s": round(cpu, 1), "single_mp_s": round(mp / wall, 3)}
+    row = {
+        "slide_px": f"{w}x{h}",
+        "megapixels": round(mp, 2),
+        "tiles": result.tiles,
+        "skipped": result.skipped,
+        "cells": result.counts["white_cells"],
+        "single_s": round(wall, 1),
+        "single_cpu_s": round(cpu, 1),
+        "single_mp_s": round(mp / wall, 3),
+    }
     if workers:
         from distributed import Client, LocalCluster
 
@@ -88,18 +95,28 @@ def dense(folder: Path, grid: tuple[int, int], workers: int) -> dict:
         from napari_wbc.core.inference import run
 
         t0 = time.perf_counter()
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             client.run(load)  # workers start and load the model: not part of the slide's time
             t1 = time.perf_counter()
-            outcome, = run(segment_slides([path], folder / "dense-dist", client, device="cpu"))
+            (outcome,) = run(segment_slides([path], folder / "dense-dist", client, device="cpu"))
             t2 = time.perf_counter()
         assert outcome.error is None, outcome.error
-        same = (folder / "dense-single" / "dense_cells.csv").read_bytes() == \
-            (folder / "dense-dist" / "dense_cells.csv").read_bytes()
-        row.update({f"workers{workers}_s": round(t2 - t1, 1),
-                    f"workers{workers}_mp_s": round(mp / (t2 - t1), 3),
-                    "cluster_start_s": round(t1 - t0, 1), "same_csv": same})
+        same = (folder / "dense-single" / "dense_cells.csv").read_bytes() == (
+            folder / "dense-dist" / "dense_cells.csv"
+        ).read_bytes()
+        row.update(
+            {
+                f"workers{workers}_s": round(t2 - t1, 1),
+                f"workers{workers}_mp_s": round(mp / (t2 - t1), 3),
+                "cluster_start_s": round(t1 - t0, 1),
+                "same_csv": same,
+            }
+        )
     return row
 
 
@@ -127,25 +144,41 @@ def realistic(folder: Path, size: int, rbc_per_wbc: float, seed: int) -> dict:
     glass_only = 0
     for i in range(len(grid)):
         y0, x0, y1, x1 = grid.expand(grid.core(i), grid.halo)
-        red = slide.carpet[y0 // qh:(y1 - 1) // qh + 1, x0 // qw:(x1 - 1) // qw + 1].any()
-        wbc = any(y < y1 and y + m.shape[0] > y0 and x < x1 and x + m.shape[1] > x0
-                  for y, x, m in info["placed"])
+        red = slide.carpet[y0 // qh : (y1 - 1) // qh + 1, x0 // qw : (x1 - 1) // qw + 1].any()
+        wbc = any(
+            y < y1 and y + m.shape[0] > y0 and x < x1 and x + m.shape[1] > x0 for y, x, m in info["placed"]
+        )
         glass_only += not (red or wbc)
     placed = sum(ndimage.label(m)[1] for _, _, m in info["placed"])
     table = pd.read_csv(result.table)
     inside = np.zeros(len(table), bool)
     for y, x, m in info["placed"]:
-        inside |= ((table["centroid_y"] >= y) & (table["centroid_y"] < y + m.shape[0])
-                   & (table["centroid_x"] >= x) & (table["centroid_x"] < x + m.shape[1])).to_numpy()
+        inside |= (
+            (table["centroid_y"] >= y)
+            & (table["centroid_y"] < y + m.shape[0])
+            & (table["centroid_x"] >= x)
+            & (table["centroid_x"] < x + m.shape[1])
+        ).to_numpy()
     mp = size * size / 1e6
-    return {"slide_px": f"{size}x{size}", "megapixels": round(mp, 1), "build_s": round(build, 1),
-            "red_cell_area": info["carpet_fraction"], "red_cells": info["red_cells"],
-            "white_cell_fields": info["wbc_fields"], "white_cells_placed": int(placed),
-            "tiles": result.tiles, "skipped": result.skipped,
-            "skipped_fraction": round(result.skipped / result.tiles, 3),
-            "bare_glass_tiles": glass_only, "segment_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "mp_s": round(mp / wall, 3), "cells_found": result.counts["white_cells"],
-            "cells_in_placed_fields": int(inside.sum()), "cells_elsewhere": int((~inside).sum())}
+    return {
+        "slide_px": f"{size}x{size}",
+        "megapixels": round(mp, 1),
+        "build_s": round(build, 1),
+        "red_cell_area": info["carpet_fraction"],
+        "red_cells": info["red_cells"],
+        "white_cell_fields": info["wbc_fields"],
+        "white_cells_placed": int(placed),
+        "tiles": result.tiles,
+        "skipped": result.skipped,
+        "skipped_fraction": round(result.skipped / result.tiles, 3),
+        "bare_glass_tiles": glass_only,
+        "segment_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "mp_s": round(mp / wall, 3),
+        "cells_found": result.counts["white_cells"],
+        "cells_in_placed_fields": int(inside.sum()),
+        "cells_elsewhere": int((~inside).sum()),
+    }
 
 
 def matched_iou(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
@@ -189,12 +222,22 @@ def agreement(folder: Path, grid: tuple[int, int], tiles: list[int]) -> list[dic
         owner = (ys // tile) * g.cols + xs // tile
         labels = cells[ys, xs]
         cut = sum(len(np.unique(owner[labels == k])) > 1 for k in range(1, n + 1))
-        rows.append({"image_px": f"{cells.shape[1]}x{cells.shape[0]}", "tile": tile, "tiles": result.tiles,
-                     "cells_untiled": n, "cells_tiled": int(got.max()), "cells_cut_by_seams": int(cut),
-                     "identical_cell_px": float(np.mean(got == cells)),
-                     "identical_nucleus_px": float(np.mean(got_n == nuclei)),
-                     "mean_iou": round(float(iou.mean()), 6), "min_iou": round(float(iou.min()), 6),
-                     "tiled_s": round(wall, 1), "untiled_s": round(whole_s, 1)})
+        rows.append(
+            {
+                "image_px": f"{cells.shape[1]}x{cells.shape[0]}",
+                "tile": tile,
+                "tiles": result.tiles,
+                "cells_untiled": n,
+                "cells_tiled": int(got.max()),
+                "cells_cut_by_seams": int(cut),
+                "identical_cell_px": float(np.mean(got == cells)),
+                "identical_nucleus_px": float(np.mean(got_n == nuclei)),
+                "mean_iou": round(float(iou.mean()), 6),
+                "min_iou": round(float(iou.min()), 6),
+                "tiled_s": round(wall, 1),
+                "untiled_s": round(whole_s, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -208,8 +251,12 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--only", nargs="+", default=["dense", "realistic", "agreement"],
-                   choices=["dense", "realistic", "agreement"])
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=["dense", "realistic", "agreement"],
+        choices=["dense", "realistic", "agreement"],
+    )
     p.add_argument("--grid", type=int, nargs=2, default=[3, 3], help="dense: fields per column and row")
     p.add_argument("--workers", type=int, default=2, help="dense: LocalCluster workers (0: none)")
     p.add_argument("--size", type=int, default=4096, help="realistic: slide side, px")

@@ -45,8 +45,9 @@ def _voc_boxes(path: Path) -> list[tuple[str, tuple[int, int, int, int]]]:
     boxes = []
     for obj in re.findall(r"<object>(.*?)</object>", path.read_text(), re.S):
         name = re.search(r"<name>(.*?)</name>", obj).group(1).strip()
-        coords = [int(float(re.search(f"<{k}>(.*?)</{k}>", obj).group(1)))
-                  for k in ("xmin", "ymin", "xmax", "ymax")]
+        coords = [
+            int(float(re.search(f"<{k}>(.*?)</{k}>", obj).group(1))) for k in ("xmin", "ymin", "xmax", "ymax")
+        ]
         boxes.append((name, tuple(coords)))
     return boxes
 
@@ -76,13 +77,13 @@ def red_cell_quarters(split: str = "train", margin: int = 30, datasets: Path = D
         boxes = _voc_boxes(xml)
         for name, (x0, y0, x1, y1) in boxes:
             if name.upper() == "WBC":
-                white[max(0, y0 - margin):y1 + margin, max(0, x0 - margin):x1 + margin] = True
+                white[max(0, y0 - margin) : y1 + margin, max(0, x0 - margin) : x1 + margin] = True
         centres = [((b[1] + b[3]) / 2, (b[0] + b[2]) / 2) for name, b in boxes if name.upper() == "RBC"]
         for y in (0, qh):
             for x in (0, qw):
-                if white[y:y + qh, x:x + qw].any():
+                if white[y : y + qh, x : x + qw].any():
                     continue
-                quarters.append(np.ascontiguousarray(image[y:y + qh, x:x + qw]))
+                quarters.append(np.ascontiguousarray(image[y : y + qh, x : x + qw]))
                 rbc.append(sum(y <= cy < y + qh and x <= cx < x + qw for cy, cx in centres))
     return quarters, np.array(rbc)
 
@@ -109,7 +110,7 @@ class SyntheticSlide:
                         continue
                     q = self.quarters[self.choice[i, j]]
                     f = self.flips[i, j]
-                    q = q[::-1 if f & 1 else 1, ::-1 if f & 2 else 1]
+                    q = q[:: -1 if f & 1 else 1, :: -1 if f & 2 else 1]
                     self._paste(out, y0, x0, y1, x1, i * qh, j * qw, q)
         for fy, fx, image in self.fields:
             self._paste(out, y0, x0, y1, x1, fy, fx, image)
@@ -120,17 +121,26 @@ class SyntheticSlide:
         a, b = max(y0, fy), min(y1, fy + image.shape[0])
         c, d = max(x0, fx), min(x1, fx + image.shape[1])
         if a < b and c < d:
-            out[a - y0:b - y0, c - x0:d - x0] = image[a - fy:b - fy, c - fx:d - fx]
+            out[a - y0 : b - y0, c - x0 : d - x0] = image[a - fy : b - fy, c - fx : d - fx]
 
     def write(self, path: str | Path, tile: int = 256) -> Path:
         from napari_wbc.core.pyramid import write_pyramid_tiff
 
-        return write_pyramid_tiff(path, self.region, self.shape, np.uint8, channels=3, tile=tile,
-                                  pixel_size=PIXEL_SIZE, downsample="mean")
+        return write_pyramid_tiff(
+            path,
+            self.region,
+            self.shape,
+            np.uint8,
+            channels=3,
+            tile=tile,
+            pixel_size=PIXEL_SIZE,
+            downsample="mean",
+        )
 
 
-def tile_centred_slide(size: int, images: list[np.ndarray], tile: int = 1024,
-                       per_side: int = 3) -> SyntheticSlide:
+def tile_centred_slide(
+    size: int, images: list[np.ndarray], tile: int = 1024, per_side: int = 3
+) -> SyntheticSlide:
     """Bare glass with ``per_side``**2 fields, each centred in a tile core of a ``tile`` px grid.
 
     The fields sit in the same place relative to their tile whatever the slide's size, so
@@ -147,8 +157,15 @@ def tile_centred_slide(size: int, images: list[np.ndarray], tile: int = 1024,
     return SyntheticSlide((size, size), fields)
 
 
-def smear_edge_slide(size: int, quarters: list[np.ndarray], rbc: np.ndarray, fields: list,
-                     rbc_per_wbc: float = 700.0, carpet_fraction: float = 0.64, seed: int = 0):
+def smear_edge_slide(
+    size: int,
+    quarters: list[np.ndarray],
+    rbc: np.ndarray,
+    fields: list,
+    rbc_per_wbc: float = 700.0,
+    carpet_fraction: float = 0.64,
+    seed: int = 0,
+):
     """A patch of a smear: an ellipse of red-cell monolayer on glass, white cells at blood's density.
 
     The ellipse covers ``carpet_fraction`` of the patch; the rest is bare glass (the end of
@@ -168,18 +185,23 @@ def smear_edge_slide(size: int, quarters: list[np.ndarray], rbc: np.ndarray, fie
     red_cells = float(rbc[choice[carpet]].sum())
     n_fields = max(1, int(round(red_cells / rbc_per_wbc)))
     placed, taken = [], np.zeros_like(carpet)
-    spots = [(i, j) for i in range(rows - 1) for j in range(cols - 1) if carpet[i:i + 2, j:j + 2].all()]
+    spots = [(i, j) for i in range(rows - 1) for j in range(cols - 1) if carpet[i : i + 2, j : j + 2].all()]
     for k in rng.permutation(len(spots)):
         i, j = spots[k]
-        if taken[max(0, i - 1):i + 3, max(0, j - 1):j + 3].any():
+        if taken[max(0, i - 1) : i + 3, max(0, j - 1) : j + 3].any():
             continue
-        taken[i:i + 2, j:j + 2] = True
+        taken[i : i + 2, j : j + 2] = True
         image, mask = fields[len(placed) % len(fields)]
         placed.append((i * qh, j * qw, image, mask))
         if len(placed) == n_fields:
             break
-    slide = SyntheticSlide((size, size), [(y, x, im) for y, x, im, _ in placed], carpet, quarters, choice,
-                           flips)
-    info = {"carpet_fraction": round(float(carpet.mean()), 3), "red_cells": int(red_cells),
-            "wbc_fields": len(placed), "placed": [(y, x, m) for y, x, _, m in placed]}
+    slide = SyntheticSlide(
+        (size, size), [(y, x, im) for y, x, im, _ in placed], carpet, quarters, choice, flips
+    )
+    info = {
+        "carpet_fraction": round(float(carpet.mean()), 3),
+        "red_cells": int(red_cells),
+        "wbc_fields": len(placed),
+        "placed": [(y, x, m) for y, x, _, m in placed],
+    }
     return slide, info

@@ -23,8 +23,11 @@ def main() -> None:
     name = args.name or spec.name
     history = json.loads((Path(args.run) / "history.json").read_text())
     steps = history.get("steps") or len(history["loss"])
-    spec.extra["trained"] = {"best": history.get("best"), "steps": steps,
-                             "data": [Path(d).name for d in history["data"]]}
+    spec.extra["trained"] = {
+        "best": history.get("best"),
+        "steps": steps,
+        "data": [Path(d).name for d in history["data"]],
+    }
     folder = save_model(net, spec, SHIPPED / name, half=True)
     assert read_spec(folder).name == spec.name
     print(f"{folder}: sha256 {sha256(folder / 'model.safetensors')}")

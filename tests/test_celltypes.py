@@ -69,13 +69,22 @@ def test_network_input_and_size_cue():
 
 
 def test_rules_not_a_white_cell_and_unidentified():
-    p = np.array([
-        [0.80, 0.10, 0.05, 0.03, 0.01, 0.01],  # a confident neutrophil
-        [0.30, 0.25, 0.20, 0.10, 0.05, 0.10],  # unsure: 0.30 / 0.90 = 0.33 of the types
-        [0.05, 0.05, 0.05, 0.05, 0.05, 0.75],  # no white cell
-        [0.10, 0.05, 0.05, 0.30, 0.05, 0.45],  # not_wbc most likely
-        [0.20, 0.00, 0.00, 0.40, 0.00, 0.40],  # tie between eosinophil and not_wbc: argmax takes eosinophil
-    ])
+    p = np.array(
+        [
+            [0.80, 0.10, 0.05, 0.03, 0.01, 0.01],  # a confident neutrophil
+            [0.30, 0.25, 0.20, 0.10, 0.05, 0.10],  # unsure: 0.30 / 0.90 = 0.33 of the types
+            [0.05, 0.05, 0.05, 0.05, 0.05, 0.75],  # no white cell
+            [0.10, 0.05, 0.05, 0.30, 0.05, 0.45],  # not_wbc most likely
+            [
+                0.20,
+                0.00,
+                0.00,
+                0.40,
+                0.00,
+                0.40,
+            ],  # tie between eosinophil and not_wbc: argmax takes eosinophil
+        ]
+    )
     out = decide(p, CLASSES, 0.5)
     assert [kind for kind, _ in out] == ["neutrophil", "unidentified", "not_wbc", "not_wbc", "eosinophil"]
     assert out[0][1] == pytest.approx(0.80 / 0.99)
@@ -127,8 +136,9 @@ def test_type_report_exact_values():
 
 def test_forward_save_load_and_training_lowers_the_loss(tmp_path):
     torch.manual_seed(0)
-    spec = ModelSpec("celltype", classes=CLASSES,
-                     extra={"crop": CROP, "context": 1.5, "unidentified_below": 0.5})
+    spec = ModelSpec(
+        "celltype", classes=CLASSES, extra={"crop": CROP, "context": 1.5, "unidentified_below": 0.5}
+    )
     net = create_model("celltype")
     # two kinds of crop: a dark round nucleus (lymphocyte-like) and a pale one with pink granules
     rng = np.random.default_rng(0)
@@ -181,8 +191,25 @@ def test_napari_wbc_train_celltype_end_to_end(tmp_path, datasets):
     shutil.copy(source / "wbc_class_labels.csv", data)
     (data / "split.csv").write_text("stem,split\n" + "".join(f"{s},{v}\n" for s, v in splits.items()))
     out = tmp_path / "celltype"
-    args = ["train", "--model", "celltype", "--data", str(data), "--out", str(out), "--max-steps", "4",
-            "--val-every", "2", "--batch-size", "8", "--workers", "1", "--device", "cpu"]
+    args = [
+        "train",
+        "--model",
+        "celltype",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        "4",
+        "--val-every",
+        "2",
+        "--batch-size",
+        "8",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     net, spec = load_model(weights=out)
     assert spec.name == "celltype" and spec.classes == CLASSES

@@ -48,8 +48,10 @@ def test_flip_averaged_segmentation_finds_the_same_cells(tmp_path, datasets):
     tta = tifffile.imread(tmp_path / "tta" / f"{FIELDS[0]}_cells.tif") > 0
     dice = 2 * (plain & tta).sum() / (plain.sum() + tta.sum())
     assert 0.9 < dice < 1.0  # the same white cell, outlined a little differently
-    assert pd.read_csv(tmp_path / "tta" / "summary.csv")["white_cells"].item() == \
-        pd.read_csv(tmp_path / "plain" / "summary.csv")["white_cells"].item()
+    assert (
+        pd.read_csv(tmp_path / "tta" / "summary.csv")["white_cells"].item()
+        == pd.read_csv(tmp_path / "plain" / "summary.csv")["white_cells"].item()
+    )
 
 
 def test_single_cell_crop_keeps_the_centre_cell(tmp_path, datasets):
@@ -126,8 +128,9 @@ def test_segment_types_every_cell_and_writes_the_differential(tmp_path, datasets
     table = pd.read_csv(tmp_path / "typed" / "BloodImage_00007_cells.csv")
     counted = table[table["cell_type"] != "not_wbc"]
     assert counted["cell_type"].tolist() == ["neutrophil"]
-    probs = table[[f"p_{k}" for k in ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil",
-                                      "not_wbc")]]
+    probs = table[
+        [f"p_{k}" for k in ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "not_wbc")]
+    ]
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
     assert (table["type_confidence"] > 0.5).all()
     summary = pd.read_csv(tmp_path / "typed" / "summary.csv").iloc[0]

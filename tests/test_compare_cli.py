@@ -14,8 +14,13 @@ from napari_wbc.core.io import read_image
 from napari_wbc.core.metrics import class_map_metrics
 
 FIELDS = ("BloodImage_00001", "BloodImage_00007")
-COLOUR = {(0, 0, 0, 0): "agree", (255, 255, 0, 255): "tp_cyto", (0, 0, 255, 255): "tp_nuc",
-          (0, 255, 0, 255): "fp", (255, 0, 0, 255): "fn"}
+COLOUR = {
+    (0, 0, 0, 0): "agree",
+    (255, 255, 0, 255): "tp_cyto",
+    (0, 0, 255, 255): "tp_nuc",
+    (0, 255, 0, 255): "fp",
+    (255, 0, 0, 255): "fn",
+}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +102,10 @@ def test_reference_as_instance_tiffs_and_prediction_as_masks(tmp_path, segmented
     for stem in FIELDS:
         rgba = np.asarray(Image.open(out / f"{stem}_review.png"))
         assert set(map(tuple, np.unique(rgba.reshape(-1, 4), axis=0))) <= {
-            (0, 0, 0, 0), (255, 255, 0, 255), (0, 0, 255, 255)}
+            (0, 0, 0, 0),
+            (255, 255, 0, 255),
+            (0, 0, 255, 255),
+        }
 
 
 def test_missing_and_unreadable_pairs_are_reported_and_others_done(tmp_path, segmented, datasets, capsys):
@@ -107,8 +115,10 @@ def test_missing_and_unreadable_pairs_are_reported_and_others_done(tmp_path, seg
     shutil.copy(pred / f"{FIELDS[0]}_nuclei.tif", pred / "not_in_ref_nuclei.tif")
     (pred / f"{FIELDS[1]}_nuclei.tif").unlink()
     out = tmp_path / "out"
-    assert main(["compare", "--pred", str(pred), "--ref", str(datasets / "bccd" / "labels"),
-                 "--out", str(out)]) == 1
+    assert (
+        main(["compare", "--pred", str(pred), "--ref", str(datasets / "bccd" / "labels"), "--out", str(out)])
+        == 1
+    )
     err = capsys.readouterr().err
     assert "not_in_ref: no reference" in err
     assert f"{FIELDS[1]}_nuclei.tif is missing" in err

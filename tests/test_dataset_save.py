@@ -19,8 +19,12 @@ from napari_wbc.core.dataset import (
     validate_training_folder,
 )
 
-PROVENANCE = {"source": "/slides/smear 7.tif", "model": "mifnet", "weights_sha256": "ab" * 32,
-              "cells_edited": 3}
+PROVENANCE = {
+    "source": "/slides/smear 7.tif",
+    "model": "mifnet",
+    "weights_sha256": "ab" * 32,
+    "cells_edited": 3,
+}
 
 
 def make_pair(seed=0, shape=(48, 64)):
@@ -37,8 +41,11 @@ def make_pair(seed=0, shape=(48, 64)):
 
 def snapshot(root):
     """Every file under root with its bytes (temporary files left by a killed save excluded)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.endswith(".tmp")}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".tmp")
+    }
 
 
 def test_saved_pair_is_in_the_dataset_layout_with_provenance(tmp_path):
@@ -164,8 +171,9 @@ def test_a_killed_save_leaves_a_valid_folder(tmp_path, renames_done):
     after = snapshot(tmp_path)
     for name, data in before.items():
         assert after[name].startswith(data) if name == "split.csv" else after[name] == data
-    assert sorted(p.stem for p in list_pairs(tmp_path)) == (["smear_7", "smear_7-2"] if renames_done == 5
-                                                            else ["smear_7"])
+    assert sorted(p.stem for p in list_pairs(tmp_path)) == (
+        ["smear_7", "smear_7-2"] if renames_done == 5 else ["smear_7"]
+    )
     stem = save_training_pair(tmp_path, *make_pair(2), PROVENANCE)
     assert stem == "smear_7-3"  # the killed save's stem is not reused
     assert validate_training_folder(tmp_path) == []

@@ -24,8 +24,9 @@ def test_headless_demo_segments_the_samples(tmp_path, capsys, trained_model):
     assert "segmented 2 of 2 sample fields" in printed and str(out.resolve()) in printed
 
 
-@pytest.mark.parametrize(("env", "expected"), [({}, False), ({"DISPLAY": ":1"}, True),
-                                               ({"WAYLAND_DISPLAY": "wayland-0"}, True)])
+@pytest.mark.parametrize(
+    ("env", "expected"), [({}, False), ({"DISPLAY": ":1"}, True), ({"WAYLAND_DISPLAY": "wayland-0"}, True)]
+)
 def test_has_display_on_linux(monkeypatch, env, expected):
     monkeypatch.setattr(demo.sys, "platform", "linux")
     monkeypatch.delenv("DISPLAY", raising=False)

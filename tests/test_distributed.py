@@ -27,8 +27,9 @@ TILE = 512  # 6 tiles on the mosaic, 2 on the one-field slide
 def slides(tmp_path_factory, datasets):
     folder = tmp_path_factory.mktemp("slides")
     fields = [read_image(datasets / "bccd" / "images" / f"{n}.jpg").data for n in FIELDS]
-    mosaic = build_mosaic_slide(folder / "mosaic.ome.tif", fields, grid=(2, 2), gap=32, border=16,
-                                pixel_size=0.1)
+    mosaic = build_mosaic_slide(
+        folder / "mosaic.ome.tif", fields, grid=(2, 2), gap=32, border=16, pixel_size=0.1
+    )
     one = build_mosaic_slide(folder / "one.ome.tif", fields[1:2], grid=(1, 1), pixel_size=0.1, tile=128)
     broken = folder / "broken.svs"
     broken.write_bytes(b"II*\x00not a slide")
@@ -42,8 +43,9 @@ def reference(slides, tmp_path_factory):
     net, spec = load_model(device="cpu")
     classifier = load_classifier("classifier", "cpu")  # as the CLI types cells by default
     for name in ("mosaic", "one"):
-        result = run(segment_slide(slides[name], out, net, spec, tile=TILE, device="cpu",
-                                   classifier=classifier))
+        result = run(
+            segment_slide(slides[name], out, net, spec, tile=TILE, device="cpu", classifier=classifier)
+        )
         assert result.counts["white_cells"] >= (6 if name == "mosaic" else 1)
     return out
 
@@ -68,10 +70,13 @@ def test_local_cluster_run_equals_the_single_process_run(slides, reference, tmp_
 
     out = tmp_path / "dist"
     steps = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        gen = segment_slides([slides["mosaic"], slides["broken"], slides["one"]], out, client, device="cpu",
-                             tile=TILE)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        gen = segment_slides(
+            [slides["mosaic"], slides["broken"], slides["one"]], out, client, device="cpu", tile=TILE
+        )
         mosaic, broken, one = run(gen, lambda *step: steps.append(step))
     assert mosaic.error is None and one.error is None
     assert "broken.svs" in broken.error and broken.result is None
@@ -100,8 +105,21 @@ def test_cli_workers_flag_spreads_slides_and_reports_a_broken_one(slides, refere
     from napari_wbc.cli import main
 
     out = tmp_path / "cli"
-    code = main(["segment", str(slides["one"]), str(slides["broken"]), "--out", str(out), "--workers", "2",
-                 "--tile", str(TILE), "--device", "cpu"])
+    code = main(
+        [
+            "segment",
+            str(slides["one"]),
+            str(slides["broken"]),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--tile",
+            str(TILE),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 1  # one slide failed
     err = capsys.readouterr().err
     assert "broken.svs" in err

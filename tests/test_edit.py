@@ -181,8 +181,9 @@ def test_random_edit_sequences_keep_the_invariants(scene):
                 target = int(rng.choice(ids))
                 ys, xs = np.nonzero(cells == target)
                 pick = rng.choice(len(ys), 2, replace=False)
-                cells, nuclei, _ = edit.split_cell(cells, nuclei, target, list(zip(ys[pick], xs[pick],
-                                                                                  strict=True)))
+                cells, nuclei, _ = edit.split_cell(
+                    cells, nuclei, target, list(zip(ys[pick], xs[pick], strict=True))
+                )
             elif op == 2:
                 y, x = rng.integers(0, 80), rng.integers(0, 140)
                 mask = np.zeros(cells.shape, bool)
@@ -197,8 +198,9 @@ def test_random_edit_sequences_keep_the_invariants(scene):
                 target = int(rng.choice(ids))
                 ys, xs = np.nonzero(cells == target)
                 y0, x0 = ys.min(), xs.min()
-                cells, nuclei, _ = edit.cut_cell(cells, nuclei, target, [(y0 - 1, x0 - 1),
-                                                                       (ys.max() + 1, xs.max() + 1)])
+                cells, nuclei, _ = edit.cut_cell(
+                    cells, nuclei, target, [(y0 - 1, x0 - 1), (ys.max() + 1, xs.max() + 1)]
+                )
         except ValueError:
             continue  # a refused edit (cell too small to cut, no background...) changes nothing
         assert_valid(cells, nuclei)

@@ -35,8 +35,13 @@ def test_grayscale_rgba_and_16bit_are_converted(tmp_path):
 
 def test_pixel_size_from_tiff(tmp_path):
     rgb = np.zeros((32, 32, 3), np.uint8)
-    tifffile.imwrite(tmp_path / "p.tif", rgb, photometric="rgb", resolution=(1e4 / 0.25, 1e4 / 0.25),
-                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        tmp_path / "p.tif",
+        rgb,
+        photometric="rgb",
+        resolution=(1e4 / 0.25, 1e4 / 0.25),
+        resolutionunit="CENTIMETER",
+    )
     assert read_image(tmp_path / "p.tif").pixel_size == pytest.approx(0.25)
 
 

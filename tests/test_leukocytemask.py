@@ -75,8 +75,11 @@ def test_losses_are_finite_with_and_without_cells(one_thread):
     torch.manual_seed(0)
     net = build(**LIGHT).train()
     x, targets = _smear()
-    empty = {"boxes": torch.zeros(0, 4), "cells": torch.zeros(0, 128, 128, dtype=torch.bool),
-             "nuclei": torch.zeros(0, 128, 128, dtype=torch.bool)}
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "cells": torch.zeros(0, 128, 128, dtype=torch.bool),
+        "nuclei": torch.zeros(0, 128, 128, dtype=torch.bool),
+    }
     losses = net.loss(torch.cat([x, x]), [empty, targets[0]])
     assert set(losses) == {"rpn_cls", "rpn_box", "cls", "box", "mask_cell", "mask_nucleus"}
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())

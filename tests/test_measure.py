@@ -95,11 +95,17 @@ def test_cell_types_give_a_differential_count():
 def test_not_a_white_cell_is_left_out_of_the_count_and_unidentified_counts_apart():
     cells = np.zeros((30, 30), np.uint32)
     for i, (y, x) in enumerate([(0, 0), (0, 10), (0, 20), (10, 0), (10, 10), (20, 20)], start=1):
-        cells[y + 1:y + 8, x + 1:x + 8] = i
+        cells[y + 1 : y + 8, x + 1 : x + 8] = i
     nuclei = np.where(cells > 0, cells, 0).astype(np.uint32)
     nuclei[::2] = 0
-    types = {1: ("neutrophil", 0.9), 2: ("neutrophil", 0.8), 3: ("lymphocyte", 0.7),
-             4: ("unidentified", 0.4), 5: ("not_wbc", 0.95), 6: ("eosinophil", 0.9)}
+    types = {
+        1: ("neutrophil", 0.9),
+        2: ("neutrophil", 0.8),
+        3: ("lymphocyte", 0.7),
+        4: ("unidentified", 0.4),
+        5: ("not_wbc", 0.95),
+        6: ("eosinophil", 0.9),
+    }
     table = measure_cells(cells, nuclei, types=types)
     counts = count_summary(table)
     # 5 white cells (the not_wbc object is excluded), percent of the 5
@@ -110,4 +116,5 @@ def test_not_a_white_cell_is_left_out_of_the_count_and_unidentified_counts_apart
     assert counts["mean_ncr"] == pytest.approx(table["ncr"][table["cell_type"] != "not_wbc"].mean())
     assert describe_counts(counts) == (
         "5 white cells (5 complete): 2 neutrophil (40%), 1 lymphocyte (20%), 1 eosinophil (20%), "
-        "1 unidentified (20%); 1 not a white cell (excluded)")
+        "1 unidentified (20%); 1 not a white cell (excluded)"
+    )

@@ -67,11 +67,17 @@ def test_flip_average_is_the_mean_of_the_four_flips_and_flip_equivariant():
     x = torch.from_numpy(np.random.default_rng(1).normal(size=(2, 3, 64, 96)).astype(np.float32))
     with torch.inference_mode():
         prob = torch.softmax(FlipAverage(net)(x), 1)
-        mean = sum(torch.softmax(net(x.flip(d) if d else x), 1).flip(d) if d else torch.softmax(net(x), 1)
-                   for d in ((), (3,), (2,), (2, 3))) / 4
+        mean = (
+            sum(
+                torch.softmax(net(x.flip(d) if d else x), 1).flip(d) if d else torch.softmax(net(x), 1)
+                for d in ((), (3,), (2,), (2, 3))
+            )
+            / 4
+        )
         torch.testing.assert_close(prob, mean, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(torch.softmax(FlipAverage(net)(x.flip(3)), 1), prob.flip(3),
-                                   atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            torch.softmax(FlipAverage(net)(x.flip(3)), 1), prob.flip(3), atol=1e-6, rtol=1e-5
+        )
         assert (torch.softmax(net(x.flip(3)), 1) - torch.softmax(net(x), 1).flip(3)).abs().max() > 1e-3
 
 

@@ -21,8 +21,7 @@ from napari_wbc.models.ops import (
 def test_box_iou_of_known_boxes():
     a = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5]])
     b = torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10], [1, 1, 11, 11], [20, 20, 30, 30], [10, 0, 20, 10]])
-    expected = torch.tensor([[1.0, 50 / 150, 81 / 119, 0, 0],
-                             [0.5, 25 / 125, 36 / 114, 0, 0]])
+    expected = torch.tensor([[1.0, 50 / 150, 81 / 119, 0, 0], [0.5, 25 / 125, 36 / 114, 0, 0]])
     assert box_iou(a, b).shape == (2, 5)
     torch.testing.assert_close(box_iou(a, b), expected)
     assert box_iou(a, b[:0]).shape == (2, 0)
@@ -70,8 +69,9 @@ def test_batched_nms_groups_do_not_suppress_each_other():
 
 
 def _ramp(h=8, w=8):
-    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                          indexing="ij")
+    y, x = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+    )
     return torch.stack([x + 10 * y, 2 * x - y + 3])[None]  # (1, 2, h, w), linear in x and y
 
 
@@ -128,15 +128,17 @@ def test_anchors_for_a_2x2_grid():
 
 
 def test_match_labels_with_the_low_quality_rule_and_without_gt():
-    anchors = torch.tensor([
-        [0.0, 0, 10, 10],    # IoU 1 with g0: positive
-        [0, 0, 10, 8],       # 0.8 with g0: positive
-        [5, 0, 15, 10],      # 1/3 with g0: ignored
-        [100, 100, 110, 110],  # nothing: negative
-        [30, 30, 40, 40],    # 0.25 with g1, its best anchor: positive only by the low-quality rule
-        [30, 30, 38, 40],    # 0.2 with g1: negative
-        [40, 40, 50, 50],    # 0.25 with g1 too (a tie for best): positive by the rule
-    ])
+    anchors = torch.tensor(
+        [
+            [0.0, 0, 10, 10],  # IoU 1 with g0: positive
+            [0, 0, 10, 8],  # 0.8 with g0: positive
+            [5, 0, 15, 10],  # 1/3 with g0: ignored
+            [100, 100, 110, 110],  # nothing: negative
+            [30, 30, 40, 40],  # 0.25 with g1, its best anchor: positive only by the low-quality rule
+            [30, 30, 38, 40],  # 0.2 with g1: negative
+            [40, 40, 50, 50],  # 0.25 with g1 too (a tie for best): positive by the rule
+        ]
+    )
     gt = torch.tensor([[0.0, 0, 10, 10], [30, 30, 50, 50]])
     labels, index = match(anchors, gt, 0.7, 0.3)
     assert labels.tolist() == [1, 1, -1, 0, 1, 0, 1]

@@ -197,8 +197,14 @@ def mosaic(tmp_path_factory):
     """A 1600 x 1400 px pyramidal OME-TIFF (0.1 um/px, 256 px tiles) and its level 0 in memory."""
     from napari_wbc.core.slide import build_mosaic_slide, open_slide
 
-    path = build_mosaic_slide(tmp_path_factory.mktemp("mosaic") / "mosaic.ome.tif", SAMPLE_FIELDS,
-                              grid=(3, 2), gap=40, border=40, pixel_size=0.1)
+    path = build_mosaic_slide(
+        tmp_path_factory.mktemp("mosaic") / "mosaic.ome.tif",
+        SAMPLE_FIELDS,
+        grid=(3, 2),
+        gap=40,
+        border=40,
+        pixel_size=0.1,
+    )
     with open_slide(path) as slide:
         return path, slide.read(0, 0, *slide.shape)
 
@@ -232,7 +238,7 @@ def test_pyramidal_tiff_opens_as_lazy_multiscale_layer(mosaic, reads, notificati
     path, level0 = mosaic
     reader = get_reader(str(path))
     assert reader is read_smears
-    (data, kwargs, kind), = reader(str(path))
+    ((data, kwargs, kind),) = reader(str(path))
     assert kind == "image" and kwargs["rgb"] and kwargs["multiscale"]
     assert kwargs["name"] == "mosaic"
     assert [tuple(level.shape) for level in data] == [s + (3,) for s in level_shapes((1600, 1400), 256)]
@@ -255,7 +261,7 @@ def test_plain_huge_tiff_opens_lazily_with_strided_levels(tmp_path, mosaic, read
     tifffile.imwrite(path, level0, resolution=(1e5, 1e5), resolutionunit="CENTIMETER")
     assert get_reader(str(path)) is read_smears  # a field: 2.2 Mpx
     monkeypatch.setattr(slide, "SLIDE_PIXELS", 1_000_000)  # now a slide
-    (data, kwargs, kind), = get_reader(str(path))(str(path))
+    ((data, kwargs, kind),) = get_reader(str(path))(str(path))
     assert kind == "image" and kwargs["multiscale"] and kwargs["metadata"]["slide"] == str(path)
     assert [tuple(level.shape[:2]) for level in data] == [(1600, 1400), (800, 700)]
     assert kwargs["scale"] == pytest.approx((0.1, 0.1))
@@ -272,11 +278,18 @@ def test_label_pyramids_open_as_multiscale_labels_with_their_table(tmp_path):
     labels = np.zeros((700, 600), np.uint32)
     labels[100:200, 300:420] = 1
     labels[500:640, 20:90] = 2
-    path = write_pyramid_tiff(tmp_path / "slide_cells.tif", lambda y0, x0, y1, x1: labels[y0:y1, x0:x1],
-                              labels.shape, np.uint32, pixel_size=0.25, downsample="nearest")
-    pd.DataFrame({"label": [1, 2], "cell_area_px": [12000, 9800],
-                  "touches_border": [False, False]}).to_csv(tmp_path / "slide_cells.csv", index=False)
-    (data, kwargs, kind), = get_reader(str(path))(str(path))
+    path = write_pyramid_tiff(
+        tmp_path / "slide_cells.tif",
+        lambda y0, x0, y1, x1: labels[y0:y1, x0:x1],
+        labels.shape,
+        np.uint32,
+        pixel_size=0.25,
+        downsample="nearest",
+    )
+    pd.DataFrame({"label": [1, 2], "cell_area_px": [12000, 9800], "touches_border": [False, False]}).to_csv(
+        tmp_path / "slide_cells.csv", index=False
+    )
+    ((data, kwargs, kind),) = get_reader(str(path))(str(path))
     assert kind == "labels" and kwargs["multiscale"] and kwargs["name"] == "slide_cells"
     assert [level.shape for level in data] == [(700, 600), (350, 300), (175, 150)]
     np.testing.assert_array_equal(np.asarray(data[0]), labels)
@@ -290,7 +303,7 @@ def test_label_pyramids_open_as_multiscale_labels_with_their_table(tmp_path):
 def test_napari_draws_a_slide_without_reading_level_0_whole(make_napari_viewer, qtbot, mosaic, reads):
     path, level0 = mosaic
     viewer = make_napari_viewer(show=True)
-    layer, = viewer.open(str(path), plugin="napari-wbc")
+    (layer,) = viewer.open(str(path), plugin="napari-wbc")
     assert layer.multiscale and layer.rgb and len(layer.data) == 4
     assert tuple(layer.scale) == pytest.approx((0.1, 0.1))
     viewer.reset_view()

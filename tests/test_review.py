@@ -30,9 +30,11 @@ def test_every_class_pair_has_its_code_and_exact_colour():
     assert codes.tolist() == [[0, 4, 4], [3, 1, 4], [3, 3, 2]]
     rgba = review_rgb(codes)
     assert rgba.shape == (3, 3, 4) and rgba.dtype == np.uint8
-    expected = [[(0, 0, 0, 0), (*RED, 255), (*RED, 255)],
-                [(*GREEN, 255), (*YELLOW, 255), (*RED, 255)],
-                [(*GREEN, 255), (*GREEN, 255), (*BLUE, 255)]]
+    expected = [
+        [(0, 0, 0, 0), (*RED, 255), (*RED, 255)],
+        [(*GREEN, 255), (*YELLOW, 255), (*RED, 255)],
+        [(*GREEN, 255), (*GREEN, 255), (*BLUE, 255)],
+    ]
     assert rgba.tolist() == [[list(px) for px in row] for row in expected]
 
 
@@ -50,11 +52,23 @@ def test_napari_colours_and_legend():
     colors = napari_color_dict()
     assert colors[None][3] == 0 and colors[0][3] == 0  # background agreement transparent
     assert {k: tuple(round(255 * v) for v in colors[k][:3]) for k in (1, 2, 3, 4)} == {
-        1: YELLOW, 2: BLUE, 3: GREEN, 4: RED}
+        1: YELLOW,
+        2: BLUE,
+        3: GREEN,
+        4: RED,
+    }
     assert COLORS == {1: YELLOW, 2: BLUE, 3: GREEN, 4: RED}
     text = legend_text()
-    for word in ("yellow", "blue", "green", "red", "cytoplasm", "nucleus", "false positive",
-                 "false negative"):
+    for word in (
+        "yellow",
+        "blue",
+        "green",
+        "red",
+        "cytoplasm",
+        "nucleus",
+        "false positive",
+        "false negative",
+    ):
         assert word in text
 
 
@@ -93,7 +107,10 @@ def test_six_metrics_and_colour_counts_on_a_hand_made_cell():
     pred, ref = _shifted_cell()
     result = review(pred, ref)
     expect = {  # (tp, fp, fn, tn) counted by hand on the 10x10 image
-        "cell": (30, 6, 6, 58), "cytoplasm": (24, 6, 8, 62), "nucleus": (4, 2, 0, 94)}
+        "cell": (30, 6, 6, 58),
+        "cytoplasm": (24, 6, 8, 62),
+        "nucleus": (4, 2, 0, 94),
+    }
     for region, (tp, fp, fn, tn) in expect.items():
         got = result.metrics[region]
         assert got["precision"] == pytest.approx(tp / (tp + fp))
@@ -180,8 +197,11 @@ def test_the_match_table_joins_the_measurements_on_label():
     assert joined["label"].tolist() == measurements["label"].tolist()
     assert joined.sort_values("iou")["label"].tolist() == [9, 7, 5]  # worst first
     again = join_measurements(joined, match_cells(pred_c, pred_n, pred_c, pred_n))  # replaces, no _x/_y
-    assert not [c for c in again if c.endswith(("_x", "_y")) and not c.startswith("centroid")
-                and not c.startswith("ref_centroid")]
+    assert not [
+        c
+        for c in again
+        if c.endswith(("_x", "_y")) and not c.startswith("centroid") and not c.startswith("ref_centroid")
+    ]
     assert again["status"].eq("matched").all() and again["iou"].eq(1.0).all()
 
 

@@ -22,7 +22,7 @@ def test_sample_layer(key):
     path = sample_path(key)
     assert path.is_file() and path.suffix == ".jpg"
     assert path.stat().st_size < 100_000  # keep the repository small
-    (data, kwargs, kind), = getattr(_sample_data, key)()
+    ((data, kwargs, kind),) = getattr(_sample_data, key)()
     assert kind == "image" and kwargs["rgb"] is True
     assert kwargs["name"] == path.stem
     assert data.shape == (480, 640, 3) and data.dtype == np.uint8
@@ -91,7 +91,7 @@ def test_napari_open_sample_slide(notifications, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_WBC_HOME", str(tmp_path / "home"))
     PluginManager.instance().discover()
     viewer = ViewerModel()
-    layer, = viewer.open_sample("napari-wbc", "sample_slide")
+    (layer,) = viewer.open_sample("napari-wbc", "sample_slide")
     assert layer.name == "sample_slide" and layer.rgb and layer.multiscale
     assert layer.data[0].shape == (3360, 4960, 3) and len(layer.data) > 3
     assert all(isinstance(level, da.Array) for level in layer.data)  # lazy: read as drawn
@@ -104,6 +104,6 @@ def test_napari_open_sample_slide(notifications, tmp_path, monkeypatch):
         field = np.asarray(im.convert("RGB"))
     np.testing.assert_array_equal(np.asarray(layer.data[0][160:640, 160:800]), field)
     built = path.stat().st_mtime_ns
-    layer, = viewer.open_sample("napari-wbc", "sample_slide")  # built once, then reused
+    (layer,) = viewer.open_sample("napari-wbc", "sample_slide")  # built once, then reused
     assert path.stat().st_mtime_ns == built and layer.data[0].shape == (3360, 4960, 3)
     assert notifications == []

@@ -23,8 +23,9 @@ def fields(datasets):
 
 
 def test_mosaic_slide_is_a_pyramid_with_the_fields_in_place(tmp_path, fields):
-    path = build_mosaic_slide(tmp_path / "mosaic.ome.tif", fields, grid=(2, 3), gap=40, border=30,
-                              pixel_size=0.25, tile=128)
+    path = build_mosaic_slide(
+        tmp_path / "mosaic.ome.tif", fields, grid=(2, 3), gap=40, border=30, pixel_size=0.25, tile=128
+    )
     with open_slide(path) as slide:
         assert slide.shape == (2 * 30 + 2 * 480 + 40, 2 * 30 + 3 * 640 + 2 * 40)
         assert slide.pixel_size == pytest.approx(0.25)
@@ -45,16 +46,26 @@ def test_mosaic_slide_is_a_pyramid_with_the_fields_in_place(tmp_path, fields):
 
 def test_svs_pages_and_aperio_pixel_size(tmp_path, fields):
     image = np.concatenate([fields[0], fields[1]], axis=1)
-    desc = ("Aperio Image Library v12.0.0\n1280x480 [0,0 1280x480] (256x256) JPEG/RGB Q=90"
-            "|AppMag = 40|MPP = 0.2520|Filename = test")
+    desc = (
+        "Aperio Image Library v12.0.0\n1280x480 [0,0 1280x480] (256x256) JPEG/RGB Q=90"
+        "|AppMag = 40|MPP = 0.2520|Filename = test"
+    )
     path = tmp_path / "slide.svs"
     with tifffile.TiffWriter(path) as tif:
-        tif.write(image, tile=(256, 256), photometric="rgb", compression="jpeg", description=desc,
-                  metadata=None)
-        tif.write(image[::8, ::8], photometric="rgb", compression="jpeg", description="thumbnail",
-                  metadata=None)
-        tif.write(np.ascontiguousarray(image[::4, ::4]), tile=(256, 256), photometric="rgb",
-                  compression="jpeg", description="level", metadata=None)
+        tif.write(
+            image, tile=(256, 256), photometric="rgb", compression="jpeg", description=desc, metadata=None
+        )
+        tif.write(
+            image[::8, ::8], photometric="rgb", compression="jpeg", description="thumbnail", metadata=None
+        )
+        tif.write(
+            np.ascontiguousarray(image[::4, ::4]),
+            tile=(256, 256),
+            photometric="rgb",
+            compression="jpeg",
+            description="level",
+            metadata=None,
+        )
     with open_slide(path) as slide:
         assert slide.pixel_size == pytest.approx(0.252)
         assert slide.downsamples == [1.0, 4.0]
@@ -77,8 +88,13 @@ def test_plain_tiffs_open_lazily_with_their_pixel_size(tmp_path, fields):
             assert len(slide.levels) == 1
             assert np.array_equal(slide.read(7, 9, 300, 411), image[7:300, 9:411]), name
             assert slide.look(0, 0, 480, 640, 4).shape == (120, 160, 3)
-    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(image, -1, 0), photometric="rgb",
-                     planarconfig="separate", compression="zlib")
+    tifffile.imwrite(
+        tmp_path / "planar.tif",
+        np.moveaxis(image, -1, 0),
+        photometric="rgb",
+        planarconfig="separate",
+        compression="zlib",
+    )
     gray = (np.arange(300 * 400, dtype=np.uint32).reshape(300, 400) % 65536).astype(np.uint16)
     tifffile.imwrite(tmp_path / "gray16.tif", gray, tile=(128, 128))
     with open_slide(tmp_path / "planar.tif") as slide, open_slide(tmp_path / "gray16.tif") as g:
@@ -97,8 +113,12 @@ def test_ome_pixel_size_units_and_in_memory_slides(tmp_path):
     with open_slide(tmp_path / "um.ome.tif") as slide:
         assert slide.pixel_size == pytest.approx(0.2)
         assert slide.read(0, 0, 2, 2).tolist() == [[[7] * 3] * 2] * 2
-    tifffile.imwrite(tmp_path / "nm.ome.tif", np.zeros((64, 64, 3), np.uint8), photometric="rgb",
-                     metadata={"axes": "YXS", "PhysicalSizeX": 250, "PhysicalSizeXUnit": "nm"})
+    tifffile.imwrite(
+        tmp_path / "nm.ome.tif",
+        np.zeros((64, 64, 3), np.uint8),
+        photometric="rgb",
+        metadata={"axes": "YXS", "PhysicalSizeX": 250, "PhysicalSizeXUnit": "nm"},
+    )
     with open_slide(tmp_path / "nm.ome.tif") as slide:
         assert slide.pixel_size == pytest.approx(0.25)
     slide = Slide.from_array(np.zeros((50, 60, 3), np.uint8), 0.3)
@@ -120,8 +140,15 @@ def test_label_pyramid_keeps_ids(tmp_path):
         block = labels[y0:y1, x0:x1]
         return block if block.any() else None
 
-    path = write_pyramid_tiff(tmp_path / "labels.tif", region, labels.shape, np.uint32, tile=128,
-                              pixel_size=0.1, downsample="nearest")
+    path = write_pyramid_tiff(
+        tmp_path / "labels.tif",
+        region,
+        labels.shape,
+        np.uint32,
+        tile=128,
+        pixel_size=0.1,
+        downsample="nearest",
+    )
     with tifffile.TiffFile(path) as tif:
         levels = tif.series[0].levels
         assert np.array_equal(levels[0].asarray(), labels)
@@ -167,8 +194,13 @@ def test_reader_never_loads_a_full_level(tmp_path, fields):
     np.save(tmp_path / "field.npy", fields[0])
     script = BIG.format(limit=1200 * 2**20)
     env = dict(os.environ, MALLOC_ARENA_MAX="2", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(tmp_path),
-                           str(tmp_path / "field.npy")], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), str(tmp_path), str(tmp_path / "field.npy")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     peak = int(proc.stdout.split("peak MB")[1])
     print(f"peak RSS {peak} MB")

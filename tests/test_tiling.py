@@ -79,10 +79,10 @@ def test_resampling_does_not_depend_on_the_window(scale):
         assert window[0] % 8 == 0 and window[1] % 8 == 0
         assert window[2] % 8 == 0 or window[2] == work.work_shape[0]
         source = work.source(window)
-        part = work.to_work(image[source[0]:source[2], source[1]:source[3]], source, window)
-        assert np.array_equal(part, whole[window[0]:window[2], window[1]:window[3]])
-        classes = work.to_slide(prob[:, window[0]:window[2], window[1]:window[3]], window, box)
-        assert np.array_equal(classes, whole_classes[box[0]:box[2], box[1]:box[3]])
+        part = work.to_work(image[source[0] : source[2], source[1] : source[3]], source, window)
+        assert np.array_equal(part, whole[window[0] : window[2], window[1] : window[3]])
+        classes = work.to_slide(prob[:, window[0] : window[2], window[1] : window[3]], window, box)
+        assert np.array_equal(classes, whole_classes[box[0] : box[2], box[1] : box[3]])
 
 
 def synthetic_classes(shape, n, seed) -> np.ndarray:
@@ -106,8 +106,10 @@ def synthetic_classes(shape, n, seed) -> np.ndarray:
 def stitch(classes, tile, halo, diameter=None):
     """Cells of every tile, with global ids, painted into one image (no overlaps allowed)."""
     grid = TileGrid(classes.shape, tile, halo)
-    records = [cells_in_tile(lambda b: classes[b[0]:b[2], b[1]:b[3]], grid, i, cell_diameter=diameter)
-               for i in range(len(grid))]
+    records = [
+        cells_in_tile(lambda b: classes[b[0] : b[2], b[1] : b[3]], grid, i, cell_diameter=diameter)
+        for i in range(len(grid))
+    ]
     cells, nuclei = np.zeros(classes.shape, np.uint32), np.zeros(classes.shape, np.uint32)
     for record, ids in zip(records, global_ids([r.first for r in records]), strict=True):
         if len(ids):
@@ -115,9 +117,9 @@ def stitch(classes, tile, halo, diameter=None):
             y, x = record.origin
             h, w = record.cells.shape
             painted = record.cells > 0
-            assert not cells[y:y + h, x:x + w][painted].any(), "a cell was made twice"
-            cells[y:y + h, x:x + w][painted] = lut[record.cells[painted]]
-            nuclei[y:y + h, x:x + w][record.nuclei > 0] = lut[record.nuclei[record.nuclei > 0]]
+            assert not cells[y : y + h, x : x + w][painted].any(), "a cell was made twice"
+            cells[y : y + h, x : x + w][painted] = lut[record.cells[painted]]
+            nuclei[y : y + h, x : x + w][record.nuclei > 0] = lut[record.nuclei[record.nuclei > 0]]
     return cells, nuclei
 
 
@@ -164,8 +166,9 @@ def test_bccd_field_tiled_equals_untiled(field, model, tmp_path):
     image, cells, nuclei = field
     assert cells.max() >= 2
     slide = Slide.from_array(image, None, "field")  # no pixel size: the network's own scale
-    result = run(segment_slide(slide, tmp_path, *model, tile=(240, 320), halo=100, skip_empty=False,
-                               auto_scale=False))
+    result = run(
+        segment_slide(slide, tmp_path, *model, tile=(240, 320), halo=100, skip_empty=False, auto_scale=False)
+    )
     got_cells, got_nuclei = read_result(result)
     assert np.array_equal(got_cells, cells)
     assert np.array_equal(got_nuclei, nuclei)
@@ -186,14 +189,25 @@ def test_slide_keeps_the_cell_types_of_the_field(field, model, tmp_path):
     classifier = load_classifier("classifier")
     ref = run(segment(image, *model, auto_scale=False, classifier=classifier))
     slide = Slide.from_array(image, None, "field")
-    result = run(segment_slide(slide, tmp_path, *model, tile=(240, 320), halo=100, skip_empty=False,
-                               classifier=classifier, auto_scale=False))
+    result = run(
+        segment_slide(
+            slide,
+            tmp_path,
+            *model,
+            tile=(240, 320),
+            halo=100,
+            skip_empty=False,
+            classifier=classifier,
+            auto_scale=False,
+        )
+    )
     table = pd.read_csv(result.table)
     canonical = canonical_labels(ref.cells)
     old = {k: int(ref.cells[canonical == k][0]) for k in table["label"]}
     assert table["cell_type"].tolist() == [ref.types[old[k]][0] for k in table["label"]]
-    np.testing.assert_allclose(table["type_confidence"], [ref.types[old[k]][1] for k in table["label"]],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        table["type_confidence"], [ref.types[old[k]][1] for k in table["label"]], atol=1e-5
+    )
     probs = table[[c for c in table.columns if c.startswith("p_")]]
     assert probs.shape[1] == 6 and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
     summary = pd.read_csv(result.summary)
@@ -217,8 +231,9 @@ def test_a_cells_ncr_and_areas_do_not_depend_on_pixel_size_or_tiling(field, mode
         result = run(segment(image, *model, pixel_size=px))
         tables.append(measure_cells(result.cells, result.nuclei))
     border = 64
-    path = build_mosaic_slide(tmp_path / "slide.ome.tif", [image], grid=(1, 1), border=border, pixel_size=0.1,
-                              tile=128)
+    path = build_mosaic_slide(
+        tmp_path / "slide.ome.tif", [image], grid=(1, 1), border=border, pixel_size=0.1, tile=128
+    )
     slide = pd.read_csv(run(segment_slide(path, tmp_path / "out", *model, tile=256)).table)
     slide[["centroid_y", "centroid_x"]] -= border
     tables.append(slide)
@@ -239,8 +254,17 @@ def test_under_exposed_slide_is_brightened_as_a_field_is(field, model, tmp_path)
     image = (field[0] * 0.6).astype(np.uint8)
     ref = run(segment(image, *model, auto_scale=False))
     messages = []
-    result = run(segment_slide(Slide.from_array(image, None, "dim"), tmp_path, *model, tile=(240, 320),
-                               halo=100, auto_scale=False), lambda *step: messages.append(step[2]))
+    result = run(
+        segment_slide(
+            Slide.from_array(image, None, "dim"),
+            tmp_path,
+            *model,
+            tile=(240, 320),
+            halo=100,
+            auto_scale=False,
+        ),
+        lambda *step: messages.append(step[2]),
+    )
     assert any("under-exposed slide: tiles brightened" in m for m in messages)
     cells, _ = read_result(result)
     assert cells.max() == ref.cells.max() >= 2
@@ -272,8 +296,10 @@ def test_batches_workers_and_resume_give_the_same_ids(field, model, tmp_path):
     assert np.array_equal(read_result(batched)[0], cells)
 
     # two workers sharing one output folder, interleaved; the first writes the results
-    workers = [segment_slide(slide, tmp_path / "shards", net, spec, shard=(i, 2), poll=0, **options)
-               for i in range(2)]
+    workers = [
+        segment_slide(slide, tmp_path / "shards", net, spec, shard=(i, 2), poll=0, **options)
+        for i in range(2)
+    ]
     results = [None, None]
     while any(w is not None for w in workers):
         for i, w in enumerate(workers):
@@ -303,8 +329,13 @@ def mosaic(tmp_path_factory, datasets, model):
     names = ("BloodImage_00034", "BloodImage_00242")
     fields = [read_image(datasets / "bccd" / "images" / f"{n}.jpg").data for n in names]
     glass = np.full_like(fields[0], (236, 232, 238))
-    path = build_mosaic_slide(tmp_path_factory.mktemp("mosaic") / "mosaic.ome.tif",
-                              [fields[0], glass, fields[1]], grid=(1, 3), border=64, pixel_size=0.1)
+    path = build_mosaic_slide(
+        tmp_path_factory.mktemp("mosaic") / "mosaic.ome.tif",
+        [fields[0], glass, fields[1]],
+        grid=(1, 3),
+        border=64,
+        pixel_size=0.1,
+    )
     with open_slide(path) as slide:
         image = slide.read(0, 0, *slide.shape)
     ref = run(segment(image, *model, auto_scale=False))
@@ -334,22 +365,30 @@ def test_mosaic_tiled_equals_untiled_across_seams_and_corners(mosaic, model, tmp
     ]
     skipped = 0
     for tile, halo, batch in configs:
-        result = run(segment_slide(path, tmp_path / f"{tile}", *model, tile=tile, halo=halo,
-                                   batch_size=batch, auto_scale=False))
+        result = run(
+            segment_slide(
+                path, tmp_path / f"{tile}", *model, tile=tile, halo=halo, batch_size=batch, auto_scale=False
+            )
+        )
         got_cells, got_nuclei = read_result(result)
         assert np.array_equal(got_cells, cells), (tile, halo)
         assert np.array_equal(got_nuclei, nuclei), (tile, halo)
         grid = TileGrid(cells.shape, tile, 0)
-        cut = [lab for lab in range(1, n + 1) if len({grid.index(y, x) for y, x in zip(
-            *np.nonzero(cells == lab), strict=True)}) > 1]
+        cut = [
+            lab
+            for lab in range(1, n + 1)
+            if len({grid.index(y, x) for y, x in zip(*np.nonzero(cells == lab), strict=True)}) > 1
+        ]
         assert cut, f"no cell straddles a seam with tiles of {tile}"
         skipped += result.skipped
         table = pd.read_csv(result.table)
         assert table["label"].tolist() == list(range(1, n + 1))
         assert np.allclose(table["centroid_x_um"], table["centroid_x"] * 0.1)
         assert (result.counts["white_cells"], result.counts["complete_cells"]) == (n, n)
-    four = {TileGrid(cells.shape, configs[0][0], 0).index(y, x) for y, x in zip(*np.nonzero(cells == big),
-                                                                                  strict=True)}
+    four = {
+        TileGrid(cells.shape, configs[0][0], 0).index(y, x)
+        for y, x in zip(*np.nonzero(cells == big), strict=True)
+    }
     assert len(four) == 4
     assert skipped > 0, "no tile of empty glass was skipped"
 

@@ -35,8 +35,13 @@ def test_train_saves_weights_and_resumes(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     config = TrainConfig(batch_size=2, patch=64, max_steps=4, val_every=2)
     calls = []
-    history = train([tiny_dataset], out, config, progress=lambda s, t, i: calls.append(s),
-                    cancelled=lambda: len(calls) >= 3)
+    history = train(
+        [tiny_dataset],
+        out,
+        config,
+        progress=lambda s, t, i: calls.append(s),
+        cancelled=lambda: len(calls) >= 3,
+    )
     assert history["steps"] == 3 and calls == [1, 2, 3]
     assert (out / "checkpoint.pt").exists() and (out / "model.safetensors").exists()
     assert json.loads((out / "history.json").read_text())["val"][0]["step"] == 2
@@ -82,7 +87,6 @@ def test_typed_targets_and_the_datasets_cell_types(datasets):
     assert "BloodImage_00010" not in bccd  # "NEUTROPHIL, EOSINOPHIL"
 
 
-
 def test_balanced_sampling_draws_each_data_folder_equally(datasets, monkeypatch):
     """Three images of one folder and one of another: with ``balance`` the lone image of
     the second folder gives half the patches; without it, a quarter."""
@@ -91,8 +95,9 @@ def test_balanced_sampling_draws_each_data_folder_equally(datasets, monkeypatch)
 
     pairs = list_pairs(datasets / "zheng_d1", "train")[:3] + list_pairs(datasets / "zheng_d2", "train")[:1]
     # the patch says which image it came from
-    monkeypatch.setattr(train_module, "augment",
-                        lambda image, label, *a: (np.array([image.shape[0]]), label[:1, :1]))
+    monkeypatch.setattr(
+        train_module, "augment", lambda image, label, *a: (np.array([image.shape[0]]), label[:1, :1])
+    )
     for balance, share in ((True, 0.5), (False, 0.25)):
         sampler = train_module.PatchSampler(pairs, AugmentConfig(size=32), seed=1, balance=balance)
         d2_height = sampler.items[3][0].shape[0]
@@ -105,11 +110,15 @@ def test_augmentation_overrides_from_the_command_line(tmp_path, capsys):
     from napari_wbc.cli import main
     from napari_wbc.core.augment import parse_overrides
 
-    assert parse_overrides(["rotation=40", "scale=0.8,1.2", "rotate=false", "stain-p=0.5",
-                            "stain_scale=0.4"]) == {
-        "rotation": 40.0, "scale": (0.8, 1.2), "rotate": False, "stain_p": 0.5, "stain_scale": 0.4}
-    for bad, message in (("spin=3", "KEY one of"), ("rotation=lots", "not a float"),
-                         ("scale=2", "two numbers"), ("size=64", "--patch")):
+    assert parse_overrides(
+        ["rotation=40", "scale=0.8,1.2", "rotate=false", "stain-p=0.5", "stain_scale=0.4"]
+    ) == {"rotation": 40.0, "scale": (0.8, 1.2), "rotate": False, "stain_p": 0.5, "stain_scale": 0.4}
+    for bad, message in (
+        ("spin=3", "KEY one of"),
+        ("rotation=lots", "not a float"),
+        ("scale=2", "two numbers"),
+        ("size=64", "--patch"),
+    ):
         with pytest.raises(ValueError, match=message):
             parse_overrides([bad])
     code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--augment", "spin=3"])

@@ -60,11 +60,14 @@ def test_inference_averages_the_five_outputs(net):
         torch.testing.assert_close(net(x).softmax(1), mean, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("skips, inputs", [
-    ("mixed", {"0_1": 2, "0_2": 3, "0_3": 3, "0_4": 3, "1_2": 3, "3_1": 2}),
-    ("dense", {"0_1": 2, "0_2": 3, "0_3": 4, "0_4": 5, "1_3": 4}),
-    ("nested", {"0_1": 2, "0_2": 2, "0_4": 2}),
-])
+@pytest.mark.parametrize(
+    "skips, inputs",
+    [
+        ("mixed", {"0_1": 2, "0_2": 3, "0_3": 3, "0_4": 3, "1_2": 3, "3_1": 2}),
+        ("dense", {"0_1": 2, "0_2": 3, "0_3": 4, "0_4": 5, "1_3": 4}),
+        ("nested", {"0_1": 2, "0_2": 2, "0_4": 2}),
+    ],
+)
 def test_skip_pathways(net, skips, inputs):
     """Node X_{i,j} takes the upsampled node below plus its row's nodes: mixed = j-1 and j-2."""
     if skips != "mixed":

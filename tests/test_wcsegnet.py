@@ -18,8 +18,15 @@ def net():
 def test_parameter_count_and_constants(net):
     assert wcsegnet.PAPER_PARAMETERS is None
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) == PARAMETERS
-    assert wcsegnet.CLASSES == ("background", "cytoplasm", "nucleus:neutrophil", "nucleus:lymphocyte",
-                                "nucleus:monocyte", "nucleus:eosinophil", "nucleus:basophil")
+    assert wcsegnet.CLASSES == (
+        "background",
+        "cytoplasm",
+        "nucleus:neutrophil",
+        "nucleus:lymphocyte",
+        "nucleus:monocyte",
+        "nucleus:eosinophil",
+        "nucleus:basophil",
+    )
     assert wcsegnet.UNKNOWN_NUCLEUS == 7
     assert wcsegnet.TRAINING["lr"] == 1e-4 and wcsegnet.TRAINING["batch_size"] == 16
 

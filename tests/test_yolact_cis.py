@@ -27,8 +27,13 @@ from napari_wbc.models.yolact_cis import (
 
 # our exact count; the paper says 17.59 M (see the module docstring for the difference)
 PARAMETERS = 17_866_620
-BREAKDOWN = {"backbone": 8_153_504, "dffn": 6_228_992, "ddam": 41_450, "protonet": 2_368_544,
-             "head": 1_074_130}
+BREAKDOWN = {
+    "backbone": 8_153_504,
+    "dffn": 6_228_992,
+    "ddam": 41_450,
+    "protonet": 2_368_544,
+    "head": 1_074_130,
+}
 SLIM = {"blocks": (1, 1, 1, 1), "width": 16, "channels": 64, "prototypes": 8}
 
 
@@ -53,24 +58,35 @@ def _discs(size: int = 128):
         nuclei.append(nucleus)
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
     x = torch.from_numpy(((img - 0.5) / 0.25).transpose(2, 0, 1)[None].copy())
-    target = {"boxes": torch.tensor(boxes, dtype=torch.float32),
-              "cells": torch.from_numpy(np.stack(cells)), "nuclei": torch.from_numpy(np.stack(nuclei))}
+    target = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "cells": torch.from_numpy(np.stack(cells)),
+        "nuclei": torch.from_numpy(np.stack(nuclei)),
+    }
     return x, target
 
 
 def _empty(size: int = 128):
-    return {"boxes": torch.zeros(0, 4), "cells": torch.zeros(0, size, size, dtype=torch.bool),
-            "nuclei": torch.zeros(0, size, size, dtype=torch.bool)}
+    return {
+        "boxes": torch.zeros(0, 4),
+        "cells": torch.zeros(0, size, size, dtype=torch.bool),
+        "nuclei": torch.zeros(0, size, size, dtype=torch.bool),
+    }
 
 
 # ------------------------------------------------------------------ Fast NMS
 
+
 def test_fast_nms_keeps_known_boxes_and_differs_from_greedy():
     # A (0.9) overlaps B (0.8) with IoU 2/3; B overlaps C (0.7) with IoU 2/3; A and C: 3/7; D apart
-    boxes = torch.tensor([[4.0, 0, 14, 10],    # 0: C
-                          [0.0, 0, 10, 10],    # 1: A
-                          [50.0, 50, 60, 60],  # 2: D
-                          [2.0, 0, 12, 10]])   # 3: B
+    boxes = torch.tensor(
+        [
+            [4.0, 0, 14, 10],  # 0: C
+            [0.0, 0, 10, 10],  # 1: A
+            [50.0, 50, 60, 60],  # 2: D
+            [2.0, 0, 12, 10],
+        ]
+    )  # 3: B
     scores = torch.tensor([0.7, 0.9, 0.95, 0.8])
     assert fast_nms(boxes, scores, 0.5, 200).tolist() == [2, 1]
     # greedy NMS keeps C: its only suppressor B was itself suppressed by A
@@ -83,12 +99,17 @@ def test_fast_nms_keeps_known_boxes_and_differs_from_greedy():
 
 # ------------------------------------------------------------------ DCT and DDAM
 
+
 def test_dct_basis_values_and_orthogonality():
     b = dct_basis(4, 4, ((0, 0), (0, 1), (1, 0)))
     assert b.shape == (3, 4, 4) and b.dtype == torch.float32
     assert torch.equal(b[0], torch.ones(4, 4))
-    c = [math.cos(math.pi / 8), math.cos(3 * math.pi / 8), math.cos(5 * math.pi / 8),
-         math.cos(7 * math.pi / 8)]  # 0.92388, 0.38268, -0.38268, -0.92388
+    c = [
+        math.cos(math.pi / 8),
+        math.cos(3 * math.pi / 8),
+        math.cos(5 * math.pi / 8),
+        math.cos(7 * math.pi / 8),
+    ]  # 0.92388, 0.38268, -0.38268, -0.92388
     expected = torch.tensor(c).expand(4, 4)  # (0, 1): varies along the columns (x) only
     assert torch.allclose(b[1], expected, atol=1e-6)
     assert torch.allclose(b[2], expected.T, atol=1e-6)  # (1, 0): along the rows (y)
@@ -124,6 +145,7 @@ def test_ddam_sees_the_first_cosine_components():
 
 # ------------------------------------------------------------------ Ghost backbone
 
+
 def test_ghost_module_channels():
     g = GhostModule(16, 24, kernel=3, stride=2, ratio=4)
     assert g.primary[0].out_channels == 6 and g.cheap[0].out_channels == 18
@@ -143,6 +165,7 @@ def test_ghost_resnet_matches_table_2():
 
 
 # ------------------------------------------------------------------ the network
+
 
 def test_module_constants_and_registry(net):
     assert KIND == "instance" and model_kind("yolact_cis") == "instance"

@@ -149,8 +149,11 @@ def labels_layer_data(path: Path, levels: list, pixel_size: float | None) -> Lay
 
     from .core.measure import count_summary
 
-    kwargs = {"name": path.name.split(".")[0], "multiscale": len(levels) > 1,
-              "metadata": {"pixel_size": pixel_size, "source": str(path), "notes": []}}
+    kwargs = {
+        "name": path.name.split(".")[0],
+        "multiscale": len(levels) > 1,
+        "metadata": {"pixel_size": pixel_size, "source": str(path), "notes": []},
+    }
     if pixel_size:
         kwargs["scale"] = (pixel_size, pixel_size)
         kwargs["units"] = ("um", "um")

@@ -52,7 +52,7 @@ class RegionArray:
             index = (index,)
         if any(i is Ellipsis for i in index):
             at = index.index(Ellipsis)
-            index = index[:at] + (slice(None),) * (self.ndim - len(index) + 1) + index[at + 1:]
+            index = index[:at] + (slice(None),) * (self.ndim - len(index) + 1) + index[at + 1 :]
         index = index + (slice(None),) * (self.ndim - len(index))
         bounds, after, drop = [], [], []
         for axis, i in enumerate(index[:2]):
@@ -86,8 +86,13 @@ class RegionArray:
         return block if dtype is None else block.astype(dtype)
 
 
-def _levels(sources: list[tuple[tuple[int, int], Read]], extra: tuple[int, ...], dtype, token: str,
-            coarsest: int = COARSEST) -> list:
+def _levels(
+    sources: list[tuple[tuple[int, int], Read]],
+    extra: tuple[int, ...],
+    dtype,
+    token: str,
+    coarsest: int = COARSEST,
+) -> list:
     """Dask arrays for the stored levels, then strided views of the last down to ``coarsest``."""
     import dask.array as da
 
@@ -100,8 +105,16 @@ def _levels(sources: list[tuple[tuple[int, int], Read]], extra: tuple[int, ...],
     levels = []
     for k, array in enumerate(arrays):
         chunks = (min(CHUNK, array.shape[0]), min(CHUNK, array.shape[1])) + extra
-        levels.append(da.from_array(array, chunks=chunks, name=f"napari-wbc-{token}-{k}", lock=False,
-                                    asarray=True, meta=np.empty((0,) * array.ndim, dtype)))
+        levels.append(
+            da.from_array(
+                array,
+                chunks=chunks,
+                name=f"napari-wbc-{token}-{k}",
+                lock=False,
+                asarray=True,
+                meta=np.empty((0,) * array.ndim, dtype),
+            )
+        )
     return levels
 
 
@@ -134,6 +147,7 @@ def slide_levels(path: str | Path):
     def reader(k: int):
         def read(y0, x0, y1, x1, step):  # holds the slide, so its files stay open while read
             return slide.levels[k].read(y0, x0, y1, x1, step)
+
         return read
 
     sources = [(level.shape, reader(k)) for k, level in enumerate(slide.levels)]
@@ -153,8 +167,12 @@ def label_pyramid_info(path: str | Path) -> tuple[bool, float | None]:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             dtype = np.dtype(series.dtype)
-            ok = (series.get_axes(True) == "YX" and dtype.kind in "iu" and dtype.itemsize >= 4
-                  and len(series.levels) > 1)
+            ok = (
+                series.get_axes(True) == "YX"
+                and dtype.kind in "iu"
+                and dtype.itemsize >= 4
+                and len(series.levels) > 1
+            )
             return ok, (slide_pixel_size(tif, path) if ok else None)
     except Exception:
         return False, None
@@ -183,6 +201,7 @@ def label_levels(path: str | Path) -> list:
         def read(y0, x0, y1, x1, step):  # holds `files`, so they stay open while read
             files.used = True
             return np.asarray(array[y0:y1:step, x0:x1:step])
+
         return read
 
     sources = [(tuple(int(s) for s in a.shape), reader(a)) for a in arrays]

@@ -30,20 +30,35 @@ def cmd_segment(args) -> int:
     from .core.slide import SLIDE_SUFFIXES, is_slide
 
     items = expand_inputs(args.inputs)
-    items += [p for item in map(Path, args.inputs) if item.is_dir()
-              for p in sorted(item.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES]
+    items += [
+        p
+        for item in map(Path, args.inputs)
+        if item.is_dir()
+        for p in sorted(item.iterdir())
+        if p.suffix.lower() in SLIDE_SUFFIXES
+    ]
     slides = [p for p in items if is_slide(p)]
     fields = [p for p in items if p not in slides]
     failures = 0
     if slides and args.single_cell:
-        print("note: --single-cell applies to single-cell crops, not to whole slides: "
-              f"{len(slides)} slide(s) keep all their cells", file=sys.stderr)
+        print(
+            "note: --single-cell applies to single-cell crops, not to whole slides: "
+            f"{len(slides)} slide(s) keep all their cells",
+            file=sys.stderr,
+        )
     if fields:
         with _bar(len(fields), "segment", "image") as bar:
             failures = segment_files(
-                fields, args.out, model=args.model, weights=args.weights, device=args.device,
-                pixel_size=args.pixel_size, flip_average=args.flip_average, single_cell=args.single_cell,
-                typing=args.typing, classifier_weights=args.classifier_weights,
+                fields,
+                args.out,
+                model=args.model,
+                weights=args.weights,
+                device=args.device,
+                pixel_size=args.pixel_size,
+                flip_average=args.flip_average,
+                single_cell=args.single_cell,
+                typing=args.typing,
+                classifier_weights=args.classifier_weights,
                 on_done=lambda name: bar.update(1),
                 on_error=lambda path, msg: bar.write(f"error: {msg}", file=sys.stderr),
             )
@@ -69,8 +84,16 @@ def _segment_slide(path: Path, args) -> None:
 
     device = pick_device(args.device)
     net, spec = load_model(args.model, args.weights, device, args.flip_average)
-    gen = segment_slide(path, args.out, net, spec, tile=args.tile, pixel_size=args.pixel_size, device=device,
-                        classifier=load_classifier(args.typing, device, args.classifier_weights))
+    gen = segment_slide(
+        path,
+        args.out,
+        net,
+        spec,
+        tile=args.tile,
+        pixel_size=args.pixel_size,
+        device=device,
+        classifier=load_classifier(args.typing, device, args.classifier_weights),
+    )
     with _bar(0, f"slide {path.name}", "tile") as bar:
         while True:
             try:
@@ -89,9 +112,18 @@ def _segment_slides_on_cluster(slides: list[Path], args) -> int:
         raise InputError("--workers needs at least 1")
     quiet = not getattr(args, "verbose", False)
     with connect(args.scheduler, args.workers, quiet) as client, _bar(0, "slides (dask)", "task") as bar:
-        gen = segment_slides(slides, args.out, client, model=args.model, weights=args.weights,
-                             device=args.device, tile=args.tile, pixel_size=args.pixel_size,
-                             flip_average=args.flip_average, typing=args.typing)
+        gen = segment_slides(
+            slides,
+            args.out,
+            client,
+            model=args.model,
+            weights=args.weights,
+            device=args.device,
+            tile=args.tile,
+            pixel_size=args.pixel_size,
+            flip_average=args.flip_average,
+            typing=args.typing,
+        )
         while True:
             try:
                 done, total, message = next(gen)
@@ -109,15 +141,24 @@ def cmd_evaluate(args) -> int:
     from .core.evaluate import evaluate_dataset, format_markdown
 
     with _bar(0, f"evaluate {Path(args.dataset).name}", "image") as bar:
+
         def progress(done, total):
             bar.total = total
             bar.n = done
             bar.refresh()
 
-        result = evaluate_dataset(args.dataset, split=args.split, model=args.model, weights=args.weights,
-                                  device=args.device, out=args.out, progress=progress,
-                                  flip_average=args.flip_average, typing=args.typing,
-                                  classifier_weights=args.classifier_weights)
+        result = evaluate_dataset(
+            args.dataset,
+            split=args.split,
+            model=args.model,
+            weights=args.weights,
+            device=args.device,
+            out=args.out,
+            progress=progress,
+            flip_average=args.flip_average,
+            typing=args.typing,
+            classifier_weights=args.classifier_weights,
+        )
     print(format_markdown(result))
     return 0
 
@@ -126,14 +167,21 @@ def cmd_compare(args) -> int:
     from .core.compare import compare_folders
 
     with _bar(0, "compare", "image") as bar:
+
         def progress(done, total):
             bar.total = total
             bar.n = done
             bar.refresh()
 
-        failures = compare_folders(args.pred, args.ref, args.out, images=args.images, min_iou=args.min_iou,
-                                   progress=progress,
-                                   on_error=lambda stem, msg: bar.write(f"error: {msg}", file=sys.stderr))
+        failures = compare_folders(
+            args.pred,
+            args.ref,
+            args.out,
+            images=args.images,
+            min_iou=args.min_iou,
+            progress=progress,
+            on_error=lambda stem, msg: bar.write(f"error: {msg}", file=sys.stderr),
+        )
     print(f"wrote the review to {args.out}" + (f"; {failures} images failed" if failures else ""))
     return 1 if failures else 0
 
@@ -148,23 +196,45 @@ def cmd_train(args) -> int:
     except ValueError as err:
         raise InputError(str(err)) from None
     device = pick_device(args.device)
-    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, patch=args.patch,
-                         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                         max_steps=args.max_steps, val_every=args.val_every, patience=args.patience,
-                         bf16=args.bf16, seed=args.seed, balance=not args.no_balance, augment=augment,
-                         workers=args.workers)
+    config = TrainConfig(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        patch=args.patch,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        max_steps=args.max_steps,
+        val_every=args.val_every,
+        patience=args.patience,
+        bf16=args.bf16,
+        seed=args.seed,
+        balance=not args.no_balance,
+        augment=augment,
+        workers=args.workers,
+    )
     with _bar(0, f"train {args.model} on {device}", "step") as bar:
+
         def progress(step, total, info):
             bar.total = total
             bar.n = step
             bar.set_postfix({k: round(v, 4) for k, v in info.items() if isinstance(v, float)}, refresh=False)
             bar.refresh()
 
-        history = train(args.data, args.out, config, device=device, resume=args.resume,
-                        init_weights=args.init, progress=progress)
+        history = train(
+            args.data,
+            args.out,
+            config,
+            device=device,
+            resume=args.resume,
+            init_weights=args.init,
+            progress=progress,
+        )
     best = history.get("best") or {}
-    print(f"trained {history['steps']} steps; best validation: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if isinstance(v, float)))
+    print(
+        f"trained {history['steps']} steps; best validation: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if isinstance(v, float))
+    )
     print(f"weights: {Path(args.out).resolve()}")
     return 0
 
@@ -184,35 +254,63 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", default=None, help="model name (default: the shipped default model)")
         sp.add_argument("--weights", default=None, help="a weights folder written by `napari-wbc train`")
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-        sp.add_argument("--flip-average", action="store_true",
-                        help="average the network over the four flips of each image (4x the time, "
-                             "slightly more accurate)")
-        sp.add_argument("--typing", choices=TYPING, default="classifier",
-                        help="how cells get their type: the cell-type classifier (default; it also "
-                             "leaves objects that are no white cell out of the count), the segmentation "
-                             "model's own types (wcsegnet), or none")
-        sp.add_argument("--classifier-weights", default=None, metavar="DIR",
-                        help="a cell-type classifier folder written by `napari-wbc train --model celltype` "
-                             "(default: the shipped one)")
+        sp.add_argument(
+            "--flip-average",
+            action="store_true",
+            help="average the network over the four flips of each image (4x the time, "
+            "slightly more accurate)",
+        )
+        sp.add_argument(
+            "--typing",
+            choices=TYPING,
+            default="classifier",
+            help="how cells get their type: the cell-type classifier (default; it also "
+            "leaves objects that are no white cell out of the count), the segmentation "
+            "model's own types (wcsegnet), or none",
+        )
+        sp.add_argument(
+            "--classifier-weights",
+            default=None,
+            metavar="DIR",
+            help="a cell-type classifier folder written by `napari-wbc train --model celltype` "
+            "(default: the shipped one)",
+        )
 
-    s = sub.add_parser("segment", help="segment smear images and whole slides; write cells, nuclei and "
-                                       "measurements")
+    s = sub.add_parser(
+        "segment", help="segment smear images and whole slides; write cells, nuclei and measurements"
+    )
     s.add_argument("inputs", nargs="+", help="image or slide files, or folders")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--pixel-size", type=float, default=None, help="um per pixel, when the files do not say")
-    s.add_argument("--tile", type=int, default=None,
-                   help="tile side (px) for whole slides (SVS, pyramidal or huge TIFF); any size gives the "
-                        "same cells (default: 1024 px at the network's scale)")
-    s.add_argument("--single-cell", action="store_true",
-                   help="the images are single-cell crops (CellaVision-style gallery images): keep only "
-                        "the cell at each image's centre, not the neighbours cut by its edge")
+    s.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="tile side (px) for whole slides (SVS, pyramidal or huge TIFF); any size gives the "
+        "same cells (default: 1024 px at the network's scale)",
+    )
+    s.add_argument(
+        "--single-cell",
+        action="store_true",
+        help="the images are single-cell crops (CellaVision-style gallery images): keep only "
+        "the cell at each image's centre, not the neighbours cut by its edge",
+    )
     cluster = s.add_mutually_exclusive_group()
-    cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                         help="spread the tiles of whole slides over the dask.distributed cluster at this "
-                              "address (tcp://host:8786, or a scheduler JSON file); --out must be a folder "
-                              "every worker sees (docs/cluster.md)")
-    cluster.add_argument("--workers", type=int, default=None, metavar="N",
-                         help="spread the tiles of whole slides over N local worker processes")
+    cluster.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="spread the tiles of whole slides over the dask.distributed cluster at this "
+        "address (tcp://host:8786, or a scheduler JSON file); --out must be a folder "
+        "every worker sees (docs/cluster.md)",
+    )
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="spread the tiles of whole slides over N local worker processes",
+    )
     model_args(s)
     s.set_defaults(func=cmd_segment)
 
@@ -232,8 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("train", help="train a model on dataset folders (CPU or GPU)")
-    t.add_argument("--model", default="mifnet", choices=list_models() + list_classifiers(),
-                   help="the architecture to train (celltype: the cell-type classifier)")
+    t.add_argument(
+        "--model",
+        default="mifnet",
+        choices=list_models() + list_classifiers(),
+        help="the architecture to train (celltype: the cell-type classifier)",
+    )
     t.add_argument("--data", nargs="+", required=True, help="dataset folders")
     t.add_argument("--out", required=True, help="folder for weights, checkpoint and history")
     t.add_argument("--epochs", type=int, default=100)
@@ -247,14 +349,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every", type=int, default=200)
     t.add_argument("--patience", type=int, default=20, help="validations without improvement before stopping")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AVX512-BF16 CPUs, GPUs)")
-    t.add_argument("--augment", nargs="+", metavar="KEY=VALUE", default=None,
-                   help="augmentation settings on top of the paper's, e.g. rotation=40 stain_p=0.5 "
-                        "scale=0.8,1.2 (see core/augment.py AugmentConfig)")
+    t.add_argument(
+        "--augment",
+        nargs="+",
+        metavar="KEY=VALUE",
+        default=None,
+        help="augmentation settings on top of the paper's, e.g. rotation=40 stain_p=0.5 "
+        "scale=0.8,1.2 (see core/augment.py AugmentConfig)",
+    )
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--workers", type=int, default=1,
-                   help="processes that draw and augment batches while the network trains (celltype)")
-    t.add_argument("--no-balance", action="store_true",
-                   help="draw every training image equally often (default: every data folder equally often)")
+    t.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes that draw and augment batches while the network trains (celltype)",
+    )
+    t.add_argument(
+        "--no-balance",
+        action="store_true",
+        help="draw every training image equally often (default: every data folder equally often)",
+    )
     t.add_argument("--init", default=None, help="weights folder to fine-tune from")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--device", default="auto")

@@ -38,8 +38,10 @@ def segment_samples(out: str | Path = "demo-output") -> tuple[int, str]:
     files = [sample_path(key) for key in SAMPLES]
     failures = segment_files(files, out)
     done = len(files) - failures
-    return failures, (f"segmented {done} of {len(files)} sample fields; cells, nuclei (TIFF) and "
-                      f"measurements (CSV) are in {out.resolve()}, counts in {out.resolve() / 'summary.csv'}")
+    return failures, (
+        f"segmented {done} of {len(files)} sample fields; cells, nuclei (TIFF) and "
+        f"measurements (CSV) are in {out.resolve()}, counts in {out.resolve() / 'summary.csv'}"
+    )
 
 
 def start_demo(viewer, sample: str = "two_cells"):

@@ -44,8 +44,9 @@ def _setup(viewer):
     meta = {"source_layer": "smear", "model": "mifnet", "source": "/data/smear.png"}
     nuclei_layer = viewer.add_labels(nuclei, name="smear nuclei", scale=SCALE, metadata=meta)
     table = measure_cells(cells, nuclei)
-    cells_layer = viewer.add_labels(cells, name="smear cells", scale=SCALE, metadata=meta,
-                                    features=table.assign(index=table["label"]))
+    cells_layer = viewer.add_labels(
+        cells, name="smear cells", scale=SCALE, metadata=meta, features=table.assign(index=table["label"])
+    )
     widget = CorrectWidget(viewer)
     viewer.window.add_dock_widget(widget, name="correct")
     assert widget.layer.value == cells_layer
@@ -100,7 +101,7 @@ def test_split_with_points_and_with_a_line(setup, qtbot):
     _, cells_layer, nuclei_layer, widget = setup
     points = widget.add_drawing("points")
     assert points.name == "smear edit points" and widget.drawing.value == points
-    points.data = np.array([[55, 20], [55, 50]]) # (y, x): the points layer shares the cells' scale
+    points.data = np.array([[55, 20], [55, 50]])  # (y, x): the points layer shares the cells' scale
     widget.split_button.clicked.emit()
     _settle(qtbot, widget)
     cells, nuclei, features = _state(cells_layer, nuclei_layer)
@@ -246,8 +247,13 @@ def test_ctrl_click_adds_a_cell_to_the_ids(setup):
 
     _, cells_layer, _, widget = setup
     cells_layer.selected_label = 1
-    click = SimpleNamespace(type="mouse_press", modifiers=("Control",), position=(15 * 0.5, 35 * 0.5),
-                            view_direction=None, dims_displayed=[0, 1])
+    click = SimpleNamespace(
+        type="mouse_press",
+        modifiers=("Control",),
+        position=(15 * 0.5, 35 * 0.5),
+        view_direction=None,
+        dims_displayed=[0, 1],
+    )
     assert widget._on_click in cells_layer.mouse_drag_callbacks
     widget._on_click(cells_layer, click)  # what napari calls on a click on the cells layer
     assert widget.cell_ids() == [1, 2]

@@ -49,8 +49,9 @@ def _headers(widget):
 
 def _column(widget, name):
     col = _headers(widget).index(name)
-    return [widget.table.item(r, col).data(Qt.ItemDataRole.DisplayRole)
-            for r in range(widget.table.rowCount())]
+    return [
+        widget.table.item(r, col).data(Qt.ItemDataRole.DisplayRole) for r in range(widget.table.rowCount())
+    ]
 
 
 def test_table_shows_one_row_per_cell(setup):
@@ -67,8 +68,10 @@ def test_table_shows_one_row_per_cell(setup):
     assert sorted(headers) == sorted(table.columns)  # all measurements, no napari `index` column
     assert widget.summary.value == "3 white cells (2 complete)"
     # a person reads plain names, with what each means (and its unit) on hover
-    shown = {widget.table.horizontalHeaderItem(c).data(COLUMN_ROLE): widget.table.horizontalHeaderItem(c)
-             for c in range(widget.table.columnCount())}
+    shown = {
+        widget.table.horizontalHeaderItem(c).data(COLUMN_ROLE): widget.table.horizontalHeaderItem(c)
+        for c in range(widget.table.columnCount())
+    }
     assert shown["ncr"].text() == "NCR" and "nucleus area / cytoplasm area" in shown["ncr"].toolTip()
     assert shown["cell_area_px"].text() == "cell area (px²)"
     assert shown["touches_border"].text() == "at border" and "complete" in shown["touches_border"].toolTip()

@@ -43,9 +43,13 @@ def setup(make_napari_viewer_proxy):
     cells, nuclei = _prediction()
     viewer.add_labels(nuclei, name="smear nuclei", scale=(0.5, 0.5), metadata={"source_layer": "smear"})
     table = measure_cells(cells, nuclei)
-    cells_layer = viewer.add_labels(cells, name="smear cells", scale=(0.5, 0.5),
-                                    features=table.assign(index=table["label"]),
-                                    metadata={"source_layer": "smear"})
+    cells_layer = viewer.add_labels(
+        cells,
+        name="smear cells",
+        scale=(0.5, 0.5),
+        features=table.assign(index=table["label"]),
+        metadata={"source_layer": "smear"},
+    )
     reference = viewer.add_labels(_reference(), name="truth", scale=(0.5, 0.5))
     widget = ReviewWidget(viewer)
     viewer.window.add_dock_widget(widget, name="review")

@@ -200,8 +200,9 @@ def test_model_list_marks_architectures_without_weights(viewer):
     assert labels["wcsegnet"] == "wcsegnet (not trained yet)"
 
 
-def test_failure_in_the_worker_becomes_a_notification(viewer, qtbot, trained_model, notifications,
-                                                      monkeypatch):
+def test_failure_in_the_worker_becomes_a_notification(
+    viewer, qtbot, trained_model, notifications, monkeypatch
+):
     import napari_wbc.core.inference as inference
 
     def broken(*args, **kwargs):

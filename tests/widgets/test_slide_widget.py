@@ -26,8 +26,9 @@ def small_slide(tmp_path_factory) -> Path:
     from napari_wbc.core.slide import build_mosaic_slide
 
     path = tmp_path_factory.mktemp("slide") / f"{NAME}.ome.tif"
-    return build_mosaic_slide(path, sorted(SAMPLES.glob("*.jpg")), grid=(2, 2), gap=40, border=40,
-                              pixel_size=0.1)
+    return build_mosaic_slide(
+        path, sorted(SAMPLES.glob("*.jpg")), grid=(2, 2), gap=40, border=40, pixel_size=0.1
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -116,8 +117,9 @@ def _check_results(viewer, out: Path, image) -> tuple:
     return cells_layer, ids
 
 
-def test_segment_a_small_slide(viewer, qtbot, trained_model, notifications, small_slide, tmp_path,
-                               monkeypatch):
+def test_segment_a_small_slide(
+    viewer, qtbot, trained_model, notifications, small_slide, tmp_path, monkeypatch
+):
     image = _open(viewer, small_slide)
     assert image.multiscale and image.metadata["slide"] == str(small_slide)
     widget = _widget(viewer, tmp_path / "default-replaced")
@@ -152,8 +154,9 @@ def test_segment_a_small_slide(viewer, qtbot, trained_model, notifications, smal
     assert value is not None
 
 
-def test_cancel_keeps_finished_tiles_and_a_rerun_resumes(viewer, qtbot, trained_model, notifications,
-                                                         small_slide, tmp_path, monkeypatch):
+def test_cancel_keeps_finished_tiles_and_a_rerun_resumes(
+    viewer, qtbot, trained_model, notifications, small_slide, tmp_path, monkeypatch
+):
     image = _open(viewer, small_slide)
     out = tmp_path / "out"
     widget = _widget(viewer, out)

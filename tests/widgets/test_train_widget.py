@@ -64,8 +64,9 @@ def setup(make_napari_viewer_proxy, models_home, tmp_path):
     return viewer, segment, widget
 
 
-def test_fine_tune_makes_a_new_model_the_segment_widget_offers(setup, qtbot, models_home, notifications,
-                                                               trained_model):
+def test_fine_tune_makes_a_new_model_the_segment_widget_offers(
+    setup, qtbot, models_home, notifications, trained_model
+):
     from napari_wbc.models import available_weights, sha256
 
     _, segment, widget = setup
@@ -132,8 +133,9 @@ def test_bad_requests_are_refused(setup, models_home, notifications, tmp_path):
     assert not models_home.exists()
 
 
-def test_segment_model_list_refreshes_when_opened(make_napari_viewer_proxy, models_home, qtbot,
-                                                  trained_model):
+def test_segment_model_list_refreshes_when_opened(
+    make_napari_viewer_proxy, models_home, qtbot, trained_model
+):
     """A model that appears in the user folder by other means (the CLI) shows up on opening the list."""
     import shutil
 

@@ -35,8 +35,10 @@ def drawn_line(layer, cells) -> list[tuple[float, float]]:
         for data, kind in zip(reversed(layer.data), reversed(layer.shape_type), strict=True):
             if kind in OPEN:
                 return [tuple(p) for p in _to_grid(layer, cells, data)]
-    raise InputError("draw a line or path across the cell in a shapes layer first "
-                     "(the 'shapes' button adds one; pick the line or path tool)")
+    raise InputError(
+        "draw a line or path across the cell in a shapes layer first "
+        "(the 'shapes' button adds one; pick the line or path tool)"
+    )
 
 
 def drawn_mask(layer, cells) -> np.ndarray:
@@ -50,13 +52,18 @@ def drawn_mask(layer, cells) -> np.ndarray:
             raise InputError(f"paint the region into {layer.name!r} first")
         return data > 0
     if isinstance(layer, Shapes):
-        found = [(_to_grid(layer, cells, data), kind) for data, kind in zip(layer.data, layer.shape_type,
-                                                                            strict=True) if kind in CLOSED]
+        found = [
+            (_to_grid(layer, cells, data), kind)
+            for data, kind in zip(layer.data, layer.shape_type, strict=True)
+            if kind in CLOSED
+        ]
         if found:
             grid = Shapes([d for d, _ in found], shape_type=[k for _, k in found])
             return grid.to_masks(mask_shape=shape).any(axis=0)
-    raise InputError("draw a polygon, rectangle or ellipse (a shapes layer) or paint a mask "
-                     "(a labels layer) first; the buttons beside 'drawing' add one")
+    raise InputError(
+        "draw a polygon, rectangle or ellipse (a shapes layer) or paint a mask "
+        "(a labels layer) first; the buttons beside 'drawing' add one"
+    )
 
 
 def clear_drawing(layer) -> None:
@@ -80,8 +87,9 @@ def drawing_layer(viewer, cells, base: str, kind: str):
         if kind == "points":
             layer = viewer.add_points(np.empty((0, 2)), name=name, size=8, face_color="magenta", **align)
         elif kind == "shapes":
-            layer = viewer.add_shapes(name=name, edge_color="magenta", face_color="transparent",
-                                      edge_width=2, ndim=2, **align)
+            layer = viewer.add_shapes(
+                name=name, edge_color="magenta", face_color="transparent", edge_width=2, ndim=2, **align
+            )
         else:
             layer = viewer.add_labels(np.zeros(cells.data.shape, np.uint8), name=name, opacity=0.5, **align)
         layer.metadata = {**layer.metadata, "drawing_for": cells.name}
@@ -111,8 +119,9 @@ def crossed_cell(cells: np.ndarray, line) -> int:
     from skimage.draw import line as draw_line
 
     pts = np.round(np.asarray(line)).astype(int)
-    rr, cc = np.concatenate([np.stack(draw_line(*a, *b)) for a, b in zip(pts[:-1], pts[1:], strict=True)],
-                            axis=1)
+    rr, cc = np.concatenate(
+        [np.stack(draw_line(*a, *b)) for a, b in zip(pts[:-1], pts[1:], strict=True)], axis=1
+    )
     ok = (rr >= 0) & (rr < cells.shape[0]) & (cc >= 0) & (cc < cells.shape[1])
     mask = np.zeros(cells.shape, bool)
     mask[rr[ok], cc[ok]] = True

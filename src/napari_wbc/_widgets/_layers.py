@@ -52,8 +52,11 @@ def partner(layers, layer, kind: str) -> Labels | None:
 
 def is_cells_layer(layers, layer) -> bool:
     """A labels layer named ``... cells`` with its nuclei layer beside it."""
-    return isinstance(layer, Labels) and partner(layers, layer, "cells") == layer \
+    return (
+        isinstance(layer, Labels)
+        and partner(layers, layer, "cells") == layer
         and partner(layers, layer, "nuclei") is not None
+    )
 
 
 def image_name(layer) -> str:
@@ -83,11 +86,15 @@ def labels_of(layers, layer):
     if split_name(layer.name) is not None:
         parts = split_name(layer.name)
         missing = f"{parts[0]}{parts[1]}{'nuclei' if parts[2] == 'cells' else 'cells'}"
-        raise InputError(f"{layer.name!r} has no layer {missing!r} of the same size beside it; "
-                         "a cell layer is reviewed together with its nuclei")
+        raise InputError(
+            f"{layer.name!r} has no layer {missing!r} of the same size beside it; "
+            "a cell layer is reviewed together with its nuclei"
+        )
     if data.size and (data.min() < 0 or data.max() > 2):
-        raise InputError(f"{layer.name!r} holds values up to {data.max()}: not a class map (0 background, "
-                         "1 cytoplasm, 2 nucleus) nor a cells layer with a nuclei layer beside it")
+        raise InputError(
+            f"{layer.name!r} holds values up to {data.max()}: not a class map (0 background, "
+            "1 cytoplasm, 2 nucleus) nor a cells layer with a nuclei layer beside it"
+        )
     return np.array(data, np.uint8)
 
 
@@ -122,8 +129,9 @@ def keep_columns(table: pd.DataFrame, current: pd.DataFrame | None, defaults: di
         if current is not None and column in current:
             kept = dict(zip(current["label"], current[column], strict=True))
             default = table[column] if column in table else [value] * len(table)
-            table[column] = [kept.get(label, value) for label, value in zip(table["label"], default,
-                                                                             strict=True)]
+            table[column] = [
+                kept.get(label, value) for label, value in zip(table["label"], default, strict=True)
+            ]
     return table
 
 
@@ -162,6 +170,12 @@ def show_review(viewer, cells, result, reference: dict, table: pd.DataFrame | No
             nuclei = partner(viewer.layers, cells, "nuclei")
             table = measure_cells(np.asarray(cells.data), np.asarray(nuclei.data))
         set_features(cells, join_measurements(table, result.cells))
-    layer.metadata = {**reference, "review_of": cells.name, "metrics": result.metrics,
-                      "counts": result.counts(), "summary": result.summary(), "matches": result.cells}
+    layer.metadata = {
+        **reference,
+        "review_of": cells.name,
+        "metrics": result.metrics,
+        "counts": result.counts(),
+        "summary": result.summary(),
+        "matches": result.cells,
+    }
     return layer

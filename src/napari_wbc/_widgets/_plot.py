@@ -35,8 +35,14 @@ class LossPlot(QWidget):
         if not points:
             return
         painter.setPen(QPen(color, 1.5))
-        poly = QPolygonF([QPointF(box.left() + box.width() * s / self.total,
-                                  box.bottom() - box.height() * min(v, top) / top) for s, v in points])
+        poly = QPolygonF(
+            [
+                QPointF(
+                    box.left() + box.width() * s / self.total, box.bottom() - box.height() * min(v, top) / top
+                )
+                for s, v in points
+            ]
+        )
         if len(points) == 1:
             painter.drawEllipse(poly[0], 2.5, 2.5)
         else:
@@ -53,12 +59,17 @@ class LossPlot(QWidget):
         painter.drawText(QRectF(0, box.top() - 6, 36, 14), Qt.AlignmentFlag.AlignRight, f"{top:.2g}")
         painter.drawText(QRectF(0, box.bottom() - 8, 36, 14), Qt.AlignmentFlag.AlignRight, "0")
         painter.drawText(QRectF(box.right() + 4, box.top() - 6, 36, 14), Qt.AlignmentFlag.AlignLeft, "1")
-        painter.drawText(QRectF(box.left(), box.bottom() + 2, box.width(), 14),
-                         Qt.AlignmentFlag.AlignRight, f"step {self.total}")
+        painter.drawText(
+            QRectF(box.left(), box.bottom() + 2, box.width(), 14),
+            Qt.AlignmentFlag.AlignRight,
+            f"step {self.total}",
+        )
         self._line(painter, box, self.loss, top, LOSS_COLOR)
         self._line(painter, box, self.val, 1.0, VAL_COLOR)
-        legend = [(LOSS_COLOR, "loss" + (f" {self.loss[-1][1]:.3f}" if self.loss else "")),
-                  (VAL_COLOR, "val Dice" + (f" {self.val[-1][1]:.3f}" if self.val else ""))]
+        legend = [
+            (LOSS_COLOR, "loss" + (f" {self.loss[-1][1]:.3f}" if self.loss else "")),
+            (VAL_COLOR, "val Dice" + (f" {self.val[-1][1]:.3f}" if self.val else "")),
+        ]
         x = box.left()
         for color, label in legend:
             painter.setPen(QPen(color, 1))

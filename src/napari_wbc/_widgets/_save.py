@@ -19,11 +19,15 @@ def source_image(viewer, cells) -> Image:
     name = image_name(cells)
     layer = viewer.layers[name] if name in viewer.layers else None
     if not isinstance(layer, Image) or not layer.rgb:
-        raise InputError(f"the image {name!r} of {cells.name!r} is not in the viewer; open it again "
-                         "(its labels are saved together with it)")
+        raise InputError(
+            f"the image {name!r} of {cells.name!r} is not in the viewer; open it again "
+            "(its labels are saved together with it)"
+        )
     if tuple(layer.data.shape[:2]) != tuple(cells.data.shape):
-        raise InputError(f"the image {name!r} {tuple(layer.data.shape[:2])} and {cells.name!r} "
-                         f"{tuple(cells.data.shape)} differ in size")
+        raise InputError(
+            f"the image {name!r} {tuple(layer.data.shape[:2])} and {cells.name!r} "
+            f"{tuple(cells.data.shape)} differ in size"
+        )
     return layer
 
 
@@ -58,8 +62,11 @@ def save_training_data(viewer, cells, folder: str | Path, edited, visible_only: 
     meta = cells.metadata or {}
     table = features_of(cells)
     region = visible_region(image) if visible_only else None
-    reviews = viewer.layers[f"{image_name(cells)} review"].metadata \
-        if f"{image_name(cells)} review" in viewer.layers else {}
+    reviews = (
+        viewer.layers[f"{image_name(cells)} review"].metadata
+        if f"{image_name(cells)} review" in viewer.layers
+        else {}
+    )
     provenance = {
         "source": meta.get("source") or (image.metadata or {}).get("source") or image.name,
         "model": meta.get("model"),
@@ -71,5 +78,12 @@ def save_training_data(viewer, cells, folder: str | Path, edited, visible_only: 
         "reference": reviews.get("reference"),
         "tool": f"napari-wbc {__version__}",
     }
-    return save_training_pair(folder, image.data, np.asarray(cells.data), np.asarray(nuclei.data),
-                              provenance=provenance, region=region, table=table)
+    return save_training_pair(
+        folder,
+        image.data,
+        np.asarray(cells.data),
+        np.asarray(nuclei.data),
+        provenance=provenance,
+        region=region,
+        table=table,
+    )

@@ -81,7 +81,7 @@ class ClassPreview:
             y0, x0, y1, x1 = self._grid.core(int(marker))
             y0, x0 = -(-y0 // f) * f, -(-x0 // f) * f  # on the preview's grid of every f-th px
             block = np.asarray(self._store[y0:y1:f, x0:x1:f])
-            self.data[y0 // f:y0 // f + block.shape[0], x0 // f:x0 // f + block.shape[1]] = block
+            self.data[y0 // f : y0 // f + block.shape[0], x0 // f : x0 // f + block.shape[1]] = block
             self.painted += 1
             painted = True
         if painted:
@@ -89,9 +89,18 @@ class ClassPreview:
         return painted
 
 
-def slide_job(slide: str, out: Path, name: str, model: str, device: str, pixel_size: float | None,
-              preview: ClassPreview | None, cancel: threading.Event, flip_average: bool = False,
-              typing: str = "classifier"):
+def slide_job(
+    slide: str,
+    out: Path,
+    name: str,
+    model: str,
+    device: str,
+    pixel_size: float | None,
+    preview: ClassPreview | None,
+    cancel: threading.Event,
+    flip_average: bool = False,
+    typing: str = "classifier",
+):
     """Generator for a thread worker: yields ``(done, total, message)``; returns
     ``(SlideResult, cell table)``, or None when cancelled."""
     import pandas as pd
@@ -105,8 +114,9 @@ def slide_job(slide: str, out: Path, name: str, model: str, device: str, pixel_s
     classifier = load_classifier(typing, device)
     if cancel.is_set():
         return None
-    steps = segment_slide(slide, out, net, spec, name=name, pixel_size=pixel_size, device=device,
-                          classifier=classifier)
+    steps = segment_slide(
+        slide, out, net, spec, name=name, pixel_size=pixel_size, device=device, classifier=classifier
+    )
     try:
         while True:
             try:

@@ -114,8 +114,18 @@ class SlideSegmentMixin:
         resuming = work_folder(out, name).is_dir()
         self._cancel = threading.Event()
         self._preview = ClassPreview(tuple(layer.level_shapes[0][:2]), work_folder(out, name))
-        worker = _slide_job(str(path), out, name, model, device, pixel_size, self._preview, self._cancel,
-                            flip_average=self.flip_average.value, typing=self.typing.value)
+        worker = _slide_job(
+            str(path),
+            out,
+            name,
+            model,
+            device,
+            pixel_size,
+            self._preview,
+            self._cancel,
+            flip_average=self.flip_average.value,
+            typing=self.typing.value,
+        )
         worker.yielded.connect(lambda step: self._on_slide_progress(layer, step))
         worker.returned.connect(lambda res: self._show_slide_result(layer, model, out, res))
         worker.errored.connect(self._on_error)
@@ -150,8 +160,11 @@ class SlideSegmentMixin:
 
         name = f"{layer.name} preview"
         layers = self._viewer.layers
-        align = {"scale": tuple(np.asarray(layer.scale) * preview.factor), "translate": layer.translate,
-                 "units": layer.units}
+        align = {
+            "scale": tuple(np.asarray(layer.scale) * preview.factor),
+            "translate": layer.translate,
+            "units": layer.units,
+        }
         if name in layers and isinstance(layers[name], Labels) and not layers[name].multiscale:
             target = layers[name]
             target.data = preview.data  # the same array, painted further: shown again
@@ -169,8 +182,9 @@ class SlideSegmentMixin:
             self._say(f"cancelled; finished tiles kept in {out.name}: Segment resumes", out)
             return
         result, table = returned
-        self._guarded(layer, f" (results in {out})", self._update_slide_layers,
-                      layer, model, out, result, table)
+        self._guarded(
+            layer, f" (results in {out})", self._update_slide_layers, layer, model, out, result, table
+        )
 
     def _upsert_multiscale(self, name: str, levels: list, like, **style) -> Labels:
         """Point the labels layer ``name`` at ``levels`` (lazy, multiscale), or add it with ``style``."""
@@ -199,14 +213,25 @@ class SlideSegmentMixin:
         from .._slide_layers import label_levels
         from ._layers import set_features
 
-        meta = {"source_layer": layer.name, "source": (layer.metadata or {}).get("source"), "model": model,
-                "pixel_size": result.pixel_size, "output": str(out), "files": {
-                    "cells": str(result.cells), "nuclei": str(result.nuclei), "table": str(result.table),
-                    "summary": str(result.summary)}}
-        nuclei = self._upsert_multiscale(f"{layer.name} nuclei", label_levels(result.nuclei), layer,
-                                         opacity=0.6)
-        cells = self._upsert_multiscale(f"{layer.name} cells", label_levels(result.cells), layer,
-                                        contour=2, opacity=1.0)
+        meta = {
+            "source_layer": layer.name,
+            "source": (layer.metadata or {}).get("source"),
+            "model": model,
+            "pixel_size": result.pixel_size,
+            "output": str(out),
+            "files": {
+                "cells": str(result.cells),
+                "nuclei": str(result.nuclei),
+                "table": str(result.table),
+                "summary": str(result.summary),
+            },
+        }
+        nuclei = self._upsert_multiscale(
+            f"{layer.name} nuclei", label_levels(result.nuclei), layer, opacity=0.6
+        )
+        cells = self._upsert_multiscale(
+            f"{layer.name} cells", label_levels(result.cells), layer, contour=2, opacity=1.0
+        )
         cells.editable = nuclei.editable = False  # lazy views of the written files
         set_features(cells, table)
         cells.metadata = {**cells.metadata, **meta}
@@ -217,8 +242,11 @@ class SlideSegmentMixin:
         if self._preview is not None:  # the results replace the preview for good
             self._preview.dirty = False
         counts = cells.metadata["counts"]
-        self._say(f"{counts['white_cells']} white cells ({counts['complete_cells']} complete) in "
-                  f"{result.tiles} tiles; saved in {out.name}", out)
+        self._say(
+            f"{counts['white_cells']} white cells ({counts['complete_cells']} complete) in "
+            f"{result.tiles} tiles; saved in {out.name}",
+            out,
+        )
         show_info(f"{layer.name}: {counts['white_cells']} white cells; results written to {out}")
         self._show_measurements(cells)
 
@@ -226,4 +254,3 @@ class SlideSegmentMixin:
         """A short status line (the dock stays narrow); the output folder in full as its tooltip."""
         self.status.value = message
         self.status.tooltip = f"results: {out}"
-

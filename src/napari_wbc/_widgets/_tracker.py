@@ -114,8 +114,14 @@ class EditTracker:
         name = f"{image_name(layer)} review"
         review = self._viewer.layers[name].metadata if name in self._viewer.layers else {}
         reference = review if review.get("review_of") == layer.name else None
-        worker = _sync_job(self._before, cells, nuclei, features_of(layer),
-                           (layer.metadata or {}).get("pixel_size"), reference)
+        worker = _sync_job(
+            self._before,
+            cells,
+            nuclei,
+            features_of(layer),
+            (layer.metadata or {}).get("pixel_size"),
+            reference,
+        )
         worker.returned.connect(lambda out: self._synced(layer, (cells, nuclei), reference, *out))
         worker.errored.connect(lambda err: show_error(f"could not update the measurements: {err}"))
         worker.finished.connect(self._finished)
@@ -152,8 +158,9 @@ class EditTracker:
 
         if self.cells is None or self._before is None:
             return set(self.edited)
-        return self.edited | set(edited_cells(*self._before, np.asarray(self.cells.data),
-                                              np.asarray(self.nuclei.data)))
+        return self.edited | set(
+            edited_cells(*self._before, np.asarray(self.cells.data), np.asarray(self.nuclei.data))
+        )
 
     @property
     def busy(self) -> bool:

@@ -38,17 +38,20 @@ from ..core.dataset import NOT_WBC, UNIDENTIFIED
 log = logging.getLogger(__name__)
 
 # "not a white cell" leaves the object out of the count (and back in when given a type)
-CELL_TYPES = (("—", None), *((name, name) for name in (*DATASET_TYPES, "other", UNIDENTIFIED)),
-              ("not a white cell", NOT_WBC))
+CELL_TYPES = (
+    ("—", None),
+    *((name, name) for name in (*DATASET_TYPES, "other", UNIDENTIFIED)),
+    ("not a white cell", NOT_WBC),
+)
 TIPS = {
     "ids": "the cells to act on, e.g. '3, 7'; follows the selected label; Ctrl+click a cell to add it",
     "drawing": "points (split), a line (cut), a polygon or a painted mask (new cell, nucleus); "
-               "the + buttons add a layer to draw in",
+    "the + buttons add a layer to draw in",
     "split": "split the cell under the first point into one piece per point, or cut the cell "
-             "(the first id, else the one crossed most) along the last line/path of the drawing",
+    "(the first id, else the one crossed most) along the last line/path of the drawing",
     "new": "add a cell with the next free id where the drawing covers background",
     "nucleus": "replace / add to / remove from the nucleus of the first cell id (else the cell under "
-               "the drawing) with the drawing",
+    "the drawing) with the drawing",
     "folder": "training folder (images/, labels/, manifest.jsonl); created if needed",
     "visible": "save only the part of the image shown on the canvas",
 }
@@ -85,21 +88,40 @@ class CorrectWidget(Container):
         self.visible_only = CheckBox(text="visible part only", tooltip=TIPS["visible"])
         self.save_button = PushButton(text="Save as training data")
         self.status = Label(value="")
-        self.extend([self.layer, self.ids, _row(self.delete_button, self.merge_button),
-                     self.drawing, _row(self.points_button, self.shapes_button, self.mask_button),
-                     _row(self.split_button, self.new_button), _row(self.nucleus_button, self.nucleus_mode),
-                     _row(self.cell_type, self.type_button), self.reviewed,
-                     self.folder, _row(self.visible_only, self.save_button), self.status])
+        self.extend(
+            [
+                self.layer,
+                self.ids,
+                _row(self.delete_button, self.merge_button),
+                self.drawing,
+                _row(self.points_button, self.shapes_button, self.mask_button),
+                _row(self.split_button, self.new_button),
+                _row(self.nucleus_button, self.nucleus_mode),
+                _row(self.cell_type, self.type_button),
+                self.reviewed,
+                self.folder,
+                _row(self.visible_only, self.save_button),
+                self.status,
+            ]
+        )
         self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 
         self.layer.changed.connect(self._bind)
-        for button, action in ((self.delete_button, self.delete), (self.merge_button, self.merge),
-                               (self.split_button, self.split), (self.new_button, self.new_cell),
-                               (self.nucleus_button, self.set_nucleus), (self.type_button, self.set_type),
-                               (self.save_button, self._ask_save)):
+        for button, action in (
+            (self.delete_button, self.delete),
+            (self.merge_button, self.merge),
+            (self.split_button, self.split),
+            (self.new_button, self.new_cell),
+            (self.nucleus_button, self.set_nucleus),
+            (self.type_button, self.set_type),
+            (self.save_button, self._ask_save),
+        ):
             button.changed.connect(action)
-        for button, kind in ((self.points_button, "points"), (self.shapes_button, "shapes"),
-                             (self.mask_button, "mask")):
+        for button, kind in (
+            (self.points_button, "points"),
+            (self.shapes_button, "shapes"),
+            (self.mask_button, "mask"),
+        ):
             button.changed.connect(lambda _v=None, kind=kind: self.add_drawing(kind))
         self.reviewed.changed.connect(self._on_reviewed)
         events = viewer.layers.events
@@ -120,9 +142,12 @@ class CorrectWidget(Container):
         return [(layer.name, layer) for layer in layers if is_cells_layer(layers, layer)]
 
     def _drawing_layers(self, _widget=None):
-        return [(layer.name, layer) for layer in self._viewer.layers
-                if isinstance(layer, Points | Shapes)
-                or (isinstance(layer, Labels) and "drawing_for" in layer.metadata)]
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, Points | Shapes)
+            or (isinstance(layer, Labels) and "drawing_for" in layer.metadata)
+        ]
 
     def _refresh_layers(self, _event=None) -> None:
         self.layer.reset_choices()
@@ -166,8 +191,11 @@ class CorrectWidget(Container):
         except ValueError:
             raise InputError(f"cell ids are whole numbers, e.g. '3, 7', not {self.ids.value!r}") from None
         if len(ids) < need:
-            raise InputError("give two cell ids (select a cell, Ctrl+click another)" if need > 1
-                             else "select a cell first (click a row of the table or pick a label)")
+            raise InputError(
+                "give two cell ids (select a cell, Ctrl+click another)"
+                if need > 1
+                else "select a cell first (click a row of the table or pick a label)"
+            )
         return ids
 
     def _on_selected(self, _event=None) -> None:
@@ -184,8 +212,12 @@ class CorrectWidget(Container):
     def _on_click(self, layer, event) -> None:
         if event.type != "mouse_press" or "Control" not in event.modifiers:
             return
-        label = layer.get_value(event.position, view_direction=event.view_direction,
-                                dims_displayed=event.dims_displayed, world=True)
+        label = layer.get_value(
+            event.position,
+            view_direction=event.view_direction,
+            dims_displayed=event.dims_displayed,
+            world=True,
+        )
         if label:
             ids = self.ids.value.strip()
             self.ids.value = f"{ids}, {label}" if ids else str(label)
@@ -220,6 +252,7 @@ class CorrectWidget(Container):
             for cell_id in ids:
                 cells, nuclei, _ = delete_cell(cells, nuclei, cell_id)
             return Edited(cells, nuclei, ids)
+
         return self._apply("deleted", op)
 
     def merge(self, _value=None):
@@ -242,14 +275,16 @@ class CorrectWidget(Container):
             line = drawing.drawn_line(layer, cells_layer)
             cell_id = self.cell_ids()[0] if self.ids.value.strip() else drawing.crossed_cell(cells, line)
             return cut_cell(cells, nuclei, cell_id, line)
+
         return self._apply("split", op, consume=layer)
 
     def new_cell(self, _value=None):
         from ..core.edit import new_cell
 
         layer, cells_layer = self.drawing.value, self.tracker.cells
-        return self._apply("new", lambda c, n: new_cell(c, n, drawing.drawn_mask(layer, cells_layer)),
-                           consume=layer)
+        return self._apply(
+            "new", lambda c, n: new_cell(c, n, drawing.drawn_mask(layer, cells_layer)), consume=layer
+        )
 
     def set_nucleus(self, _value=None):
         from ..core.edit import set_nucleus
@@ -260,6 +295,7 @@ class CorrectWidget(Container):
             mask = drawing.drawn_mask(layer, cells_layer)
             cell_id = self.cell_ids()[0] if self.ids.value.strip() else drawing.cell_under(cells, mask)
             return set_nucleus(cells, nuclei, cell_id, mask, mode)
+
         return self._apply(f"nucleus ({mode})", op, consume=layer)
 
     def add_drawing(self, kind: str):

@@ -74,12 +74,17 @@ class MeasureWidget(Container):
         self._viewer = viewer
         self._layer: Labels | None = None
         self._syncing = False  # True while the widget itself changes the selection
-        self.layer = ComboBox(label="cells layer", choices=self._cell_layers,
-                              tooltip="labels layer whose per-cell measurements are shown")
+        self.layer = ComboBox(
+            label="cells layer",
+            choices=self._cell_layers,
+            tooltip="labels layer whose per-cell measurements are shown",
+        )
         self.summary = Label(value="no cells layer yet: run Segment white cells")
         self.summary.native.setWordWrap(True)
-        self.summary.tooltip = ("white cells counted (objects the classifier calls no white cell are "
-                                "left out), then the differential: count and percent per type; " + COMPLETE)
+        self.summary.tooltip = (
+            "white cells counted (objects the classifier calls no white cell are "
+            "left out), then the differential: count and percent per type; " + COMPLETE
+        )
         self.export_button = PushButton(text="Export CSV…", tooltip="save this table as a CSV file")
         self.extend([self.layer, self.summary, self.export_button])
         self.table = QTableWidget()
@@ -158,8 +163,11 @@ class MeasureWidget(Container):
             if table is None or "label" not in table.columns:
                 self.table.setRowCount(0)
                 self.table.setColumnCount(0)
-                self.summary.value = ("no cells layer yet: run Segment white cells" if table is None
-                                      else f"{self._layer.name} has no cell measurements")
+                self.summary.value = (
+                    "no cells layer yet: run Segment white cells"
+                    if table is None
+                    else f"{self._layer.name} has no cell measurements"
+                )
                 return
             columns = display_order(table.columns)
             table = table[columns]
@@ -170,8 +178,9 @@ class MeasureWidget(Container):
                 header.setToolTip(explain(name))
                 header.setData(COLUMN_ROLE, name)
                 self.table.setHorizontalHeaderItem(col, header)
-            for row, (label, values) in enumerate(zip(table["label"], table.itertuples(index=False),
-                                                      strict=True)):
+            for row, (label, values) in enumerate(
+                zip(table["label"], table.itertuples(index=False), strict=True)
+            ):
                 for col, value in enumerate(values):
                     item = QTableWidgetItem()
                     item.setData(Qt.ItemDataRole.DisplayRole, _cell_text(value))
@@ -265,8 +274,9 @@ class MeasureWidget(Container):
         if source:  # beside the image
             start = str(Path(source).with_name(start))
         # the dialog asks before replacing an existing file
-        path, _ = QFileDialog.getSaveFileName(self.native, "Export cell measurements", start,
-                                              "CSV files (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Export cell measurements", start, "CSV files (*.csv)"
+        )
         if not path:
             return
         try:

@@ -48,7 +48,7 @@ TIPS = {
     "prediction": "the segmentation to review: a cells layer (its nuclei layer comes with it)",
     "reference": "what it should be: a 0/1/2 class map, or another cells layer with its nuclei",
     "open": "open a reference: a dataset mask (0 background, 1 cytoplasm, 2 nucleus) or a *_cells.tif "
-            "written by napari-wbc (with its *_nuclei.tif)",
+    "written by napari-wbc (with its *_nuclei.tif)",
     "min_iou": "a predicted and a reference cell match when their IoU reaches this",
     "run": "colour every pixel by agreement, compute the metrics and match the cells",
     "missed": "reference cells no predicted cell matches: pick one to go there",
@@ -59,8 +59,10 @@ def legend_html() -> str:
     """The review colours as coloured squares, one line each."""
     from ..core.review import COLORS, LEGEND
 
-    lines = [f'<span style="color:#{r:02x}{g:02x}{b:02x}">&#9632;</span> {LEGEND[code]}'
-             for code, (r, g, b) in COLORS.items()]
+    lines = [
+        f'<span style="color:#{r:02x}{g:02x}{b:02x}">&#9632;</span> {LEGEND[code]}'
+        for code, (r, g, b) in COLORS.items()
+    ]
     return "<br>".join(lines)
 
 
@@ -74,8 +76,11 @@ def _metrics_table() -> QTableWidget:
     table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
     table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    table.setFixedHeight(table.verticalHeader().length() + table.horizontalHeader().sizeHint().height()
-                         + 2 * table.frameWidth())
+    table.setFixedHeight(
+        table.verticalHeader().length()
+        + table.horizontalHeader().sizeHint().height()
+        + 2 * table.frameWidth()
+    )
     return table
 
 
@@ -102,15 +107,27 @@ class ReviewWidget(Container):
         self.prediction = ComboBox(label="prediction", choices=self._pred_layers, tooltip=TIPS["prediction"])
         self.reference = ComboBox(label="reference", choices=self._ref_layers, tooltip=TIPS["reference"])
         self.open_button = PushButton(text="Open reference file…", tooltip=TIPS["open"])
-        self.min_iou = FloatSpinBox(label="match IoU", value=0.5, min=0.05, max=1.0, step=0.05,
-                                    tooltip=TIPS["min_iou"])
+        self.min_iou = FloatSpinBox(
+            label="match IoU", value=0.5, min=0.05, max=1.0, step=0.05, tooltip=TIPS["min_iou"]
+        )
         self.run_button = PushButton(text="Review", tooltip=TIPS["run"])
         self.legend = Label(value=legend_html())
         self.summary = Label(value="")
         self.missed = ComboBox(label="missed cells", choices=[], tooltip=TIPS["missed"])
         self.status = Label(value="")
-        self.extend([self.prediction, self.reference, self.open_button, self.min_iou, self.run_button,
-                     self.status, self.legend, self.summary, self.missed])
+        self.extend(
+            [
+                self.prediction,
+                self.reference,
+                self.open_button,
+                self.min_iou,
+                self.run_button,
+                self.status,
+                self.legend,
+                self.summary,
+                self.missed,
+            ]
+        )
         for label in (self.status, self.summary):
             label.native.setWordWrap(True)  # long layer names must not widen the dock
         self.metrics = _metrics_table()
@@ -176,16 +193,18 @@ class ReviewWidget(Container):
             layer = self._viewer.add_labels(labels.cells, name=f"{stem}_cells", visible=False, **align)
             layer.contour = 1
         else:
-            layer = self._viewer.add_labels(labels.classes, name=f"{path.stem} reference", visible=False,
-                                            **align)
+            layer = self._viewer.add_labels(
+                labels.classes, name=f"{path.stem} reference", visible=False, **align
+            )
         layer.metadata = {**layer.metadata, "source": str(path)}
         self.reference.reset_choices()
         self.reference.value = layer
         return layer
 
     def _ask_open(self, _value=None) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.native, "Open a reference", "",
-                                              "Labels (*.png *_cells.tif);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "Open a reference", "", "Labels (*.png *_cells.tif);;All files (*)"
+        )
         if not path:
             return
         try:
@@ -203,14 +222,19 @@ class ReviewWidget(Container):
         pred_layer, ref_layer = self.prediction.value, self.reference.value
         try:
             if pred_layer is None or ref_layer is None:
-                raise InputError("pick a prediction and a reference (run Segment white cells, "
-                                 "open a reference file)")
+                raise InputError(
+                    "pick a prediction and a reference (run Segment white cells, open a reference file)"
+                )
             pred, ref = labels_of(layers, pred_layer), labels_of(layers, ref_layer)
-            pred_shape, ref_shape = np.shape(pred[0] if isinstance(pred, tuple) else pred), \
-                np.shape(ref[0] if isinstance(ref, tuple) else ref)
+            pred_shape, ref_shape = (
+                np.shape(pred[0] if isinstance(pred, tuple) else pred),
+                np.shape(ref[0] if isinstance(ref, tuple) else ref),
+            )
             if pred_shape != ref_shape:
-                raise InputError(f"{pred_layer.name!r} {pred_shape} and {ref_layer.name!r} {ref_shape} "
-                                 "differ in size; pick the reference of this image")
+                raise InputError(
+                    f"{pred_layer.name!r} {pred_shape} and {ref_layer.name!r} {ref_shape} "
+                    "differ in size; pick the reference of this image"
+                )
         except InputError as err:
             show_error(str(err))
             return None
@@ -281,20 +305,30 @@ class ReviewWidget(Container):
             return
         c, summary = meta["counts"], meta["summary"]
         mean = summary["mean_iou_matched"]
-        self.summary.value = (f"cells: {c['matched']} matched, {c['missed']} missed, {c['extra']} extra "
-                              f"({c['ref_cells']} in the reference)"
-                              + ("" if np.isnan(mean) else f"; mean IoU {mean:.2f}"))
+        self.summary.value = (
+            f"cells: {c['matched']} matched, {c['missed']} missed, {c['extra']} extra "
+            f"({c['ref_cells']} in the reference)" + ("" if np.isnan(mean) else f"; mean IoU {mean:.2f}")
+        )
         matches = meta["matches"]
         missed = matches[matches["status"] == "missed"]
-        self._set_missed([(f"reference cell {int(r.ref_label)} (best IoU {r.iou:.2f})",
-                           (r.ref_centroid_y, r.ref_centroid_x)) for r in missed.itertuples()])
+        self._set_missed(
+            [
+                (
+                    f"reference cell {int(r.ref_label)} (best IoU {r.iou:.2f})",
+                    (r.ref_centroid_y, r.ref_centroid_x),
+                )
+                for r in missed.itertuples()
+            ]
+        )
         self.status.value = f"{self._layer.name}: {meta['review_of']} against {meta['reference']}"
 
     def _set_missed(self, choices) -> None:
         self._syncing = True
         try:
-            self.missed.choices = [(f"{len(choices)} missed: pick one to go there" if choices else "none",
-                                    None), *choices]
+            self.missed.choices = [
+                (f"{len(choices)} missed: pick one to go there" if choices else "none", None),
+                *choices,
+            ]
             self.missed.value = None
             self.missed.enabled = bool(choices)
         finally:

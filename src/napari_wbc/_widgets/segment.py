@@ -53,15 +53,15 @@ TIPS = {
     "model": "trained network (shipped, or trained with `napari-wbc train`)",
     "device": "where the network runs; auto picks a GPU when there is one",
     "pixel_size": "micrometres per pixel; 0 = take it from the file, else unknown. "
-                  "With a pixel size the image is resampled to the model's scale and "
-                  "areas are also given in um^2",
+    "With a pixel size the image is resampled to the model's scale and "
+    "areas are also given in um^2",
     "flip_average": "average the network over the four flips of the image: four times the time, "
-                    "smoother and slightly more accurate outlines (models that classify pixels)",
+    "smoother and slightly more accurate outlines (models that classify pixels)",
     "single_cell": "the image is a single-cell crop (a CellaVision-style gallery image): keep only the "
-                   "cell at its centre, not the neighbours cut by its edge",
+    "cell at its centre, not the neighbours cut by its edge",
     "typing": "how each cell gets its type: the cell-type classifier (five types, 'unidentified' when "
-              "unsure, and objects that are no white cell left out of the count), the segmentation "
-              "model's own types (wcsegnet, once trained), or off",
+    "unsure, and objects that are no white cell left out of the count), the segmentation "
+    "model's own types (wcsegnet, once trained), or off",
     "run": "segment the chosen image (results replace an earlier run on the same image)",
     "cancel": "stop the segmentation after the current step",
     "output": "folder for a slide's results (label TIFFs, cell table); a stopped run in it resumes",
@@ -75,8 +75,10 @@ def _rgb_field(layer) -> tuple[np.ndarray, list[str]]:
     if not isinstance(layer, Image):
         raise InputError(f"layer {layer.name!r} is not an image layer; pick an RGB smear image")
     if layer.multiscale:
-        raise InputError(f"layer {layer.name!r} is a multi-resolution image that was not opened from a "
-                         "slide file; open the slide with File > Open and the napari WBC reader")
+        raise InputError(
+            f"layer {layer.name!r} is a multi-resolution image that was not opened from a "
+            "slide file; open the slide with File > Open and the napari WBC reader"
+        )
     if not layer.rgb or layer.ndim != 2:
         raise InputError(
             f"layer {layer.name!r} is not a single RGB colour image (data shape "
@@ -89,8 +91,15 @@ def _rgb_field(layer) -> tuple[np.ndarray, list[str]]:
 
 
 @thread_worker(ignore_errors=True)  # errors are shown as notifications by the widget
-def _segment_job(image: np.ndarray, model: str, device: str, pixel_size: float | None,
-                 flip_average: bool = False, single_cell: bool = False, typing: str = "classifier"):
+def _segment_job(
+    image: np.ndarray,
+    model: str,
+    device: str,
+    pixel_size: float | None,
+    flip_average: bool = False,
+    single_cell: bool = False,
+    typing: str = "classifier",
+):
     """Load the models, segment, type, measure: yields (done, total, message), returns
     (result, table)."""
     from ..core.celltypes import load_classifier
@@ -102,11 +111,13 @@ def _segment_job(image: np.ndarray, model: str, device: str, pixel_size: float |
         yield 0, 3, "loading the model"
         net, spec = load_model(model, device=device, flip_average=flip_average)
         classifier = load_classifier(typing, device)
-        result = yield from segment(image, net, spec, device, pixel_size, single_cell=single_cell,
-                                    classifier=classifier)
+        result = yield from segment(
+            image, net, spec, device, pixel_size, single_cell=single_cell, classifier=classifier
+        )
         types = None if typing == "none" else result.types
-        table = measure_cells(result.cells, result.nuclei, pixel_size, types=types,
-                              type_probs=result.type_probs)
+        table = measure_cells(
+            result.cells, result.nuclei, pixel_size, types=types, type_probs=result.type_probs
+        )
     except RuntimeError as err:
         raise SegmentationError(str(err)) from err
     return result, table
@@ -119,8 +130,10 @@ def model_choices(_widget=None) -> list[tuple[str, str]]:
 
     trained = sorted(available_weights())
     return [(name, name) for name in trained] + [
-        (f"{name} (not trained yet)", name) for name in list_models()
-        if not any(t == name or t.startswith(f"{name}-") for t in trained)]
+        (f"{name} (not trained yet)", name)
+        for name in list_models()
+        if not any(t == name or t.startswith(f"{name}-") for t in trained)
+    ]
 
 
 class _RefreshOnOpen(QObject):
@@ -155,26 +168,50 @@ class SegmentWidget(SlideSegmentMixin, Container):
         if DEFAULT_MODEL in models:
             self.model.value = DEFAULT_MODEL
         self._model_refresh = _RefreshOnOpen(self.model)
-        self.device = ComboBox(label="device", choices=available_devices(), value="auto",
-                               tooltip=TIPS["device"])
-        self.pixel_size = FloatSpinBox(label="pixel size (µm/px)", value=0.0, min=0.0, max=100.0,
-                                       step=0.01, tooltip=TIPS["pixel_size"])
-        self.flip_average = CheckBox(text="flip-average (4x slower)", value=False,
-                                     tooltip=TIPS["flip_average"])
-        self.single_cell = CheckBox(text="single-cell crop (centre cell only)", value=False,
-                                    tooltip=TIPS["single_cell"])
-        self.typing = ComboBox(label="cell types", value="classifier", tooltip=TIPS["typing"],
-                               choices=[("cell-type classifier", "classifier"),
-                                        ("the model's own (wcsegnet)", "model"), ("off", "none")])
+        self.device = ComboBox(
+            label="device", choices=available_devices(), value="auto", tooltip=TIPS["device"]
+        )
+        self.pixel_size = FloatSpinBox(
+            label="pixel size (µm/px)", value=0.0, min=0.0, max=100.0, step=0.01, tooltip=TIPS["pixel_size"]
+        )
+        self.flip_average = CheckBox(
+            text="flip-average (4x slower)", value=False, tooltip=TIPS["flip_average"]
+        )
+        self.single_cell = CheckBox(
+            text="single-cell crop (centre cell only)", value=False, tooltip=TIPS["single_cell"]
+        )
+        self.typing = ComboBox(
+            label="cell types",
+            value="classifier",
+            tooltip=TIPS["typing"],
+            choices=[
+                ("cell-type classifier", "classifier"),
+                ("the model's own (wcsegnet)", "model"),
+                ("off", "none"),
+            ],
+        )
         self.output = FileEdit(label="output folder", mode="d", tooltip=TIPS["output"], visible=False)
         self._cancel = threading.Event()  # asks a slide run to stop between tiles
         self.run_button = PushButton(text="Segment", tooltip=TIPS["run"])
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=TIPS["cancel"])
         self.progress_bar = ProgressBar(label="progress", min=0, max=3, value=0)
         self.status = Label(value="" if models else "no trained model found: see `napari-wbc train`")
-        self.extend([self.image, self.model, self.device, self.pixel_size, self.flip_average,
-                     self.single_cell, self.typing, self.output, self.run_button, self.cancel_button,
-                     self.progress_bar, self.status])
+        self.extend(
+            [
+                self.image,
+                self.model,
+                self.device,
+                self.pixel_size,
+                self.flip_average,
+                self.single_cell,
+                self.typing,
+                self.output,
+                self.run_button,
+                self.cancel_button,
+                self.progress_bar,
+                self.status,
+            ]
+        )
 
         # take only the height the controls need, so a dock below (the table) gets the rest
         self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
@@ -229,8 +266,15 @@ class SegmentWidget(SlideSegmentMixin, Container):
         if notes:
             show_info(f"{layer.name}: " + "; ".join(notes))
         pixel_size = self._pixel_size(layer)
-        worker = _segment_job(image, model, device, pixel_size, self.flip_average.value,
-                              self.single_cell.value, self.typing.value)
+        worker = _segment_job(
+            image,
+            model,
+            device,
+            pixel_size,
+            self.flip_average.value,
+            self.single_cell.value,
+            self.typing.value,
+        )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda out: self._show_result(layer, model, pixel_size, *out))
         worker.errored.connect(self._on_error)
@@ -322,8 +366,13 @@ class SegmentWidget(SlideSegmentMixin, Container):
         nuclei = self._upsert_labels(f"{layer.name} nuclei", result.nuclei, layer, opacity=0.6)
         cells = self._upsert_labels(f"{layer.name} cells", result.cells, layer, contour=2, opacity=1.0)
         cells.features = features
-        meta = {"counts": counts, "source_layer": layer.name, "source": (layer.metadata or {}).get("source"),
-                "model": model, "pixel_size": pixel_size}
+        meta = {
+            "counts": counts,
+            "source_layer": layer.name,
+            "source": (layer.metadata or {}).get("source"),
+            "model": model,
+            "pixel_size": pixel_size,
+        }
         cells.metadata = {**cells.metadata, **meta}
         nuclei.metadata = {**nuclei.metadata, "source_layer": layer.name, "model": model}
         self.status.value = describe_counts(counts)

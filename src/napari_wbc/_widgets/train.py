@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 TIPS = {
     "folders": "training folders (from 'Save as training data', or datasets with images/ and labels/), "
-               "separated by ';'",
+    "separated by ';'",
     "base": "also train on the base datasets, so the model keeps what it knew",
     "base_folder": "a dataset folder, or a folder of them (e.g. the datasets the model was trained on)",
     "init": "the weights to start from (never overwritten)",
@@ -72,8 +72,11 @@ def dataset_folders(text: str, base: Path | None = None) -> list[Path]:
     folders = [Path(t.strip()).expanduser() for t in text.split(";") if t.strip()]
     if base is not None:
         base = Path(base)
-        folders += [base] if (base / "images").is_dir() else sorted(
-            d for d in base.iterdir() if (d / "images").is_dir() and (d / "labels").is_dir())
+        folders += (
+            [base]
+            if (base / "images").is_dir()
+            else sorted(d for d in base.iterdir() if (d / "images").is_dir() and (d / "labels").is_dir())
+        )
     folders = list({folder.resolve(): folder for folder in folders}.values())  # each once
     if not folders:
         raise InputError("add a training folder (Save as training data writes one)")
@@ -98,9 +101,14 @@ def _finish(staging: Path, final: Path, init: str, init_dir: Path, history: dict
     config = json.loads((staging / "config.json").read_text())
     base = config.pop("trained", None)
     config["fine_tuned"] = {
-        "from": init, "from_sha256": sha256(init_dir / "model.safetensors"), "base_training": base,
-        "data": history["data"], "steps": history.get("steps"), "best": history.get("best"),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        "from": init,
+        "from_sha256": sha256(init_dir / "model.safetensors"),
+        "base_training": base,
+        "data": history["data"],
+        "steps": history.get("steps"),
+        "best": history.get("best"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
     (staging / "config.json").write_text(json.dumps(config, indent=2))
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, final)  # the model appears whole, or not at all
@@ -116,9 +124,15 @@ def _train_job(folders, staging, final, config, device, init, relay, stop):
 
     init_dir = resolve_weights(init)
     try:
-        history = train(folders, staging, config, device=device, init_weights=init_dir,
-                        progress=lambda step, total, info: relay.step.emit(step, total, dict(info)),
-                        cancelled=stop.is_set)
+        history = train(
+            folders,
+            staging,
+            config,
+            device=device,
+            init_weights=init_dir,
+            progress=lambda step, total, info: relay.step.emit(step, total, dict(info)),
+            cancelled=stop.is_set,
+        )
         if stop.is_set() and history.get("steps", 0) < config.max_steps:
             return None
         return _finish(staging, final, init, init_dir, history)
@@ -142,10 +156,12 @@ class TrainWidget(Container):
         self.folders = LineEdit(label="training folders", tooltip=TIPS["folders"])
         self.add_button = PushButton(text="Add folder…")
         self.base = CheckBox(text="mix with base datasets", tooltip=TIPS["base"])
-        self.base_folder = FileEdit(label="base datasets", mode="d", nullable=True,
-                                    tooltip=TIPS["base_folder"])
-        self.init = ComboBox(label="start from", choices=lambda _w: sorted(available_weights()),
-                             tooltip=TIPS["init"])
+        self.base_folder = FileEdit(
+            label="base datasets", mode="d", nullable=True, tooltip=TIPS["base_folder"]
+        )
+        self.init = ComboBox(
+            label="start from", choices=lambda _w: sorted(available_weights()), tooltip=TIPS["init"]
+        )
         if DEFAULT_MODEL in self.init.choices:
             self.init.value = DEFAULT_MODEL
         self.model_name = LineEdit(label="new model", tooltip=TIPS["name"])
@@ -153,16 +169,34 @@ class TrainWidget(Container):
         self.batch_size = SpinBox(label="batch size", value=4, min=1, max=256)
         self.patch = SpinBox(label="patch (px)", value=192, min=32, max=1024, step=32)
         self.lr = FloatSpinBox(label="learning rate", value=1e-4, min=1e-6, max=1e-1, step=1e-5)
-        self.val_every = SpinBox(label="validate every", value=100, min=1, max=1_000_000,
-                                 tooltip=TIPS["val_every"])
+        self.val_every = SpinBox(
+            label="validate every", value=100, min=1, max=1_000_000, tooltip=TIPS["val_every"]
+        )
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.run_button = PushButton(text="Fine-tune")
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=TIPS["cancel"])
         self.progress_bar = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(value="")
-        self.extend([self.folders, self.add_button, self.base, self.base_folder, self.init, self.model_name,
-                     self.steps, self.batch_size, self.patch, self.lr, self.val_every, self.device,
-                     self.run_button, self.cancel_button, self.progress_bar, self.status])
+        self.extend(
+            [
+                self.folders,
+                self.add_button,
+                self.base,
+                self.base_folder,
+                self.init,
+                self.model_name,
+                self.steps,
+                self.batch_size,
+                self.patch,
+                self.lr,
+                self.val_every,
+                self.device,
+                self.run_button,
+                self.cancel_button,
+                self.progress_bar,
+                self.status,
+            ]
+        )
         self.plot = LossPlot()
         self.native.layout().addWidget(self.plot)
 
@@ -206,9 +240,13 @@ class TrainWidget(Container):
         except (InputError, MissingWeightsError) as err:
             show_error(str(err))
             return None
-        config = TrainConfig(batch_size=int(self.batch_size.value), patch=int(self.patch.value),
-                             lr=float(self.lr.value), max_steps=int(self.steps.value),
-                             val_every=int(self.val_every.value))
+        config = TrainConfig(
+            batch_size=int(self.batch_size.value),
+            patch=int(self.patch.value),
+            lr=float(self.lr.value),
+            max_steps=int(self.steps.value),
+            val_every=int(self.val_every.value),
+        )
         staging = user_model_dir().parent / "training" / name
         self._stop.clear()
         worker = _train_job(folders, staging, final, config, device, init, self._relay, self._stop)

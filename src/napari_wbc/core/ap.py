@@ -97,9 +97,14 @@ def average_precision(predictions, references, max_detections: int = 100) -> dic
         return {"AP": nan, "AP50": nan, "AP75": nan}
     scores = np.concatenate(scores_all) if scores_all else np.zeros(0)
     order = np.argsort(-scores, kind="mergesort")
-    per_threshold = np.array([
-        _precision_at_recall_points(np.concatenate(tp)[order], n_ref).mean() if len(order) else 0.0
-        for tp in tp_all
-    ])
-    return {"AP": 100 * float(per_threshold.mean()), "AP50": 100 * float(per_threshold[0]),
-            "AP75": 100 * float(per_threshold[5])}
+    per_threshold = np.array(
+        [
+            _precision_at_recall_points(np.concatenate(tp)[order], n_ref).mean() if len(order) else 0.0
+            for tp in tp_all
+        ]
+    )
+    return {
+        "AP": 100 * float(per_threshold.mean()),
+        "AP50": 100 * float(per_threshold[0]),
+        "AP75": 100 * float(per_threshold[5]),
+    }

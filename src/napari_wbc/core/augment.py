@@ -45,8 +45,11 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in kinds or key == "size":
-            raise ValueError(f"augmentation {item!r}: expected KEY=VALUE with KEY one of "
-                             + ", ".join(k for k in kinds if k != "size") + " (the patch size is --patch)")
+            raise ValueError(
+                f"augmentation {item!r}: expected KEY=VALUE with KEY one of "
+                + ", ".join(k for k in kinds if k != "size")
+                + " (the patch size is --patch)"
+            )
         kind = kinds[key]
         try:
             if kind is bool:
@@ -60,8 +63,10 @@ def parse_overrides(items: list[str]) -> dict:
             else:
                 value = kind(text)
         except ValueError:
-            raise ValueError(f"augmentation {item!r}: {text!r} is not a {kind.__name__}"
-                             + (" of two numbers, e.g. 0.8,1.2" if kind is tuple else "")) from None
+            raise ValueError(
+                f"augmentation {item!r}: {text!r} is not a {kind.__name__}"
+                + (" of two numbers, e.g. 0.8,1.2" if kind is tuple else "")
+            ) from None
         out[key] = value
     return out
 
@@ -114,8 +119,13 @@ def _stain(image: np.ndarray, rng: np.random.Generator, scale: float = 0.25) -> 
     return np.clip(hed2rgb(hed), 0, 1).astype(np.float32)
 
 
-def augment(image: np.ndarray, label: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator,
-            scale_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    image: np.ndarray,
+    label: np.ndarray,
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+    scale_range: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """A random (size, size, 3) float32 patch in 0..1 and its (size, size) int64 label."""
     coords = _coordinates(image.shape[:2], label, cfg, rng, scale_range or cfg.scale)
     img = image.astype(np.float32) / 255.0

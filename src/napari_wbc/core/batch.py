@@ -48,17 +48,27 @@ def write_labels_tiff(path: Path, labels: np.ndarray, pixel_size: float | None =
     kwargs = {}
     if pixel_size:
         kwargs = {"resolution": (1e4 / pixel_size, 1e4 / pixel_size), "resolutionunit": "CENTIMETER"}
-    write_atomic(path, lambda p: tifffile.imwrite(p, labels.astype(np.uint32), compression="zlib",
-                                                   **kwargs))
+    write_atomic(path, lambda p: tifffile.imwrite(p, labels.astype(np.uint32), compression="zlib", **kwargs))
 
 
 def write_csv(path: Path, table: pd.DataFrame) -> None:
     write_atomic(path, lambda p: table.to_csv(p, index=False))
 
 
-def segment_files(inputs, out, model=None, weights=None, device="auto", pixel_size=None,
-                  flip_average=False, single_cell=False, typing="classifier", classifier_weights=None,
-                  on_done=None, on_error=None) -> int:
+def segment_files(
+    inputs,
+    out,
+    model=None,
+    weights=None,
+    device="auto",
+    pixel_size=None,
+    flip_average=False,
+    single_cell=False,
+    typing="classifier",
+    classifier_weights=None,
+    on_done=None,
+    on_error=None,
+) -> int:
     """Segment every input into ``out``; return the number of inputs that failed.
     ``flip_average``: see :func:`napari_wbc.models.load_model`; ``single_cell``: see
     :func:`.inference.segment`; ``typing``: see :func:`.celltypes.load_classifier`."""
@@ -84,8 +94,9 @@ def segment_files(inputs, out, model=None, weights=None, device="auto", pixel_si
             log.warning("%s", err)
             continue
         px = pixel_size or smear.pixel_size
-        result = run(segment(smear.data, net, spec, device, px, single_cell=single_cell,
-                             classifier=classifier))
+        result = run(
+            segment(smear.data, net, spec, device, px, single_cell=single_cell, classifier=classifier)
+        )
         types = None if typing == "none" else result.types
         table = measure_cells(result.cells, result.nuclei, px, types=types, type_probs=result.type_probs)
         stem = path.stem
@@ -93,8 +104,16 @@ def segment_files(inputs, out, model=None, weights=None, device="auto", pixel_si
         write_labels_tiff(out / f"{stem}_nuclei.tif", result.nuclei, px)
         write_csv(out / f"{stem}_cells.csv", table)
         counts = count_summary(table)
-        rows.append({"file": str(path), **counts, "pixel_size_um": px, "model": spec.name,
-                     "typing": typing_name(typing, classifier, spec), "notes": "; ".join(smear.notes)})
+        rows.append(
+            {
+                "file": str(path),
+                **counts,
+                "pixel_size_um": px,
+                "model": spec.name,
+                "typing": typing_name(typing, classifier, spec),
+                "notes": "; ".join(smear.notes),
+            }
+        )
         if on_done:
             on_done(path.name)
     if rows:

@@ -108,28 +108,50 @@ def _box_masks(image: np.ndarray, box, kind: str):
 class _Examples:
     def __init__(self, crop: int, context: float):
         self.crop, self.context = crop, context
-        self.parts: dict[str, list] = {k: [] for k in ("big", "big_label", "small", "small_label",
-                                                        "size", "target", "source")}
+        self.parts: dict[str, list] = {
+            k: [] for k in ("big", "big_label", "small", "small_label", "size", "target", "source")
+        }
 
     def add(self, image, cells, nuclei, ids, target: int, scale: float, source: str):
         if not len(ids):
             return
         big, big_label, width = cell_crops(image, cells, nuclei, ids, BIG, BIG_CONTEXT)
         small, small_label, _ = cell_crops(image, cells, nuclei, ids, self.crop, self.context)
-        for key, value in (("big", big), ("big_label", big_label), ("small", small),
-                           ("small_label", small_label), ("size", size_cue(width, scale))):
+        for key, value in (
+            ("big", big),
+            ("big_label", big_label),
+            ("small", small),
+            ("small_label", small_label),
+            ("size", size_cue(width, scale)),
+        ):
             self.parts[key].append(value)
         self.parts["target"].append(np.full(len(ids), target, np.int64))
         self.parts["source"].append(np.array([f"{source}:{i}" for i in ids]))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        empty = {"big": (0, BIG, BIG, 3), "big_label": (0, BIG, BIG), "small": (0, self.crop, self.crop, 3),
-                 "small_label": (0, self.crop, self.crop), "size": (0,), "target": (0,), "source": (0,)}
+        empty = {
+            "big": (0, BIG, BIG, 3),
+            "big_label": (0, BIG, BIG),
+            "small": (0, self.crop, self.crop, 3),
+            "small_label": (0, self.crop, self.crop),
+            "size": (0,),
+            "target": (0,),
+            "source": (0,),
+        }
         return {k: np.concatenate(v) if v else np.zeros(empty[k]) for k, v in self.parts.items()}
 
 
-def collect_examples(roots, split: str, segmenter, device: str = "cpu", crop: int = 64, context: float = 1.5,
-                     artefacts: bool = True, seed: int = 0, progress=None) -> dict[str, np.ndarray]:
+def collect_examples(
+    roots,
+    split: str,
+    segmenter,
+    device: str = "cpu",
+    crop: int = 64,
+    context: float = 1.5,
+    artefacts: bool = True,
+    seed: int = 0,
+    progress=None,
+) -> dict[str, np.ndarray]:
     """Classifier examples from the ``split`` of each dataset folder (see the module doc).
     ``segmenter`` is (net, spec) of the segmentation model whose cells will be typed."""
     from .inference import run, segment
@@ -158,8 +180,15 @@ def collect_examples(roots, split: str, segmenter, device: str = "cpu", crop: in
         target = CLASSES.index(kind) if kind else None
         if target is not None:
             if not painted:
-                examples.add(image, ref, ref_nuclei, list(range(1, int(ref.max()) + 1)), target, result.scale,
-                             source + ":ref")
+                examples.add(
+                    image,
+                    ref,
+                    ref_nuclei,
+                    list(range(1, int(ref.max()) + 1)),
+                    target,
+                    result.scale,
+                    source + ":ref",
+                )
             matched = [i + 1 for i in range(iou.shape[0]) if iou.shape[1] and iou[i].max() >= 0.5]
             examples.add(image, result.cells, result.nuclei, matched, target, result.scale, source + ":seg")
         if complete:
@@ -171,23 +200,44 @@ def collect_examples(roots, split: str, segmenter, device: str = "cpu", crop: in
                 own = result.cells == i + 1
                 if (not iou.shape[1] or iou[i].max() < 0.1) and wbc[own].mean() < 0.2:
                     false.append(i + 1)
-            examples.add(image, result.cells, result.nuclei, false, CLASSES.index(NOT_WBC), result.scale,
-                         source + ":false")
+            examples.add(
+                image,
+                result.cells,
+                result.nuclei,
+                false,
+                CLASSES.index(NOT_WBC),
+                result.scale,
+                source + ":false",
+            )
             if not painted:
                 objects = [("Platelets", b) for b in boxes.get("Platelets", [])]
                 objects += [("RBC", b) for b in rng.permutation(boxes.get("RBC", []))[:2]]
                 for name, box in objects:
                     masks = _box_masks(image, box, name)
                     if masks is not None:
-                        examples.add(image, *masks, [1], CLASSES.index(NOT_WBC), result.scale,
-                                     f"{source}:{name.lower()}")
+                        examples.add(
+                            image,
+                            *masks,
+                            [1],
+                            CLASSES.index(NOT_WBC),
+                            result.scale,
+                            f"{source}:{name.lower()}",
+                        )
         if progress:
             progress(n + 1, len(jobs))
     return examples.arrays()
 
 
-def cached_examples(out, roots, split: str, segmenter, device: str = "cpu", crop: int = 64,
-                    context: float = 1.5, progress=None) -> dict[str, np.ndarray]:
+def cached_examples(
+    out,
+    roots,
+    split: str,
+    segmenter,
+    device: str = "cpu",
+    crop: int = 64,
+    context: float = 1.5,
+    progress=None,
+) -> dict[str, np.ndarray]:
     """:func:`collect_examples`, kept in ``out/examples_<split>.npz`` for reruns: collected
     again when the data folders, the segmenter's weights or the crop differ."""
     import hashlib
@@ -195,9 +245,17 @@ def cached_examples(out, roots, split: str, segmenter, device: str = "cpu", crop
 
     from .batch import write_atomic
 
-    key = json.dumps({"roots": sorted(str(Path(r).resolve()) for r in roots), "split": split,
-                      "segmenter": segmenter[1].to_json(), "crop": crop, "context": context,
-                      "big": [BIG, BIG_CONTEXT]}, sort_keys=True)
+    key = json.dumps(
+        {
+            "roots": sorted(str(Path(r).resolve()) for r in roots),
+            "split": split,
+            "segmenter": segmenter[1].to_json(),
+            "crop": crop,
+            "context": context,
+            "big": [BIG, BIG_CONTEXT],
+        },
+        sort_keys=True,
+    )
     key = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(out) / f"examples_{split}.npz"
     if path.exists():

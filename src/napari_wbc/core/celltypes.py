@@ -23,8 +23,15 @@ DEFAULT_UNIDENTIFIED_BELOW = 0.5
 TYPICAL_WIDTH = 100.0
 
 
-def cell_crops(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, ids=None, size: int = 64,
-               context: float = 1.5, origin: tuple[int, int] = (0, 0)):
+def cell_crops(
+    image: np.ndarray,
+    cells: np.ndarray,
+    nuclei: np.ndarray,
+    ids=None,
+    size: int = 64,
+    context: float = 1.5,
+    origin: tuple[int, int] = (0, 0),
+):
     """Square crops around cells: ``(rgb, label, width)``.
 
     ``rgb`` (N, size, size, 3) uint8, ``label`` (N, size, size) uint8 with 1 for this cell's
@@ -56,10 +63,16 @@ def cell_crops(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, ids=Non
         c = _window(cells, top - origin[0], left - origin[1], side, "zero")
         nu = _window(nuclei, top - origin[0], left - origin[1], side, "zero")
         sub = np.where(nu == cid, 2, np.where(c == cid, 1, 0)).astype(np.uint8)
-        rgb[k] = np.clip(resize(window, (size, size), order=1, preserve_range=True,
-                                anti_aliasing=side > size), 0, 255).round().astype(np.uint8)
-        label[k] = resize(sub, (size, size), order=0, preserve_range=True,
-                          anti_aliasing=False).astype(np.uint8)
+        rgb[k] = (
+            np.clip(
+                resize(window, (size, size), order=1, preserve_range=True, anti_aliasing=side > size), 0, 255
+            )
+            .round()
+            .astype(np.uint8)
+        )
+        label[k] = resize(sub, (size, size), order=0, preserve_range=True, anti_aliasing=False).astype(
+            np.uint8
+        )
     return rgb, label, width
 
 
@@ -100,8 +113,8 @@ def predict_crops(net, spec, rgb, label, sizes, device: str = "cpu", batch: int 
     out = []
     with torch.inference_mode():
         for i in range(0, len(rgb), batch):
-            x = crops_to_tensor(rgb[i:i + batch], label[i:i + batch], spec, device)
-            s = torch.from_numpy(np.asarray(sizes[i:i + batch], np.float32)).to(device)
+            x = crops_to_tensor(rgb[i : i + batch], label[i : i + batch], spec, device)
+            s = torch.from_numpy(np.asarray(sizes[i : i + batch], np.float32)).to(device)
             views = [torch.rot90(v, k, (2, 3)) for v in (x, x.flip(3)) for k in range(4)]
             logits = net(torch.cat(views), s.repeat(len(views))).float()
             prob = torch.softmax(logits, 1).reshape(len(views), len(x), -1).mean(0)
@@ -127,15 +140,26 @@ def decide(prob: np.ndarray, classes, unidentified_below: float) -> list[tuple[s
     return out
 
 
-def classify_cells(net, spec, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray,
-                   scale: float = 1.0, device: str = "cpu", origin: tuple[int, int] = (0, 0)):
+def classify_cells(
+    net,
+    spec,
+    image: np.ndarray,
+    cells: np.ndarray,
+    nuclei: np.ndarray,
+    scale: float = 1.0,
+    device: str = "cpu",
+    origin: tuple[int, int] = (0, 0),
+):
     """Types of every cell in ``cells``: ``(types, probs)`` with ``types`` cell id ->
     (type, confidence) after :func:`decide` and ``probs`` cell id -> {class: probability}.
     ``scale`` is the factor the segmenter resampled the image by (the size cue)."""
     from scipy import ndimage
 
-    ids = [i for i, b in enumerate(ndimage.find_objects(np.asarray(cells).astype(np.int64)), start=1)
-           if b is not None]
+    ids = [
+        i
+        for i, b in enumerate(ndimage.find_objects(np.asarray(cells).astype(np.int64)), start=1)
+        if b is not None
+    ]
     if not ids:
         return {}, {}
     size = int(spec.extra.get("crop", 64))
@@ -145,8 +169,10 @@ def classify_cells(net, spec, image: np.ndarray, cells: np.ndarray, nuclei: np.n
     below = float(spec.extra.get("unidentified_below", DEFAULT_UNIDENTIFIED_BELOW))
     decided = decide(prob, spec.classes, below)
     types = dict(zip(ids, decided, strict=True))
-    probs = {cid: {c: float(v) for c, v in zip(spec.classes, p, strict=True)} for cid, p in zip(ids, prob,
-                                                                                               strict=True)}
+    probs = {
+        cid: {c: float(v) for c, v in zip(spec.classes, p, strict=True)}
+        for cid, p in zip(ids, prob, strict=True)
+    }
     return types, probs
 
 

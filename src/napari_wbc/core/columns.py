@@ -12,20 +12,35 @@ COMPLETE = "cells not touching the image border are 'complete': wholly in view, 
 
 _COLUMNS: dict[str, tuple[str, str]] = {
     "label": ("cell", "cell id: the same number in the cells and the nuclei layers"),
-    "status": ("review", "against the reference: matched, missed (a reference cell not found) or extra "
-                         "(found, not in the reference)"),
+    "status": (
+        "review",
+        "against the reference: matched, missed (a reference cell not found) or extra "
+        "(found, not in the reference)",
+    ),
     "iou": ("IoU", "overlap with the matched reference cell: intersection over union, 0-1"),
-    "cell_type": ("type", "the cell's type: " + ", ".join(CELL_TYPES) + "; 'unidentified' when the "
-                          "classifier is unsure; 'not_wbc' when it is no white cell (left out of the count)"),
-    "type_confidence": ("type confidence", "probability of the type, over the five white-cell types (for "
-                                           "not_wbc: that the object is no white cell)"),
+    "cell_type": (
+        "type",
+        "the cell's type: " + ", ".join(CELL_TYPES) + "; 'unidentified' when the "
+        "classifier is unsure; 'not_wbc' when it is no white cell (left out of the count)",
+    ),
+    "type_confidence": (
+        "type confidence",
+        "probability of the type, over the five white-cell types (for "
+        "not_wbc: that the object is no white cell)",
+    ),
     "reviewed": ("reviewed", "a person checked this cell"),
     "edited": ("edited", "the outline was changed by hand"),
-    "ncr": ("NCR", "nucleus-to-cytoplasm ratio: nucleus area / cytoplasm area (MIF-Net Eq. 10), the "
-                   "cytoplasm being the cell minus its nucleus; no unit"),
+    "ncr": (
+        "NCR",
+        "nucleus-to-cytoplasm ratio: nucleus area / cytoplasm area (MIF-Net Eq. 10), the "
+        "cytoplasm being the cell minus its nucleus; no unit",
+    ),
     "nucleus_cell_ratio": ("nucleus / cell", "nucleus area / whole-cell area, 0-1"),
-    "nucleus_lobes": ("lobes", "nucleus lobes: pieces joined only by a thin chromatin bridge count apart; "
-                               "a band or a round nucleus is one"),
+    "nucleus_lobes": (
+        "lobes",
+        "nucleus lobes: pieces joined only by a thin chromatin bridge count apart; "
+        "a band or a round nucleus is one",
+    ),
     "circularity": ("circularity", "4π·area / perimeter²: 1 for a disc, lower for irregular outlines"),
     "touches_border": ("at border", "yes: the cell touches the image border and may be cut off; " + COMPLETE),
     "centroid_y": ("centre y (px)", "row of the cell's centre, in image pixels"),

@@ -67,8 +67,9 @@ def read_labels(path: str | Path) -> LabelSet:
                 raise InputError(f"{nuclei_path.name} is missing beside {path.name}")
             cells, nuclei = tifffile.imread(path), tifffile.imread(nuclei_path)
             if cells.shape != nuclei.shape or cells.ndim != 2:
-                raise InputError(f"{path.name}: cells {cells.shape} and nuclei {nuclei.shape} "
-                                 "must be 2D maps of one shape")
+                raise InputError(
+                    f"{path.name}: cells {cells.shape} and nuclei {nuclei.shape} must be 2D maps of one shape"
+                )
             return as_labels((cells, nuclei))
         from PIL import Image
 
@@ -77,8 +78,10 @@ def read_labels(path: str | Path) -> LabelSet:
         if classes.ndim == 3:
             classes = classes[..., 0]
         if classes.max(initial=0) > 2:
-            raise InputError(f"{path.name}: not a class mask (values up to {classes.max()}, expected "
-                             "0 background, 1 cytoplasm, 2 nucleus)")
+            raise InputError(
+                f"{path.name}: not a class mask (values up to {classes.max()}, expected "
+                "0 background, 1 cytoplasm, 2 nucleus)"
+            )
         return as_labels(classes)
     except InputError:
         raise
@@ -113,8 +116,9 @@ def compare_one(pred_path, ref_path, out: Path, stem: str, image=None, min_iou: 
 
     pred, ref = read_labels(pred_path), read_labels(ref_path)
     if pred.classes.shape != ref.classes.shape:
-        raise InputError(f"{stem}: prediction {pred.classes.shape} and reference "
-                         f"{ref.classes.shape} differ in size")
+        raise InputError(
+            f"{stem}: prediction {pred.classes.shape} and reference {ref.classes.shape} differ in size"
+        )
     result = review(pred, ref, min_iou)
     _write_png(out / f"{stem}_review.png", review_rgb(result.codes))
     if image is not None and image.shape[:2] == result.codes.shape:
@@ -132,11 +136,15 @@ def compare_folders(pred, ref, out, images=None, min_iou: float = 0.5, progress=
         raise InputError(f"the matching IoU must be in (0, 1], not {min_iou}")
     preds, refs = list_labels(pred), list_labels(ref)
     if not preds:
-        raise InputError(f"{pred}: no predictions found; expected <stem>_cells.tif + <stem>_nuclei.tif "
-                         "(from `napari-wbc segment`) or 0/1/2 <stem>.png masks")
+        raise InputError(
+            f"{pred}: no predictions found; expected <stem>_cells.tif + <stem>_nuclei.tif "
+            "(from `napari-wbc segment`) or 0/1/2 <stem>.png masks"
+        )
     if not refs:
-        raise InputError(f"{ref}: no references found; expected a dataset folder (labels/<stem>.png), "
-                         "0/1/2 <stem>.png masks or <stem>_cells.tif + <stem>_nuclei.tif")
+        raise InputError(
+            f"{ref}: no references found; expected a dataset folder (labels/<stem>.png), "
+            "0/1/2 <stem>.png masks or <stem>_cells.tif + <stem>_nuclei.tif"
+        )
     if images is None and (Path(ref) / "labels").is_dir() and (Path(ref) / "images").is_dir():
         images = Path(ref) / "images"
     out = Path(out)
@@ -165,13 +173,22 @@ def compare_folders(pred, ref, out, images=None, min_iou: float = 0.5, progress=
 def format_summary(summary: pd.DataFrame, min_iou: float = 0.5) -> str:
     """Mean metrics over images (percent) and cell totals, as Markdown."""
     regions = ("cell", "cytoplasm", "nucleus")
-    per_image = [{region: {m: row[f"{region}_{m}"] for m in METRICS} for region in regions}
-                 for _, row in summary.iterrows()]
-    lines = [f"Review of {len(summary)} images (mean over images, %)", "",
-             "| region | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    per_image = [
+        {region: {m: row[f"{region}_{m}"] for m in METRICS} for region in regions}
+        for _, row in summary.iterrows()
+    ]
+    lines = [
+        f"Review of {len(summary)} images (mean over images, %)",
+        "",
+        "| region | " + " | ".join(METRICS) + " |",
+        "|---" * (len(METRICS) + 1) + "|",
+    ]
     for region, scores in mean_metrics(per_image).items():
         lines.append(f"| {region} | " + " | ".join(f"{100 * scores[m]:.2f}" for m in METRICS) + " |")
     t = summary[["ref_cells", "pred_cells", "matched", "missed", "extra"]].sum()
-    lines += ["", f"Cells: {t['matched']} of {t['ref_cells']} reference cells matched (IoU >= {min_iou:g}), "
-                  f"{t['missed']} missed, {t['extra']} extra of {t['pred_cells']} predicted."]
+    lines += [
+        "",
+        f"Cells: {t['matched']} of {t['ref_cells']} reference cells matched (IoU >= {min_iou:g}), "
+        f"{t['missed']} missed, {t['extra']} extra of {t['pred_cells']} predicted.",
+    ]
     return "\n".join(lines)

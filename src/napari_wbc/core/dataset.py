@@ -33,8 +33,7 @@ def list_pairs(root: str | Path, split: str | None = None) -> list[Pair]:
     root = Path(root)
     if not (root / "images").is_dir() or not (root / "labels").is_dir():
         raise FileNotFoundError(
-            f"{root} is not a dataset folder: it needs images/ and labels/ "
-            "(see the README of the datasets)"
+            f"{root} is not a dataset folder: it needs images/ and labels/ (see the README of the datasets)"
         )
     splits: dict[str, str] = {}
     if (root / "split.csv").exists():
@@ -80,9 +79,13 @@ def _safe_stem(name: str) -> str:
 
 
 def _pair_files(stem: str) -> dict[str, str]:
-    return {"image": f"images/{stem}.png", "label": f"labels/{stem}.png",
-            "cells": f"instances/{stem}_cells.tif", "nuclei": f"instances/{stem}_nuclei.tif",
-            "table": f"instances/{stem}_cells.csv"}
+    return {
+        "image": f"images/{stem}.png",
+        "label": f"labels/{stem}.png",
+        "cells": f"instances/{stem}_cells.tif",
+        "nuclei": f"instances/{stem}_nuclei.tif",
+        "table": f"instances/{stem}_cells.csv",
+    }
 
 
 def _read_splits(root: Path) -> list[dict]:
@@ -138,9 +141,16 @@ def _auto_split(root: Path) -> str:
     return "val" if splits.count("val") < target else "train"
 
 
-def save_training_pair(root: str | Path, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray,
-                       provenance: dict | None = None, region: tuple[int, int, int, int] | None = None,
-                       table=None, split: str | None = None) -> str:
+def save_training_pair(
+    root: str | Path,
+    image: np.ndarray,
+    cells: np.ndarray,
+    nuclei: np.ndarray,
+    provenance: dict | None = None,
+    region: tuple[int, int, int, int] | None = None,
+    table=None,
+    split: str | None = None,
+) -> str:
     """Add a corrected image to a training folder; return the new pair's stem.
 
     Writes ``images/<stem>.png`` (RGB), ``labels/<stem>.png`` (0/1/2),
@@ -205,9 +215,15 @@ def save_training_pair(root: str | Path, image: np.ndarray, cells: np.ndarray, n
     write_atomic(root / "split.csv", lambda p: _write_splits(p, rows))
     write_atomic(root / files["image"], lambda p: Image.fromarray(image, "RGB").save(p, format="PNG"))
 
-    record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              **provenance, "stem": stem, "split": split, "files": files, "shape": list(cells.shape),
-              "n_cells": len(np.unique(cells[cells > 0]))}
+    record = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance,
+        "stem": stem,
+        "split": split,
+        "files": files,
+        "shape": list(cells.shape),
+        "n_cells": len(np.unique(cells[cells > 0])),
+    }
     if region is not None:
         record["region"] = region
     old = (root / MANIFEST).read_bytes() if (root / MANIFEST).exists() else b""

@@ -76,12 +76,26 @@ def _task(step: str, path: str, out: str, shard: tuple[int, int], options: dict)
     from .wholeslide import segment_slide
 
     device = pick_device(options["device"])
-    net, spec = load_model(options["model"], options["weights"], device,  # cached per process
-                           options.get("flip_average", False))
+    net, spec = load_model(
+        options["model"],
+        options["weights"],
+        device,  # cached per process
+        options.get("flip_average", False),
+    )
     classifier = load_classifier(options.get("typing", "classifier"), device)
     with open_slide(path) as slide:
-        gen = segment_slide(slide, out, net, spec, tile=options["tile"], pixel_size=options["pixel_size"],
-                            device=device, shard=shard, until=step, classifier=classifier)
+        gen = segment_slide(
+            slide,
+            out,
+            net,
+            spec,
+            tile=options["tile"],
+            pixel_size=options["pixel_size"],
+            device=device,
+            shard=shard,
+            until=step,
+            classifier=classifier,
+        )
         while True:
             try:
                 next(gen)
@@ -108,17 +122,28 @@ def total_threads(client) -> int:
         try:
             client.wait_for_workers(1, timeout=60)
         except TimeoutError as err:
-            raise InputError("no workers joined the dask scheduler within a minute; start them with "
-                             "`dask worker SCHEDULER_ADDRESS`") from err
+            raise InputError(
+                "no workers joined the dask scheduler within a minute; start them with "
+                "`dask worker SCHEDULER_ADDRESS`"
+            ) from err
         threads = sum(client.nthreads().values())
     return max(1, threads)
 
 
-def segment_slides(slides: Sequence[str | Path], out: str | Path, client, *, model: str | None = None,
-                   weights: str | Path | None = None, device: str = "auto",
-                   tile: int | tuple[int, int] | None = None, pixel_size: float | None = None,
-                   shards: int | None = None, flip_average: bool = False, typing: str = "classifier",
-                   ) -> Generator[Progress, None, list[SlideOutcome]]:
+def segment_slides(
+    slides: Sequence[str | Path],
+    out: str | Path,
+    client,
+    *,
+    model: str | None = None,
+    weights: str | Path | None = None,
+    device: str = "auto",
+    tile: int | tuple[int, int] | None = None,
+    pixel_size: float | None = None,
+    shards: int | None = None,
+    flip_average: bool = False,
+    typing: str = "classifier",
+) -> Generator[Progress, None, list[SlideOutcome]]:
     """Segment ``slides`` into ``out`` on the cluster behind ``client``; yields per finished task.
 
     Yields ``(done, total, message)`` as each task finishes (``total`` grows as slides are
@@ -129,16 +154,24 @@ def segment_slides(slides: Sequence[str | Path], out: str | Path, client, *, mod
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     shards = shards or total_threads(client)
-    options = {"model": model, "weights": None if weights is None else str(Path(weights).resolve()),
-               "device": device, "tile": tile, "pixel_size": pixel_size, "flip_average": flip_average,
-               "typing": typing}
+    options = {
+        "model": model,
+        "weights": None if weights is None else str(Path(weights).resolve()),
+        "device": device,
+        "tile": tile,
+        "pixel_size": pixel_size,
+        "flip_average": flip_average,
+        "typing": typing,
+    }
     token = uuid.uuid4().hex[:8]
     jobs, names = [], {}
     for index, path in enumerate(Path(p).resolve() for p in slides):
         job = _Job(index, path, _slide_name(path))
         if job.name in names:
-            job.error = (f"{path.name}: another slide of this run, {names[job.name].name}, has the name "
-                         f"{job.name!r}: its results would overwrite these; rename one")
+            job.error = (
+                f"{path.name}: another slide of this run, {names[job.name].name}, has the name "
+                f"{job.name!r}: its results would overwrite these; rename one"
+            )
             job.tasks = 0
         names.setdefault(job.name, path)
         jobs.append(job)
@@ -152,8 +185,9 @@ def segment_slides(slides: Sequence[str | Path], out: str | Path, client, *, mod
         job.step = step
         for i in indices:
             key = f"napari-wbc-{step}-{job.name}-{i}of{job.shards}-{token}"
-            future = client.submit(_task, step, str(job.path), str(out), (i, job.shards), options, key=key,
-                                   priority=-job.index)
+            future = client.submit(
+                _task, step, str(job.path), str(out), (i, job.shards), options, key=key, priority=-job.index
+            )
             owner[future.key] = (job, step)
             job.running.add(future)
             queue.add(future)
@@ -232,6 +266,14 @@ def connect(scheduler: str | None = None, workers: int | None = None, quiet: boo
             yield client
         return
     level = logging.CRITICAL if quiet else logging.WARNING
-    with LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=level) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers or 1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=level,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client

@@ -224,12 +224,16 @@ def check_invariants(cells, nuclei, connected: bool = True) -> list[str]:
             problems.append(f"{name} must hold non-negative integer ids")
     outside = (nuclei > 0) & (cells == 0)
     if outside.any():
-        problems.append(f"{int(outside.sum())} nucleus pixels lie outside every cell "
-                        f"(nuclei {sorted(set(np.unique(nuclei[outside]).tolist()))})")
+        problems.append(
+            f"{int(outside.sum())} nucleus pixels lie outside every cell "
+            f"(nuclei {sorted(set(np.unique(nuclei[outside]).tolist()))})"
+        )
     wrong = (nuclei > 0) & (cells > 0) & (nuclei != cells)
     if wrong.any():
-        problems.append(f"{int(wrong.sum())} nucleus pixels carry another cell's id "
-                        f"(cells {sorted(set(np.unique(cells[wrong]).tolist()))})")
+        problems.append(
+            f"{int(wrong.sum())} nucleus pixels carry another cell's id "
+            f"(cells {sorted(set(np.unique(cells[wrong]).tolist()))})"
+        )
     if connected and cells.any():
         objects = label(cells, background=0, connectivity=2)
         owner = np.zeros(int(objects.max()) + 1, np.int64)
@@ -279,8 +283,14 @@ def remeasure(features: pd.DataFrame | None, cells, nuclei, pixel_size: float | 
 
     table = measure_cells(cells, nuclei, pixel_size)
     for column, default in USER_COLUMNS.items():
-        old = {} if features is None or column not in features else dict(zip(features["label"],
-                                                                               features[column], strict=True))
-        table[column] = pd.Series([old.get(label, default) for label in table["label"]], index=table.index,
-                                  dtype=bool if column == "reviewed" else object)
+        old = (
+            {}
+            if features is None or column not in features
+            else dict(zip(features["label"], features[column], strict=True))
+        )
+        table[column] = pd.Series(
+            [old.get(label, default) for label in table["label"]],
+            index=table.index,
+            dtype=bool if column == "reviewed" else object,
+        )
     return table

@@ -39,9 +39,18 @@ def reference_count(pair, label) -> int:
     return int(ndimage.label(label > 0)[1])
 
 
-def evaluate_dataset(dataset, split="test", model=None, weights=None, device="auto", out=None,
-                     progress=None, flip_average: bool = False, typing: str = "classifier",
-                     classifier_weights=None) -> dict:
+def evaluate_dataset(
+    dataset,
+    split="test",
+    model=None,
+    weights=None,
+    device="auto",
+    out=None,
+    progress=None,
+    flip_average: bool = False,
+    typing: str = "classifier",
+    classifier_weights=None,
+) -> dict:
     from ..models import load_model, resolve_weights, sha256
     from .celltypes import CLASSIFIER, classify_cells, load_classifier
     from .device import pick_device
@@ -94,9 +103,15 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
         if progress:
             progress(i + 1, len(pairs))
     result = {
-        "dataset": Path(dataset).name, "split": split, "images": len(pairs), "model": spec.name,
-        "weights": str(folder), "weights_sha256": sha256(folder / "model.safetensors"),
-        "flip_average": flip_average, "device": device, "machine": platform.machine(),
+        "dataset": Path(dataset).name,
+        "split": split,
+        "images": len(pairs),
+        "model": spec.name,
+        "weights": str(folder),
+        "weights_sha256": sha256(folder / "model.safetensors"),
+        "flip_average": flip_average,
+        "device": device,
+        "machine": platform.machine(),
         "date": datetime.date.today().isoformat(),
         # what the user gets (cells and nuclei after clean-up), and the network's raw argmax
         "metrics": mean_metrics(per_image),
@@ -114,9 +129,11 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
         result["typing"] = typing
         if classifier is not None:
             where = resolve_weights(None if classifier_weights else CLASSIFIER, classifier_weights)
-            result["classifier"] = {"name": classifier[1].name,
-                                    "weights_sha256": sha256(where / "model.safetensors"),
-                                    "unidentified_below": classifier[1].extra.get("unidentified_below")}
+            result["classifier"] = {
+                "name": classifier[1].name,
+                "weights_sha256": sha256(where / "model.safetensors"),
+                "unidentified_below": classifier[1].extra.get("unidentified_below"),
+            }
         result["types"] = type_report(typed["truth"], typed["pipeline"])
         if typed["reference"]:
             result["types_reference_cells"] = type_report(typed["truth"], typed["reference"])
@@ -125,8 +142,11 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
         out.mkdir(parents=True, exist_ok=True)
         stem = f"{result['dataset']}_{split}_{spec.name}"
         if "types" in result:
-            confusion_png(result["types"], out / f"{stem}_confusion.png",
-                          f"{result['dataset']} {split}: cell types, whole pipeline ({spec.name})")
+            confusion_png(
+                result["types"],
+                out / f"{stem}_confusion.png",
+                f"{result['dataset']} {split}: cell types, whole pipeline ({spec.name})",
+            )
         (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
         (out / f"{stem}.md").write_text(format_markdown(result) + "\n")
     return result
@@ -134,9 +154,12 @@ def evaluate_dataset(dataset, split="test", model=None, weights=None, device="au
 
 def _count_figures(errors: list[int]) -> dict:
     """Count errors per image (found - reference) as mean absolute error, exact share, over/under."""
-    return {"mean_abs_error": sum(map(abs, errors)) / len(errors),
-            "exact": sum(e == 0 for e in errors) / len(errors),
-            "over": sum(e > 0 for e in errors), "under": sum(e < 0 for e in errors)}
+    return {
+        "mean_abs_error": sum(map(abs, errors)) / len(errors),
+        "exact": sum(e == 0 for e in errors) / len(errors),
+        "over": sum(e > 0 for e in errors),
+        "under": sum(e < 0 for e in errors),
+    }
 
 
 def _best_match(ref: np.ndarray, cells: np.ndarray) -> int:
@@ -170,8 +193,9 @@ def _ncr(cell: np.ndarray, nucleus: np.ndarray) -> float:
     return float(nucleus.sum()) / cytoplasm if cytoplasm > 0 else float("nan")
 
 
-def ncr_ratios_of_matches(cells: np.ndarray, nuclei: np.ndarray, reference: np.ndarray,
-                          label: np.ndarray) -> list[float]:
+def ncr_ratios_of_matches(
+    cells: np.ndarray, nuclei: np.ndarray, reference: np.ndarray, label: np.ndarray
+) -> list[float]:
     """Result NCR / reference NCR for each reference cell that a result cell matches with
     IoU >= 0.5 (NCR = nucleus area / cytoplasm area, as in the measurement table)."""
     ratios = []
@@ -196,56 +220,85 @@ def ncr_agreement(ratios: list[float]) -> dict:
     r = np.asarray(ratios, float)
     if not r.size:
         return {"cells": 0}
-    return {"cells": int(r.size), "median_ratio": float(np.median(r)),
-            "within_10pct": float(np.mean(np.abs(r - 1) <= 0.1)),
-            "within_20pct": float(np.mean(np.abs(r - 1) <= 0.2))}
+    return {
+        "cells": int(r.size),
+        "median_ratio": float(np.median(r)),
+        "within_10pct": float(np.mean(np.abs(r - 1) <= 0.1)),
+        "within_20pct": float(np.mean(np.abs(r - 1) <= 0.2)),
+    }
 
 
 def format_markdown(result: dict) -> str:
     """The metrics as a Markdown table (percent), regions as rows."""
     tta = ", flip-averaged" if result.get("flip_average") else ""
-    head = (f"{result['model']} on {result['dataset']} {result['split']} "
-            f"({result['images']} images, mean over images{tta}, %)")
+    head = (
+        f"{result['model']} on {result['dataset']} {result['split']} "
+        f"({result['images']} images, mean over images{tta}, %)"
+    )
     lines = [head, "", "| region | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for region, scores in result["metrics"].items():
         lines.append(f"| {region} | " + " | ".join(f"{100 * scores[m]:.2f}" for m in METRICS) + " |")
     raw = result.get("network_metrics")
     if raw:
-        lines += ["", "Network alone (raw class map), Dice: " + ", ".join(
-            f"{region} {100 * scores['dice']:.2f}" for region, scores in raw.items())]
+        lines += [
+            "",
+            "Network alone (raw class map), Dice: "
+            + ", ".join(f"{region} {100 * scores['dice']:.2f}" for region, scores in raw.items()),
+        ]
     kept = result.get("annotated_metrics")
     if kept:
-        lines += ["", "Annotated cells only (result cells that overlap no reference cell left out), "
-                      "Dice: " + ", ".join(f"{region} {100 * scores['dice']:.2f}"
-                                           for region, scores in kept.items())]
+        lines += [
+            "",
+            "Annotated cells only (result cells that overlap no reference cell left out), "
+            "Dice: " + ", ".join(f"{region} {100 * scores['dice']:.2f}" for region, scores in kept.items()),
+        ]
     single = result.get("single_cell_metrics")
     if single:
-        lines += ["", "Single-cell crop mode (`segment --single-cell`: only the centre cell kept), "
-                      "Dice: " + ", ".join(f"{region} {100 * scores['dice']:.2f}"
-                                           for region, scores in single.items())]
-    for key, what in (("count", "White-cell count per image"),
-                      ("count_all_objects", "Every object segmented (before leaving out what is no "
-                                            "white cell)")):
+        lines += [
+            "",
+            "Single-cell crop mode (`segment --single-cell`: only the centre cell kept), "
+            "Dice: " + ", ".join(f"{region} {100 * scores['dice']:.2f}" for region, scores in single.items()),
+        ]
+    for key, what in (
+        ("count", "White-cell count per image"),
+        ("count_all_objects", "Every object segmented (before leaving out what is no white cell)"),
+    ):
         c = result.get(key)
         if c:
-            lines += ["", f"{what}: mean absolute error {c['mean_abs_error']:.3f}, "
-                          f"exact in {100 * c['exact']:.1f}% of images ({c['over']} over, "
-                          f"{c['under']} under)"]
+            lines += [
+                "",
+                f"{what}: mean absolute error {c['mean_abs_error']:.3f}, "
+                f"exact in {100 * c['exact']:.1f}% of images ({c['over']} over, "
+                f"{c['under']} under)",
+            ]
     ap = result.get("instances")
     if ap:
         figures = ", ".join(f"{k} {v:.2f}" for k, v in ap.items())
         lines += ["", f"Cells as instances (COCO-style, mask IoU): {figures}"]
     n = result.get("ncr_agreement")
     if n and n.get("cells"):
-        lines += ["", f"NCR of the {n['cells']} matched cells (IoU >= 0.5) against the reference's: "
-                      f"median ratio {n['median_ratio']:.3f}, within 10% in {100 * n['within_10pct']:.0f}%, "
-                      f"within 20% in {100 * n['within_20pct']:.0f}% of cells"]
+        lines += [
+            "",
+            f"NCR of the {n['cells']} matched cells (IoU >= 0.5) against the reference's: "
+            f"median ratio {n['median_ratio']:.3f}, within 10% in {100 * n['within_10pct']:.0f}%, "
+            f"within 20% in {100 * n['within_20pct']:.0f}% of cells",
+        ]
     from .type_metrics import format_type_report
 
     if result.get("types"):
-        lines += ["", format_type_report(result["types"], "Cell types, whole pipeline (every reference cell "
-                                         "of known type; unmatched ones count as missed)")]
+        lines += [
+            "",
+            format_type_report(
+                result["types"],
+                "Cell types, whole pipeline (every reference cell "
+                "of known type; unmatched ones count as missed)",
+            ),
+        ]
     if result.get("types_reference_cells"):
-        lines += ["", format_type_report(result["types_reference_cells"], "Cell types, classifier alone "
-                                         "(on the reference outlines)")]
+        lines += [
+            "",
+            format_type_report(
+                result["types_reference_cells"], "Cell types, classifier alone (on the reference outlines)"
+            ),
+        ]
     return "\n".join(lines)

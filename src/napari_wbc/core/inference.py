@@ -51,7 +51,7 @@ TYPE_PREFIX = "nucleus:"
 
 def type_names(spec) -> list[str]:
     """The cell types a model tells apart (its ``nucleus:<type>`` classes), in class order."""
-    return [c[len(TYPE_PREFIX):] for c in spec.classes if c.startswith(TYPE_PREFIX)]
+    return [c[len(TYPE_PREFIX) :] for c in spec.classes if c.startswith(TYPE_PREFIX)]
 
 
 def collapse_types(prob: np.ndarray) -> np.ndarray:
@@ -62,8 +62,9 @@ def collapse_types(prob: np.ndarray) -> np.ndarray:
     return np.concatenate([prob[:2], prob[2:].sum(0, keepdims=True)])
 
 
-def assign_types(cells: np.ndarray, nuclei: np.ndarray, type_prob: np.ndarray,
-                 names: list[str]) -> dict[int, tuple[str, float]]:
+def assign_types(
+    cells: np.ndarray, nuclei: np.ndarray, type_prob: np.ndarray, names: list[str]
+) -> dict[int, tuple[str, float]]:
     """Each cell's type: the majority of its nucleus pixels' most likely type, and as its
     confidence the mean probability of that type there (types renormalised to sum to 1)."""
     p = type_prob / np.maximum(type_prob.sum(0, keepdims=True), 1e-8)
@@ -112,8 +113,9 @@ def brighten(image: np.ndarray, gain: float) -> np.ndarray:
 def _resize(array: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
     from skimage.transform import resize
 
-    return resize(array, shape, order=order, preserve_range=True, anti_aliasing=order > 0 and
-                  shape[0] < array.shape[0]).astype(array.dtype)
+    return resize(
+        array, shape, order=order, preserve_range=True, anti_aliasing=order > 0 and shape[0] < array.shape[0]
+    ).astype(array.dtype)
 
 
 def _rescaled(image: np.ndarray, scale: float) -> np.ndarray:
@@ -123,8 +125,9 @@ def _rescaled(image: np.ndarray, scale: float) -> np.ndarray:
     return _resize(image, (max(8, round(h * scale)), max(8, round(w * scale))), 1)
 
 
-def predict_probabilities(net, spec, image: np.ndarray, device: str = "cpu",
-                          scale: float = 1.0, keep_types: bool = False) -> np.ndarray:
+def predict_probabilities(
+    net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0, keep_types: bool = False
+) -> np.ndarray:
     """(C, H, W) float32 class probabilities for an (H, W, 3) uint8 image.
 
     C is 3 (background, cytoplasm, nucleus) unless ``keep_types``, which keeps a typing
@@ -152,8 +155,9 @@ def to_tensor(net, spec, images: list[np.ndarray], device: str = "cpu"):
     return torch.from_numpy(np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2))).to(device)
 
 
-def predict_batch(net, spec, images: list[np.ndarray], device: str = "cpu",
-                  keep_types: bool = False) -> list[np.ndarray]:
+def predict_batch(
+    net, spec, images: list[np.ndarray], device: str = "cpu", keep_types: bool = False
+) -> list[np.ndarray]:
     """(C, h, w) float32 probabilities for equally shaped (h, w, 3) uint8 images, in one pass.
 
     Normalised as the model was trained, padded to the network's multiple, cropped back;
@@ -168,8 +172,9 @@ def predict_batch(net, spec, images: list[np.ndarray], device: str = "cpu",
     return [p[:, :h, :w] if keep_types else collapse_types(p[:, :h, :w]) for p in prob]
 
 
-def detect_cells(net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0,
-                 score_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def detect_cells(
+    net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0, score_threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cell and nucleus label images (uint32, image size) from an instance model, and the
     detection score of each cell id (id i: [i - 1])."""
     import torch
@@ -182,8 +187,11 @@ def detect_cells(net, spec, image: np.ndarray, device: str = "cpu", scale: float
         det = net.detect(to_tensor(net, spec, [work], device), score_threshold=score_threshold)[0]
     wh, ww = work.shape[:2]
     cells, nuclei, scores = paint_detections(
-        det["scores"].float().cpu().numpy(), det["cells"][:, :wh, :ww].float().cpu().numpy(),
-        det["nuclei"][:, :wh, :ww].float().cpu().numpy(), score_threshold=score_threshold)
+        det["scores"].float().cpu().numpy(),
+        det["cells"][:, :wh, :ww].float().cpu().numpy(),
+        det["nuclei"][:, :wh, :ww].float().cpu().numpy(),
+        score_threshold=score_threshold,
+    )
     if (wh, ww) != (h, w):
         cells, nuclei = _resize(cells, (h, w), 0), _resize(nuclei, (h, w), 0)
     return cells, nuclei, scores
@@ -212,9 +220,16 @@ def network_classes(net, spec, image: np.ndarray, device: str = "cpu", scale: fl
     return network_pass(net, spec, image, device, scale)[0]
 
 
-def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float | None = None,
-            auto_scale: bool = True, single_cell: bool = False, classifier=None,
-            ) -> Generator[Progress, None, Segmentation]:
+def segment(
+    image: np.ndarray,
+    net,
+    spec,
+    device: str = "cpu",
+    pixel_size: float | None = None,
+    auto_scale: bool = True,
+    single_cell: bool = False,
+    classifier=None,
+) -> Generator[Progress, None, Segmentation]:
     """Segment one RGB uint8 field: network, then instances. Yields progress, returns result.
 
     With ``auto_scale`` (the default) the cells themselves set the scale the network sees: a
@@ -249,8 +264,12 @@ def segment(image: np.ndarray, net, spec, device: str = "cpu", pixel_size: float
         width = typical_cell_width(network)
         scale = scale_for_cells(width, spec, pixel_size)
         if scale != 1.0:
-            yield 1, 4, (f"white cells are ~{width:.0f} px wide" if width else "no white cell at this scale")\
-                + f": segmenting again at {scale:.2f}x"
+            yield (
+                1,
+                4,
+                (f"white cells are ~{width:.0f} px wide" if width else "no white cell at this scale")
+                + f": segmenting again at {scale:.2f}x",
+            )
             network, raw = network_pass(net, spec, image, device, scale)
     yield 2, 4, "separating cells"
     types = None
@@ -287,6 +306,7 @@ def _centre_cell_only(cells, nuclei, types, scores):
 
     def only(d):
         return None if d is None else ({1: d[keep]} if keep in d else {})
+
     return cells_out, nuclei_out, only(types), only(scores)
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def targets_from_classes(classes: np.ndarray, cells: np.ndarray | None = None,
-                         min_area: int = 16) -> dict[str, np.ndarray]:
+def targets_from_classes(
+    classes: np.ndarray, cells: np.ndarray | None = None, min_area: int = 16
+) -> dict[str, np.ndarray]:
     """Per-cell targets from a class map (and optionally its cell instance image).
 
     Without ``cells`` the white cells are the connected components of ``classes > 0``.
@@ -41,28 +42,45 @@ def targets_from_classes(classes: np.ndarray, cells: np.ndarray | None = None,
         nucleus_masks.append(mask & (classes == 2))
     h, w = classes.shape
     if not boxes:
-        return {"boxes": np.zeros((0, 4), np.float32), "cells": np.zeros((0, h, w), bool),
-                "nuclei": np.zeros((0, h, w), bool)}
-    return {"boxes": np.asarray(boxes, np.float32), "cells": np.stack(cell_masks),
-            "nuclei": np.stack(nucleus_masks)}
+        return {
+            "boxes": np.zeros((0, 4), np.float32),
+            "cells": np.zeros((0, h, w), bool),
+            "nuclei": np.zeros((0, h, w), bool),
+        }
+    return {
+        "boxes": np.asarray(boxes, np.float32),
+        "cells": np.stack(cell_masks),
+        "nuclei": np.stack(nucleus_masks),
+    }
 
 
-def labels_from_detections(scores: np.ndarray, cells: np.ndarray, nuclei: np.ndarray,
-                           score_threshold: float = 0.5, mask_threshold: float = 0.5,
-                           min_area: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def labels_from_detections(
+    scores: np.ndarray,
+    cells: np.ndarray,
+    nuclei: np.ndarray,
+    score_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    min_area: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Cell and nucleus label images (uint32) from scored soft masks (N, H, W).
 
     Detections are painted from the highest score down, each only onto pixels no better
     detection took; ids are 1.. in score order; a nucleus pixel is kept only inside its cell.
     """
-    cell_labels, nucleus_labels, _ = paint_detections(scores, cells, nuclei, score_threshold,
-                                                      mask_threshold, min_area)
+    cell_labels, nucleus_labels, _ = paint_detections(
+        scores, cells, nuclei, score_threshold, mask_threshold, min_area
+    )
     return cell_labels, nucleus_labels
 
 
-def paint_detections(scores: np.ndarray, cells: np.ndarray, nuclei: np.ndarray,
-                     score_threshold: float = 0.5, mask_threshold: float = 0.5,
-                     min_area: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def paint_detections(
+    scores: np.ndarray,
+    cells: np.ndarray,
+    nuclei: np.ndarray,
+    score_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    min_area: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """As :func:`labels_from_detections`, plus the score of each painted id (id i: [i - 1])."""
     h, w = cells.shape[1:] if cells.ndim == 3 else (0, 0)
     cell_labels = np.zeros((h, w), np.uint32)

@@ -19,15 +19,29 @@ from .dataset import NOT_WBC, UNIDENTIFIED
 from .lobes import count_lobes
 
 COLUMNS = [
-    "label", "centroid_y", "centroid_x", "cell_area_px", "nucleus_area_px", "cytoplasm_area_px",
-    "ncr", "nucleus_cell_ratio", "perimeter_px", "circularity", "nucleus_lobes", "touches_border",
+    "label",
+    "centroid_y",
+    "centroid_x",
+    "cell_area_px",
+    "nucleus_area_px",
+    "cytoplasm_area_px",
+    "ncr",
+    "nucleus_cell_ratio",
+    "perimeter_px",
+    "circularity",
+    "nucleus_lobes",
+    "touches_border",
 ]
 
 
-def measure_cells(cells: np.ndarray, nuclei: np.ndarray, pixel_size: float | None = None,
-                  offset: tuple[float, float] = (0.0, 0.0),
-                  types: dict[int, tuple[str, float]] | None = None,
-                  type_probs: dict[int, dict[str, float]] | None = None) -> pd.DataFrame:
+def measure_cells(
+    cells: np.ndarray,
+    nuclei: np.ndarray,
+    pixel_size: float | None = None,
+    offset: tuple[float, float] = (0.0, 0.0),
+    types: dict[int, tuple[str, float]] | None = None,
+    type_probs: dict[int, dict[str, float]] | None = None,
+) -> pd.DataFrame:
     """One row per cell id in ``cells``; ``nuclei`` carries each nucleus's cell id.
 
     ``offset`` (y, x) shifts centroids, e.g. into slide coordinates. ``types`` maps a cell
@@ -41,8 +55,9 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, pixel_size: float | Non
     if cells.shape != nuclei.shape:
         raise ValueError(f"cells {cells.shape} and nuclei {nuclei.shape} differ in shape")
     h, w = cells.shape
-    nucleus_area = np.bincount(nuclei[(nuclei > 0) & (nuclei == cells)].ravel(),
-                               minlength=int(cells.max()) + 1)
+    nucleus_area = np.bincount(
+        nuclei[(nuclei > 0) & (nuclei == cells)].ravel(), minlength=int(cells.max()) + 1
+    )
     rows = []
     for r in regionprops(cells.astype(np.int64)):
         minr, minc, maxr, maxc = r.bbox
@@ -51,20 +66,22 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, pixel_size: float | Non
         cyto = area - n_area
         perimeter = float(r.perimeter_crofton)
         own_nucleus = nuclei[minr:maxr, minc:maxc] == r.label
-        rows.append({
-            "label": int(r.label),
-            "centroid_y": float(r.centroid[0]) + offset[0],
-            "centroid_x": float(r.centroid[1]) + offset[1],
-            "cell_area_px": area,
-            "nucleus_area_px": n_area,
-            "cytoplasm_area_px": cyto,
-            "ncr": n_area / cyto if cyto > 0 else float("nan"),
-            "nucleus_cell_ratio": n_area / area,
-            "perimeter_px": perimeter,
-            "circularity": 4 * np.pi * area / perimeter**2 if perimeter > 0 else float("nan"),
-            "nucleus_lobes": count_lobes(own_nucleus),
-            "touches_border": bool(minr == 0 or minc == 0 or maxr == h or maxc == w),
-        })
+        rows.append(
+            {
+                "label": int(r.label),
+                "centroid_y": float(r.centroid[0]) + offset[0],
+                "centroid_x": float(r.centroid[1]) + offset[1],
+                "cell_area_px": area,
+                "nucleus_area_px": n_area,
+                "cytoplasm_area_px": cyto,
+                "ncr": n_area / cyto if cyto > 0 else float("nan"),
+                "nucleus_cell_ratio": n_area / area,
+                "perimeter_px": perimeter,
+                "circularity": 4 * np.pi * area / perimeter**2 if perimeter > 0 else float("nan"),
+                "nucleus_lobes": count_lobes(own_nucleus),
+                "touches_border": bool(minr == 0 or minc == 0 or maxr == h or maxc == w),
+            }
+        )
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["touches_border"] = table["touches_border"].astype(bool)
     if pixel_size:
@@ -73,8 +90,9 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, pixel_size: float | Non
             table[f"{name}_area_um2"] = table[f"{name}_area_px"] * a
         table["perimeter_um"] = table["perimeter_px"] * float(pixel_size)
     if types is not None:
-        table["cell_type"] = pd.Series([types.get(i, (None, np.nan))[0] for i in table["label"]],
-                                       index=table.index, dtype=object)
+        table["cell_type"] = pd.Series(
+            [types.get(i, (None, np.nan))[0] for i in table["label"]], index=table.index, dtype=object
+        )
         table["type_confidence"] = [types.get(i, (None, np.nan))[1] for i in table["label"]]
     if type_probs:
         names = list(next(iter(type_probs.values())))
@@ -108,11 +126,14 @@ def describe_counts(counts: dict) -> str:
     """'12 white cells (11 complete)', with the differential count when cells are typed:
     '...: 7 neutrophil (58%), 3 lymphocyte (25%), 2 monocyte (17%); 1 not a white cell'."""
     text = f"{counts['white_cells']} white cells ({counts['complete_cells']} complete)"
-    kinds = sorted(((n, k.removeprefix("n_")) for k, n in counts.items() if k.startswith("n_") and n),
-                   key=lambda item: (item[1] == UNIDENTIFIED, -item[0]))
+    kinds = sorted(
+        ((n, k.removeprefix("n_")) for k, n in counts.items() if k.startswith("n_") and n),
+        key=lambda item: (item[1] == UNIDENTIFIED, -item[0]),
+    )
     if kinds:
-        text += ": " + ", ".join(f"{n} {kind} ({counts.get('pct_' + kind, float('nan')):.0f}%)"
-                                 for n, kind in kinds)
+        text += ": " + ", ".join(
+            f"{n} {kind} ({counts.get('pct_' + kind, float('nan')):.0f}%)" for n, kind in kinds
+        )
     if counts.get("excluded"):
         text += f"; {counts['excluded']} not a white cell (excluded)"
     return text

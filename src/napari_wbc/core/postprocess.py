@@ -53,8 +53,9 @@ def split_touching(mask: np.ndarray, radius: float | None) -> np.ndarray:
     return out
 
 
-def instances_from_classes(classes: np.ndarray, cell_diameter: float | None = None
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def instances_from_classes(
+    classes: np.ndarray, cell_diameter: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(cells, nuclei) uint32 instance maps from a 0/1/2 class map.
 
     ``cell_diameter`` is the expected diameter of a typical (10 um) white cell in px, known

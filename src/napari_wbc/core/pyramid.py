@@ -40,9 +40,17 @@ def halve(block: np.ndarray, mode: str) -> np.ndarray:
     return mean.round().astype(block.dtype)
 
 
-def write_pyramid_tiff(path: str | Path, region: Region, shape: tuple[int, int], dtype, channels: int = 0,
-                       tile: int = 256, pixel_size: float | None = None, downsample: str = "mean",
-                       compression: str = "zlib") -> Path:
+def write_pyramid_tiff(
+    path: str | Path,
+    region: Region,
+    shape: tuple[int, int],
+    dtype,
+    channels: int = 0,
+    tile: int = 256,
+    pixel_size: float | None = None,
+    downsample: str = "mean",
+    compression: str = "zlib",
+) -> Path:
     """Write ``region(y0, x0, y1, x1)`` (level-0 blocks; None = all zero) as a pyramidal OME-TIFF.
 
     ``channels`` 0 for a single plane (labels), 3 for RGB. ``downsample`` "mean" for images,
@@ -59,12 +67,20 @@ def write_pyramid_tiff(path: str | Path, region: Region, shape: tuple[int, int],
     kwargs = {"photometric": "rgb" if channels == 3 else "minisblack", "compression": compression}
     metadata = {"axes": "YXS" if channels else "YX"}
     if pixel_size:
-        metadata.update(PhysicalSizeX=pixel_size, PhysicalSizeXUnit="µm",
-                        PhysicalSizeY=pixel_size, PhysicalSizeYUnit="µm")
+        metadata.update(
+            PhysicalSizeX=pixel_size, PhysicalSizeXUnit="µm", PhysicalSizeY=pixel_size, PhysicalSizeYUnit="µm"
+        )
     with tempfile.TemporaryDirectory(prefix=".pyramid-", dir=path.parent) as work:
-        stores = [None] + [zarr.create_array(store=os.path.join(work, str(k)), shape=s + extra,
-                                             chunks=(tile, tile) + extra, dtype=dtype, fill_value=0)
-                           for k, s in enumerate(shapes[1:], start=1)]
+        stores = [None] + [
+            zarr.create_array(
+                store=os.path.join(work, str(k)),
+                shape=s + extra,
+                chunks=(tile, tile) + extra,
+                dtype=dtype,
+                fill_value=0,
+            )
+            for k, s in enumerate(shapes[1:], start=1)
+        ]
 
         def tiles(k: int):
             h, w = shapes[k]
@@ -78,7 +94,7 @@ def write_pyramid_tiff(path: str | Path, region: Region, shape: tuple[int, int],
                         block = block if block.any() else None
                     if block is not None and k + 1 < len(shapes):
                         half = halve(block, downsample)
-                        stores[k + 1][y // 2:y // 2 + half.shape[0], x // 2:x // 2 + half.shape[1]] = half
+                        stores[k + 1][y // 2 : y // 2 + half.shape[0], x // 2 : x // 2 + half.shape[1]] = half
                     if block is None and y == x == 0:  # tifffile learns the tiles' type from the first
                         block = np.zeros((y1, x1) + extra, dtype)
                     yield block
@@ -90,9 +106,17 @@ def write_pyramid_tiff(path: str | Path, region: Region, shape: tuple[int, int],
                     if pixel_size:
                         px = pixel_size * 2**k
                         res = {"resolution": (1e4 / px, 1e4 / px), "resolutionunit": "CENTIMETER"}
-                    tif.write(tiles(k), shape=(h, w) + extra, dtype=dtype, tile=(tile, tile),
-                              subifds=len(shapes) - 1 if k == 0 else None, subfiletype=1 if k else 0,
-                              metadata=metadata if k == 0 else None, **res, **kwargs)
+                    tif.write(
+                        tiles(k),
+                        shape=(h, w) + extra,
+                        dtype=dtype,
+                        tile=(tile, tile),
+                        subifds=len(shapes) - 1 if k == 0 else None,
+                        subfiletype=1 if k else 0,
+                        metadata=metadata if k == 0 else None,
+                        **res,
+                        **kwargs,
+                    )
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -46,9 +46,7 @@ LEGEND = {
     FN: "false negative (in the reference, missed)",
 }
 # code[pred, ref]: equal classes give agreement / TP; otherwise FP where pred > ref, FN where pred < ref
-_CODES = np.array([[AGREE, FN, FN],
-                   [FP, TP_CYTOPLASM, FN],
-                   [FP, FP, TP_NUCLEUS]], np.uint8)
+_CODES = np.array([[AGREE, FN, FN], [FP, TP_CYTOPLASM, FN], [FP, FP, TP_NUCLEUS]], np.uint8)
 MIN_IOU = 0.5
 REVIEW_COLUMNS = ["ref_label", "status", "iou", "ncr_pred", "ncr_ref", "ref_centroid_y", "ref_centroid_x"]
 
@@ -113,8 +111,9 @@ def as_labels(labels) -> LabelSet:
         return labels
     if isinstance(labels, (tuple, list)) and len(labels) == 2:
         cells, nuclei = (np.asarray(a) for a in labels)
-        return LabelSet(classes_from_instances(cells, nuclei), cells.astype(np.uint32),
-                        nuclei.astype(np.uint32))
+        return LabelSet(
+            classes_from_instances(cells, nuclei), cells.astype(np.uint32), nuclei.astype(np.uint32)
+        )
     classes = _check_classes(labels, "labels")
     return LabelSet(classes, *instances_from_class_map(classes))
 
@@ -202,20 +201,40 @@ def match_cells(pred_cells, pred_nuclei, ref_cells, ref_nuclei, min_iou: float =
         if ref is None:
             return {"ncr_ref": np.nan, "ref_centroid_y": np.nan, "ref_centroid_x": np.nan}
         row = mr.loc[ref]
-        return {"ncr_ref": row["ncr"], "ref_centroid_y": row["centroid_y"],
-                "ref_centroid_x": row["centroid_x"]}
+        return {
+            "ncr_ref": row["ncr"],
+            "ref_centroid_y": row["centroid_y"],
+            "ref_centroid_x": row["centroid_x"],
+        }
 
     rows = []
     for label in mp.index:
         ref, score = match.get(int(label), (None, best_p.get(int(label), 0.0)))
-        rows.append({"label": int(label), "ref_label": ref, "status": "extra" if ref is None else "matched",
-                     "iou": float(score), "ncr_pred": mp.loc[label, "ncr"], **ref_part(ref)})
+        rows.append(
+            {
+                "label": int(label),
+                "ref_label": ref,
+                "status": "extra" if ref is None else "matched",
+                "iou": float(score),
+                "ncr_pred": mp.loc[label, "ncr"],
+                **ref_part(ref),
+            }
+        )
     for ref in mr.index:
         if int(ref) not in matched_ref:
-            rows.append({"label": None, "ref_label": int(ref), "status": "missed",
-                         "iou": float(best_r.get(int(ref), 0.0)), "ncr_pred": np.nan, **ref_part(ref)})
+            rows.append(
+                {
+                    "label": None,
+                    "ref_label": int(ref),
+                    "status": "missed",
+                    "iou": float(best_r.get(int(ref), 0.0)),
+                    "ncr_pred": np.nan,
+                    **ref_part(ref),
+                }
+            )
     table = pd.DataFrame(rows, columns=["label", *REVIEW_COLUMNS]).astype(
-        {c: float for c in REVIEW_COLUMNS[2:]} | {"status": object})
+        {c: float for c in REVIEW_COLUMNS[2:]} | {"status": object}
+    )
     for col in ("label", "ref_label"):
         table[col] = pd.array([None if pd.isna(v) else int(v) for v in table[col]], dtype="Int64")
     return table
@@ -247,13 +266,19 @@ class ReviewResult:
         """Counts, mean IoU of matched cells, pixels per colour and the 18 metrics, flat."""
         matched = self.cells[self.cells["status"] == "matched"]
         flat = {f"{region}_{m}": float(scores[m]) for region, scores in self.metrics.items() for m in METRICS}
-        return {**self.counts(), "mean_iou_matched": float(matched["iou"].mean()) if len(matched) else np.nan,
-                **code_counts(self.codes), **flat}
+        return {
+            **self.counts(),
+            "mean_iou_matched": float(matched["iou"].mean()) if len(matched) else np.nan,
+            **code_counts(self.codes),
+            **flat,
+        }
 
     def metrics_table(self) -> pd.DataFrame:
         """Regions as rows, the six metrics as columns."""
-        return pd.DataFrame([{"region": region, **scores} for region, scores in self.metrics.items()],
-                            columns=["region", *METRICS])
+        return pd.DataFrame(
+            [{"region": region, **scores} for region, scores in self.metrics.items()],
+            columns=["region", *METRICS],
+        )
 
 
 def review(pred, ref, min_iou: float = MIN_IOU) -> ReviewResult:

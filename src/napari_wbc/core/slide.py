@@ -201,17 +201,28 @@ def open_slide(path: str | Path) -> Slide:
         if channels and channels[0] not in (1, 3, 4):
             raise InputError(f"{path.name} has {channels[0]} channels; open an RGB (brightfield) slide")
         slide.pixel_size = slide_pixel_size(tif, path)
-        if len(series.levels) == 1 and page.is_contiguous and not page.is_tiled and not tif.is_ome \
-                and axes in ("YX", "YXS"):
-            array = _ContiguousArray(path, page.dataoffsets[0], series.get_shape(True),
-                                     np.dtype(tif.byteorder + page.dtype.str[1:]))
+        if (
+            len(series.levels) == 1
+            and page.is_contiguous
+            and not page.is_tiled
+            and not tif.is_ome
+            and axes in ("YX", "YXS")
+        ):
+            array = _ContiguousArray(
+                path,
+                page.dataoffsets[0],
+                series.get_shape(True),
+                np.dtype(tif.byteorder + page.dtype.str[1:]),
+            )
             slide.closers.insert(0, array.close)
             slide.levels = [_Level(array, axes)]
             return slide
         block = int(np.prod(page.chunks, dtype=np.int64)) * page.dtype.itemsize  # decoded
         if block > MAX_BLOCK_BYTES:
-            raise InputError(f"{path.name} is stored in blocks of {block / 2**20:.0f} MB, too big to "
-                             "read in pieces; save it as a tiled (pyramidal) TIFF")
+            raise InputError(
+                f"{path.name} is stored in blocks of {block / 2**20:.0f} MB, too big to "
+                "read in pieces; save it as a tiled (pyramidal) TIFF"
+            )
         import zarr
 
         store = series.aszarr(squeeze=True)
@@ -235,9 +246,17 @@ def _mosaic_fields(fields: Sequence) -> list[np.ndarray]:
     return out
 
 
-def build_mosaic_slide(path: str | Path, fields: Sequence, grid: tuple[int, int] = (4, 4), gap: int = 0,
-                       border: int = 0, pixel_size: float | None = 0.1, glass=(236, 232, 238),
-                       tile: int = 256, compression: str = "zlib") -> Path:
+def build_mosaic_slide(
+    path: str | Path,
+    fields: Sequence,
+    grid: tuple[int, int] = (4, 4),
+    gap: int = 0,
+    border: int = 0,
+    pixel_size: float | None = 0.1,
+    glass=(236, 232, 238),
+    tile: int = 256,
+    compression: str = "zlib",
+) -> Path:
     """Write a pyramidal OME-TIFF slide that tiles real smear ``fields`` on a ``grid``.
 
     Fields (arrays or image paths) repeat in order, flipped on each repeat; ``gap`` and
@@ -255,7 +274,7 @@ def build_mosaic_slide(path: str | Path, fields: Sequence, grid: tuple[int, int]
         n = i * cols + j
         f = images[n % len(images)]
         turn = (n // len(images)) % 4
-        return f[::-1 if turn & 1 else 1, ::-1 if turn & 2 else 1]
+        return f[:: -1 if turn & 1 else 1, :: -1 if turn & 2 else 1]
 
     def region(y0: int, x0: int, y1: int, x1: int) -> np.ndarray | None:
         out = None if glass is None else np.empty((y1 - y0, x1 - x0, 3), np.uint8)
@@ -270,11 +289,20 @@ def build_mosaic_slide(path: str | Path, fields: Sequence, grid: tuple[int, int]
                 if a < b and c < d:
                     if out is None:
                         out = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
-                    out[a - y0:b - y0, c - x0:d - x0] = f[a - fy:b - fy, c - fx:d - fx]
+                    out[a - y0 : b - y0, c - x0 : d - x0] = f[a - fy : b - fy, c - fx : d - fx]
         return out
 
-    return write_pyramid_tiff(path, region, shape, np.uint8, channels=3, tile=tile, pixel_size=pixel_size,
-                              downsample="mean", compression=compression)
+    return write_pyramid_tiff(
+        path,
+        region,
+        shape,
+        np.uint8,
+        channels=3,
+        tile=tile,
+        pixel_size=pixel_size,
+        downsample="mean",
+        compression=compression,
+    )
 
 
 def build_sample_slide(path: str | Path, grid: tuple[int, int] = (5, 6), gap: int = 160) -> Path:
@@ -284,8 +312,9 @@ def build_sample_slide(path: str | Path, grid: tuple[int, int] = (5, 6), gap: in
     slide says 0.1 um/px.
     """
     folder = Path(__file__).resolve().parents[1] / "sample_data"
-    return build_mosaic_slide(path, sorted(folder.glob("*.jpg")), grid=grid, gap=gap, border=gap,
-                              pixel_size=0.1)
+    return build_mosaic_slide(
+        path, sorted(folder.glob("*.jpg")), grid=grid, gap=gap, border=gap, pixel_size=0.1
+    )
 
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".btf", ".tf8")

@@ -34,8 +34,9 @@ def _table(z, lut: np.ndarray, shape: tuple[int, int]) -> pd.DataFrame:
         raise RuntimeError("a tile's cell table does not match its labels")
     bbox = z["bbox"]
     table["label"] = lut[1:].astype(np.int64)
-    table["touches_border"] = ((bbox[:, 0] == 0) | (bbox[:, 1] == 0) | (bbox[:, 2] == shape[0])
-                               | (bbox[:, 3] == shape[1]))
+    table["touches_border"] = (
+        (bbox[:, 0] == 0) | (bbox[:, 1] == 0) | (bbox[:, 2] == shape[0]) | (bbox[:, 3] == shape[1])
+    )
     return table
 
 
@@ -54,9 +55,17 @@ def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skip
         with np.load(f) as z:
             firsts.append(z["first"])
     ids = global_ids(firsts)
-    stores = {kind: zarr.create_array(store=str(work / f"{kind}.zarr"), shape=shape, dtype=np.uint32,
-                                      chunks=(LABEL_TILE, LABEL_TILE), fill_value=0, overwrite=True)
-              for kind in ("cells", "nuclei")}
+    stores = {
+        kind: zarr.create_array(
+            store=str(work / f"{kind}.zarr"),
+            shape=shape,
+            dtype=np.uint32,
+            chunks=(LABEL_TILE, LABEL_TILE),
+            fill_value=0,
+            overwrite=True,
+        )
+        for kind in ("cells", "nuclei")
+    }
     tables = []
     for f, tile_ids in zip(files, ids, strict=True):
         if not len(tile_ids):
@@ -66,10 +75,10 @@ def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skip
             y, x = (int(v) for v in z["origin"])
             for kind, store in stores.items():
                 local = z[kind]
-                region = store[y:y + local.shape[0], x:x + local.shape[1]]
+                region = store[y : y + local.shape[0], x : x + local.shape[1]]
                 painted = local > 0
                 region[painted] = lut[local[painted]]
-                store[y:y + local.shape[0], x:x + local.shape[1]] = region
+                store[y : y + local.shape[0], x : x + local.shape[1]] = region
             tables.append(_table(z, lut, shape))
     empty = measure_cells(np.zeros((1, 1), np.uint32), np.zeros((1, 1), np.uint32), px)
     table = pd.concat(tables, ignore_index=True) if tables else empty
@@ -82,19 +91,41 @@ def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skip
         def region(y0, x0, y1, x1):
             block = store[y0:y1, x0:x1]
             return block if block.any() else None
+
         return region
 
     paths = {kind: out / f"{name}_{kind}.tif" for kind in stores}
     for kind, store in stores.items():
-        write_pyramid_tiff(paths[kind], labels(store), shape, np.uint32, tile=LABEL_TILE, pixel_size=px,
-                           downsample="nearest")
+        write_pyramid_tiff(
+            paths[kind], labels(store), shape, np.uint32, tile=LABEL_TILE, pixel_size=px, downsample="nearest"
+        )
     table_path, summary_path = out / f"{name}_cells.csv", out / f"{name}_summary.csv"
     write_csv(table_path, table)
     counts = count_summary(table)
-    write_csv(summary_path, pd.DataFrame([{
-        "file": name, **counts, "pixel_size_um": px, "model": spec.name, "tiles": len(grid),
-        "skipped_tiles": skipped,
-        "scale": plan["scale"],
-    }]))
-    return SlideResult(paths["cells"], paths["nuclei"], table_path, summary_path, counts, len(grid),
-                       skipped, px, plan["scale"])
+    write_csv(
+        summary_path,
+        pd.DataFrame(
+            [
+                {
+                    "file": name,
+                    **counts,
+                    "pixel_size_um": px,
+                    "model": spec.name,
+                    "tiles": len(grid),
+                    "skipped_tiles": skipped,
+                    "scale": plan["scale"],
+                }
+            ]
+        ),
+    )
+    return SlideResult(
+        paths["cells"],
+        paths["nuclei"],
+        table_path,
+        summary_path,
+        counts,
+        len(grid),
+        skipped,
+        px,
+        plan["scale"],
+    )

@@ -76,8 +76,12 @@ class TileGrid:
         return (y // self.tile[0]) * self.cols + x // self.tile[1]
 
     def expand(self, box: Box, by: int) -> Box:
-        return (max(0, box[0] - by), max(0, box[1] - by),
-                min(self.shape[0], box[2] + by), min(self.shape[1], box[3] + by))
+        return (
+            max(0, box[0] - by),
+            max(0, box[1] - by),
+            min(self.shape[0], box[2] + by),
+            min(self.shape[1], box[3] + by),
+        )
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ class WorkGrid:
                 prob = _lerp(prob, pos, self.work_shape[axis], window[axis], axis + 1)
             return prob.argmax(0).astype(np.uint8)
         y, x = box[0] - window[0], box[1] - window[1]
-        return prob[:, y:y + box[2] - box[0], x:x + box[3] - box[1]].argmax(0).astype(np.uint8)
+        return prob[:, y : y + box[2] - box[0], x : x + box[3] - box[1]].argmax(0).astype(np.uint8)
 
 
 def _lerp(a: np.ndarray, pos: np.ndarray, n: int, origin: int, axis: int) -> np.ndarray:
@@ -213,14 +217,22 @@ def _first_pixel(mask: np.ndarray) -> tuple[int, int]:
 
 def _inside(obj: Box, crop: Box, shape: tuple[int, int], margin: int) -> bool:
     """Whether ``obj`` widened by ``margin`` lies in ``crop``; the slide's own edges are no limit."""
-    return ((crop[0] == 0 or obj[0] - crop[0] >= margin) and (crop[1] == 0 or obj[1] - crop[1] >= margin)
-            and (crop[2] == shape[0] or crop[2] - obj[2] >= margin)
-            and (crop[3] == shape[1] or crop[3] - obj[3] >= margin))
+    return (
+        (crop[0] == 0 or obj[0] - crop[0] >= margin)
+        and (crop[1] == 0 or obj[1] - crop[1] >= margin)
+        and (crop[2] == shape[0] or crop[2] - obj[2] >= margin)
+        and (crop[3] == shape[1] or crop[3] - obj[3] >= margin)
+    )
 
 
-def cells_in_tile(read_classes: Callable[[Box], np.ndarray], grid: TileGrid, index: int,
-                  cell_diameter: float | None = None, margin: int | None = None,
-                  max_object: int | None = None) -> TileCells:
+def cells_in_tile(
+    read_classes: Callable[[Box], np.ndarray],
+    grid: TileGrid,
+    index: int,
+    cell_diameter: float | None = None,
+    margin: int | None = None,
+    max_object: int | None = None,
+) -> TileCells:
     """Separate the cells of the objects that tile ``index`` owns, exactly as in the whole slide.
 
     ``read_classes(box)`` returns the stored 0/1/2 class map over a slide box. Objects wider
@@ -252,8 +264,12 @@ def cells_in_tile(read_classes: Callable[[Box], np.ndarray], grid: TileGrid, ind
     for first, obj in pending:  # objects reaching past the halo: read around them until whole
         while first not in found:
             if max(obj[2] - obj[0], obj[3] - obj[1]) > max_object:
-                log.warning("left out an object of %dx%d px at %s: too big for a white cell",
-                            obj[3] - obj[1], obj[2] - obj[0], first)
+                log.warning(
+                    "left out an object of %dx%d px at %s: too big for a white cell",
+                    obj[3] - obj[1],
+                    obj[2] - obj[0],
+                    first,
+                )
                 break
             big = grid.expand(obj, grid.halo + margin)
             c2, n2, o2 = _objects(read_classes(big), cell_diameter)
@@ -281,8 +297,9 @@ def _collect(found) -> TileCells:
             m = local[sl] == cid
             fy, fx = _first_pixel(m)
             y0, x0 = crop[0] + osl[0].start + sl[0].start, crop[1] + osl[1].start + sl[1].start
-            pieces.append(((y0 + fy, x0 + fx), (y0, x0, y0 + m.shape[0], x0 + m.shape[1]),
-                           m, nuclei[osl][sl] == cid))
+            pieces.append(
+                ((y0 + fy, x0 + fx), (y0, x0, y0 + m.shape[0], x0 + m.shape[1]), m, nuclei[osl][sl] == cid)
+            )
     if not pieces:
         return TileCells()
     pieces.sort(key=lambda p: p[0])

@@ -37,8 +37,14 @@ CELL_DIAMETER_RANGE = (60.0, 200.0)
 
 
 # used where a model's TRAINING does not say (MIF-Net's recipe)
-FALLBACK = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 5e-4, "momentum": 0.9, "batch_size": 8,
-            "patch": 192}
+FALLBACK = {
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "weight_decay": 5e-4,
+    "momentum": 0.9,
+    "batch_size": 8,
+    "patch": 192,
+}
 # target value of a nucleus pixel whose cell type the data does not give (typing models)
 UNKNOWN_TYPE_NUCLEUS = 2 + len(CELL_TYPES)  # 7: the class after the last type
 
@@ -108,8 +114,14 @@ class PatchSampler:
     often; without it, each pair is.
     """
 
-    def __init__(self, pairs, aug: AugmentConfig, seed: int = 0, type_names: list[str] | None = None,
-                 balance: bool = False):
+    def __init__(
+        self,
+        pairs,
+        aug: AugmentConfig,
+        seed: int = 0,
+        type_names: list[str] | None = None,
+        balance: bool = False,
+    ):
         self.items = []
         types = {}
         if type_names:
@@ -139,8 +151,9 @@ class PatchSampler:
             idx = self.rng.integers(len(self.items), size=n)
         else:
             idx = self.rng.choice(len(self.items), size=n, p=self.weights)
-        xs, ys = zip(*(augment(*self.items[i][:2], self.aug, self.rng, self.items[i][2]) for i in idx),
-                     strict=True)
+        xs, ys = zip(
+            *(augment(*self.items[i][:2], self.aug, self.rng, self.items[i][2]) for i in idx), strict=True
+        )
         return np.stack(xs), np.stack(ys)
 
 
@@ -157,8 +170,9 @@ def instance_targets(labels: np.ndarray, device) -> list[dict]:
     return out
 
 
-def model_loss(net, module, x, labels: np.ndarray, device: str = "cpu", dice_weight: float = 0.5,
-               bf16: bool = False):
+def model_loss(
+    net, module, x, labels: np.ndarray, device: str = "cpu", dice_weight: float = 0.5, bf16: bool = False
+):
     """The model's training loss on a normalised batch ``x`` and its (B, H, W) class maps:
     the paper's loss of its module (``loss`` or ``net.loss`` for instance models), else
     :func:`segmentation_loss`."""
@@ -227,13 +241,23 @@ def validate(net, spec, pairs, device) -> dict[str, float]:
         scores.append(class_map_metrics(network_classes(net, spec, image, device), label))
     net.train()
     m = mean_metrics(scores)
-    return {"dice_cell": m["cell"]["dice"], "dice_cytoplasm": m["cytoplasm"]["dice"],
-            "dice_nucleus": m["nucleus"]["dice"]}
+    return {
+        "dice_cell": m["cell"]["dice"],
+        "dice_cytoplasm": m["cytoplasm"]["dice"],
+        "dice_nucleus": m["nucleus"]["dice"],
+    }
 
 
-def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device: str = "cpu",
-          resume: bool = False, init_weights: str | Path | None = None,
-          progress=None, cancelled=None) -> dict:
+def train(
+    data_dirs,
+    out: str | Path,
+    config: TrainConfig | None = None,
+    device: str = "cpu",
+    resume: bool = False,
+    init_weights: str | Path | None = None,
+    progress=None,
+    cancelled=None,
+) -> dict:
     """Train (or fine-tune from ``init_weights``) and return the history summary."""
     import torch
 
@@ -244,6 +268,7 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
     config = config or TrainConfig()
     if init_weights:  # fine-tuning trains the architecture of the weights it starts from
         from dataclasses import replace
+
         config = replace(config, model=read_spec(init_weights).name)
     config = recipe(config)
     module = model_module(config.model)
@@ -262,8 +287,13 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
         classes = tuple(getattr(module, "CLASSES", ModelSpec.classes))
         cfg = {**config.cfg, **({"num_classes": len(classes)} if hasattr(module, "CLASSES") else {})}
         spec = ModelSpec(config.model, cfg, classes=classes, pixel_size=config.pixel_size)
-    sampler = PatchSampler(train_pairs, AugmentConfig(size=config.patch, **config.augment), config.seed,
-                           type_names(spec), config.balance)
+    sampler = PatchSampler(
+        train_pairs,
+        AugmentConfig(size=config.patch, **config.augment),
+        config.seed,
+        type_names(spec),
+        config.balance,
+    )
     net = create_model(spec.name, **spec.cfg).to(device)
     if init_weights:
         from safetensors.torch import load_file
@@ -271,21 +301,31 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
         from ..models import sha256
 
         spec.extra.pop("trained", None)  # the base model's record is not this model's
-        spec.extra["init"] = {"weights": str(init_weights),
-                              "sha256": sha256(Path(init_weights) / "model.safetensors")}
+        spec.extra["init"] = {
+            "weights": str(init_weights),
+            "sha256": sha256(Path(init_weights) / "model.safetensors"),
+        }
         state = load_file(str(Path(init_weights) / "model.safetensors"))
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     if config.optimizer == "sgd":
-        opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
-                              weight_decay=config.weight_decay)
+        opt = torch.optim.SGD(
+            net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     else:
         opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_pairs) / config.batch_size))
     total = config.max_steps or config.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=total, pct_start=0.05)
-    history = {"config": asdict(config), "data": [str(d) for d in data_dirs],
-               "train_images": len(train_pairs), "val_images": len(val_pairs),
-               "steps_per_epoch": steps_per_epoch, "loss": [], "val": [], "best": None}
+    history = {
+        "config": asdict(config),
+        "data": [str(d) for d in data_dirs],
+        "train_images": len(train_pairs),
+        "val_images": len(val_pairs),
+        "steps_per_epoch": steps_per_epoch,
+        "loss": [],
+        "val": [],
+        "best": None,
+    }
     step, best, stale = 0, -1.0, 0
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
@@ -293,10 +333,17 @@ def train(data_dirs, out: str | Path, config: TrainConfig | None = None, device:
         step, best, stale = int(state["step"]), float(state["best"]), int(state["stale"])
         history = json.loads((out / "history.json").read_text())
         sampler.rng = np.random.default_rng(config.seed + step)
+
     def checkpoint():
         (out / "history.json").write_text(json.dumps(history))
-        state = {"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                 "step": step, "best": best, "stale": stale}
+        state = {
+            "model": net.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "step": step,
+            "best": best,
+            "stale": stale,
+        }
         torch.save(state, out / "checkpoint.pt.tmp")
         os.replace(out / "checkpoint.pt.tmp", ckpt)
 
@@ -348,22 +395,30 @@ def write_card(out: Path, spec, history: dict) -> Path:
     from ..models import sha256
 
     c, best = history["config"], history.get("best") or {}
-    figures = ", ".join(f"{k.removeprefix('dice_')} {100 * v:.2f}" for k, v in best.items()
-                        if k.startswith("dice_"))
-    text = "\n".join([
-        f"# {spec.name}: trained weights", "",
-        f"- data: {', '.join(history['data'])} (train split: {history['train_images']} images; "
-        f"validation split: {history['val_images']} images; test split never seen); patches drawn from "
-        + ("each data folder equally often" if c.get("balance") else "each image equally often"),
-        f"- recipe: {c['optimizer']} lr {c['lr']} weight decay {c['weight_decay']}, batch {c['batch_size']} "
-        f"of {c['patch']} px patches, augmentation overrides {c['augment'] or 'none'}, bf16 {c['bf16']}",
-        f"- trained {history['steps']} steps ({history['steps'] / history['steps_per_epoch']:.1f} epochs) "
-        f"in {history['seconds'] / 60:.1f} min on {history['device']} ({platform.machine()}, "
-        f"{platform.node() or 'unknown host'})" + (" - cancelled" if history.get("cancelled") else ""),
-        f"- best validation (step {best.get('step')}): Dice % {figures or 'none'}",
-        f"- classes: {', '.join(spec.classes)}; working pixel size {spec.pixel_size} um/px",
-        f"- model.safetensors sha256 {sha256(out / 'model.safetensors')}",
-        "", "Test-split figures: `napari-wbc evaluate --dataset DIR --split test --weights THIS_FOLDER`.",
-        ""])
+    figures = ", ".join(
+        f"{k.removeprefix('dice_')} {100 * v:.2f}" for k, v in best.items() if k.startswith("dice_")
+    )
+    text = "\n".join(
+        [
+            f"# {spec.name}: trained weights",
+            "",
+            f"- data: {', '.join(history['data'])} (train split: {history['train_images']} images; "
+            f"validation split: {history['val_images']} images; test split never seen); patches drawn from "
+            + ("each data folder equally often" if c.get("balance") else "each image equally often"),
+            f"- recipe: {c['optimizer']} lr {c['lr']} weight decay {c['weight_decay']}, "
+            f"batch {c['batch_size']} of {c['patch']} px patches, "
+            f"augmentation overrides {c['augment'] or 'none'}, bf16 {c['bf16']}",
+            f"- trained {history['steps']} steps "
+            f"({history['steps'] / history['steps_per_epoch']:.1f} epochs) "
+            f"in {history['seconds'] / 60:.1f} min on {history['device']} ({platform.machine()}, "
+            f"{platform.node() or 'unknown host'})" + (" - cancelled" if history.get("cancelled") else ""),
+            f"- best validation (step {best.get('step')}): Dice % {figures or 'none'}",
+            f"- classes: {', '.join(spec.classes)}; working pixel size {spec.pixel_size} um/px",
+            f"- model.safetensors sha256 {sha256(out / 'model.safetensors')}",
+            "",
+            "Test-split figures: `napari-wbc evaluate --dataset DIR --split test --weights THIS_FOLDER`.",
+            "",
+        ]
+    )
     (out / "CARD.md").write_text(text)
     return out / "CARD.md"

@@ -54,19 +54,30 @@ def choose_threshold(prob: np.ndarray, target: np.ndarray) -> tuple[float, dict]
         wrong = int((~right & ~unknown).sum())
         cost = wrong + UNIDENTIFIED_COST * int(unknown.sum())
         if cost < best[0]:
-            figures = {"wrong": wrong, "unidentified": int(unknown.sum()), "cells": len(target),
-                       "accuracy_identified": float(right[~unknown].mean()) if (~unknown).any() else 0.0}
+            figures = {
+                "wrong": wrong,
+                "unidentified": int(unknown.sum()),
+                "cells": len(target),
+                "accuracy_identified": float(right[~unknown].mean()) if (~unknown).any() else 0.0,
+            }
             best = (cost, float(t), figures)
     return best[1], best[2]
 
 
 def _scores(prob: np.ndarray, target: np.ndarray) -> dict:
     pred = prob.argmax(1)
-    recalls = {CLASSES[k]: float((pred[target == k] == k).mean()) for k in range(len(CLASSES))
-               if (target == k).sum() >= 3}
+    recalls = {
+        CLASSES[k]: float((pred[target == k] == k).mean())
+        for k in range(len(CLASSES))
+        if (target == k).sum() >= 3
+    }
     accuracy = float((pred == target).mean())
-    return {"accuracy": accuracy, "mean_recall": float(np.mean(list(recalls.values()))),
-            "recall": recalls, "score": 0.5 * accuracy + 0.5 * float(np.mean(list(recalls.values())))}
+    return {
+        "accuracy": accuracy,
+        "mean_recall": float(np.mean(list(recalls.values()))),
+        "recall": recalls,
+        "score": 0.5 * accuracy + 0.5 * float(np.mean(list(recalls.values()))),
+    }
 
 
 class _Batches(IterableDataset):
@@ -74,8 +85,9 @@ class _Batches(IterableDataset):
     :func:`train_classifier` says; an iterable for torch's DataLoader, each worker process
     with its own seed (the same seed and worker count give the same batches)."""
 
-    def __init__(self, examples: dict, weights: np.ndarray, aug: AugmentConfig, scale_range, batch: int,
-                 seed: int):
+    def __init__(
+        self, examples: dict, weights: np.ndarray, aug: AugmentConfig, scale_range, batch: int, seed: int
+    ):
         self.ex, self.weights, self.aug, self.scale_range = examples, weights, aug, scale_range
         self.batch, self.seed = batch, seed
 
@@ -87,12 +99,25 @@ class _Batches(IterableDataset):
             idx = rng.choice(len(self.weights), self.batch, p=self.weights)
             pairs = [augment(ex["big"][i], ex["big_label"][i], self.aug, rng, self.scale_range) for i in idx]
             sizes = ex["size"][idx] + rng.normal(0, SIZE_JITTER, len(idx)).astype(np.float32)
-            yield (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]).astype(np.uint8), sizes,
-                   ex["target"][idx])
+            yield (
+                np.stack([p[0] for p in pairs]),
+                np.stack([p[1] for p in pairs]).astype(np.uint8),
+                sizes,
+                ex["target"][idx],
+            )
 
 
-def train_classifier(data_dirs, out, config, device: str = "cpu", resume: bool = False,
-                     init_weights=None, progress=None, cancelled=None, segmenter=None) -> dict:
+def train_classifier(
+    data_dirs,
+    out,
+    config,
+    device: str = "cpu",
+    resume: bool = False,
+    init_weights=None,
+    progress=None,
+    cancelled=None,
+    segmenter=None,
+) -> dict:
     """Train (or fine-tune from ``init_weights``) the classifier; return the history.
     ``segmenter``: (net, spec) whose cells are learned (default: the shipped default model)."""
     import torch
@@ -111,12 +136,16 @@ def train_classifier(data_dirs, out, config, device: str = "cpu", resume: bool =
     def collecting(split):
         return lambda d, n: progress and progress(0, 0, {f"collecting {split}": d / n})
 
-    ex = {s: cached_examples(out, data_dirs, s, segmenter, device, crop, context, progress=collecting(s))
-          for s in ("train", "val")}
+    ex = {
+        s: cached_examples(out, data_dirs, s, segmenter, device, crop, context, progress=collecting(s))
+        for s in ("train", "val")
+    }
     train_ex, val_ex = ex["train"], ex["val"]
     if not len(train_ex["target"]):
-        raise ValueError("no training cells found: the data folders need class_labels.csv or "
-                         "wbc_class_labels.csv with cell types")
+        raise ValueError(
+            "no training cells found: the data folders need class_labels.csv or "
+            "wbc_class_labels.csv with cell types"
+        )
     spec = read_spec(init_weights) if init_weights else ModelSpec(config.model, {}, classes=CLASSES)
     spec.extra.update({"crop": crop, "context": context})
     net = create_model(spec.name, **spec.cfg).to(device)
@@ -125,8 +154,10 @@ def train_classifier(data_dirs, out, config, device: str = "cpu", resume: bool =
 
         state = load_file(str(Path(init_weights) / "model.safetensors"))
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        spec.extra["init"] = {"weights": str(init_weights),
-                              "sha256": sha256(Path(init_weights) / "model.safetensors")}
+        spec.extra["init"] = {
+            "weights": str(init_weights),
+            "sha256": sha256(Path(init_weights) / "model.safetensors"),
+        }
     counts = np.bincount(train_ex["target"], minlength=len(CLASSES)).astype(np.float64)
     weights = (1.0 / np.maximum(counts, 1) ** BALANCE)[train_ex["target"]]
     weights /= weights.sum()
@@ -136,11 +167,18 @@ def train_classifier(data_dirs, out, config, device: str = "cpu", resume: bool =
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.max_steps or config.epochs * max(1, len(train_ex["target"]) // config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=total, pct_start=0.1)
-    history = {"config": asdict(config), "data": [str(d) for d in data_dirs],
-               "train_examples": {c: int(n) for c, n in zip(CLASSES, counts, strict=True)},
-               "val_examples": {c: int(n) for c, n in zip(CLASSES, np.bincount(
-                   val_ex["target"], minlength=len(CLASSES)), strict=True)},
-               "loss": [], "val": [], "best": None}
+    history = {
+        "config": asdict(config),
+        "data": [str(d) for d in data_dirs],
+        "train_examples": {c: int(n) for c, n in zip(CLASSES, counts, strict=True)},
+        "val_examples": {
+            c: int(n)
+            for c, n in zip(CLASSES, np.bincount(val_ex["target"], minlength=len(CLASSES)), strict=True)
+        },
+        "loss": [],
+        "val": [],
+        "best": None,
+    }
     step, best, best_state = 0, -1.0, None
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
@@ -149,8 +187,10 @@ def train_classifier(data_dirs, out, config, device: str = "cpu", resume: bool =
         if (out / "model.safetensors").exists():  # the best weights so far
             from safetensors.torch import load_file
 
-            best_state = {k: v.float() if v.is_floating_point() else v
-                          for k, v in load_file(str(out / "model.safetensors")).items()}
+            best_state = {
+                k: v.float() if v.is_floating_point() else v
+                for k, v in load_file(str(out / "model.safetensors")).items()
+            }
         history = json.loads((out / "history.json").read_text())
 
     def validate() -> dict:
@@ -160,9 +200,12 @@ def train_classifier(data_dirs, out, config, device: str = "cpu", resume: bool =
         return _scores(prob, val_ex["target"]) if len(prob) else {"score": -step}
 
     batches = torch.utils.data.DataLoader(
-        _Batches(train_ex, weights, aug, scale_range, config.batch_size, config.seed + step), batch_size=None,
-        num_workers=config.workers, pin_memory=device.startswith("cuda"),
-        persistent_workers=config.workers > 0)
+        _Batches(train_ex, weights, aug, scale_range, config.batch_size, config.seed + step),
+        batch_size=None,
+        num_workers=config.workers,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=config.workers > 0,
+    )
     net.train()
     t0, start, running = time.time(), step, None
     for rgb, label, sizes, target in batches:
@@ -188,8 +231,16 @@ def train_classifier(data_dirs, out, config, device: str = "cpu", resume: bool =
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 save_model(net, spec, out, half=True)
             (out / "history.json").write_text(json.dumps(history))
-            torch.save({"model": net.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "step": step, "best": best}, out / "checkpoint.pt.tmp")
+            torch.save(
+                {
+                    "model": net.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "step": step,
+                    "best": best,
+                },
+                out / "checkpoint.pt.tmp",
+            )
             os.replace(out / "checkpoint.pt.tmp", ckpt)
         if progress is not None:
             progress(step, total, info)
@@ -200,15 +251,30 @@ def train_classifier(data_dirs, out, config, device: str = "cpu", resume: bool =
     white = val_ex["target"] < len(CELL_TYPES)
     threshold, figures = 0.5, {}
     if white.any():
-        prob = predict_crops(net, spec, val_ex["small"][white], val_ex["small_label"][white],
-                             val_ex["size"][white], device)
+        prob = predict_crops(
+            net, spec, val_ex["small"][white], val_ex["small_label"][white], val_ex["size"][white], device
+        )
         threshold, figures = choose_threshold(prob, val_ex["target"][white])
-    spec = replace(spec, extra={**spec.extra, "unidentified_below": threshold,
-                                "trained": {"best": history["best"], "steps": step,
-                                            "data": [Path(d).name for d in data_dirs],
-                                            "val_at_threshold": figures}})
+    spec = replace(
+        spec,
+        extra={
+            **spec.extra,
+            "unidentified_below": threshold,
+            "trained": {
+                "best": history["best"],
+                "steps": step,
+                "data": [Path(d).name for d in data_dirs],
+                "val_at_threshold": figures,
+            },
+        },
+    )
     save_model(net, spec, out, half=True)
-    history.update(steps=step, seconds=round(time.time() - t0, 1), device=device,
-                   unidentified_below=threshold, val_at_threshold=figures)
+    history.update(
+        steps=step,
+        seconds=round(time.time() - t0, 1),
+        device=device,
+        unidentified_below=threshold,
+        val_at_threshold=figures,
+    )
     (out / "history.json").write_text(json.dumps(history))
     return history

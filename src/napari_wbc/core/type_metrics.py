@@ -26,13 +26,16 @@ def type_report(truth: list[str], predicted: list[str]) -> dict:
     for t, p in zip(truth, predicted, strict=True):
         confusion[CELL_TYPES.index(t), PREDICTED.index(p)] += 1
     n = int(confusion.sum())
-    right = np.diag(confusion[:, :len(CELL_TYPES)])
-    identified = confusion[:, :len(CELL_TYPES)].sum()
+    right = np.diag(confusion[:, : len(CELL_TYPES)])
+    identified = confusion[:, : len(CELL_TYPES)].sum()
     per_class = {}
     for k, kind in enumerate(CELL_TYPES):
         row, column = confusion[k].sum(), confusion[:, k].sum()
-        per_class[kind] = {"cells": int(row), "recall": float(right[k] / row) if row else None,
-                           "precision": float(right[k] / column) if column else None}
+        per_class[kind] = {
+            "cells": int(row),
+            "recall": float(right[k] / row) if row else None,
+            "precision": float(right[k] / column) if column else None,
+        }
     return {
         "cells": n,
         "accuracy": float(right.sum() / n) if n else None,
@@ -53,16 +56,21 @@ def format_type_report(report: dict, title: str) -> str:
     """The report as Markdown: a line of figures, per-class recall/precision, the confusion."""
     if not report.get("cells"):
         return f"{title}: no cells of known type"
-    lines = [f"{title}: accuracy {_pct(report['accuracy'])}% of {report['cells']} cells "
-             f"({_pct(report['accuracy_identified'])}% of those given a type), unidentified "
-             f"{_pct(report['unidentified_rate'])}%, taken for no white cell {_pct(report['not_wbc_rate'])}%",
-             "", "| reference \\ predicted | " + " | ".join(report["columns"])
-             + " | recall % | precision % |",
-             "|---" * (len(report["columns"]) + 3) + "|"]
+    lines = [
+        f"{title}: accuracy {_pct(report['accuracy'])}% of {report['cells']} cells "
+        f"({_pct(report['accuracy_identified'])}% of those given a type), unidentified "
+        f"{_pct(report['unidentified_rate'])}%, taken for no white cell {_pct(report['not_wbc_rate'])}%",
+        "",
+        "| reference \\ predicted | " + " | ".join(report["columns"]) + " | recall % | precision % |",
+        "|---" * (len(report["columns"]) + 3) + "|",
+    ]
     for kind, row in zip(CELL_TYPES, report["confusion"], strict=True):
         c = report["per_class"][kind]
-        lines.append(f"| {kind} ({c['cells']}) | " + " | ".join(map(str, row))
-                     + f" | {_pct(c['recall'])} | {_pct(c['precision'])} |")
+        lines.append(
+            f"| {kind} ({c['cells']}) | "
+            + " | ".join(map(str, row))
+            + f" | {_pct(c['recall'])} | {_pct(c['precision'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -85,13 +93,19 @@ def confusion_png(report: dict, path: str | Path, title: str = "") -> Path:
         for j in range(len(cols)):
             v = share[i, j]
             good = j == i
-            shade = (int(255 * (1 - v)), 255, int(255 * (1 - v))) if good else \
-                (255, int(255 * (1 - v)), int(255 * (1 - v)))
+            shade = (
+                (int(255 * (1 - v)), 255, int(255 * (1 - v)))
+                if good
+                else (255, int(255 * (1 - v)), int(255 * (1 - v)))
+            )
             box = (left + j * cell, top + i * cell, left + (j + 1) * cell - 2, top + (i + 1) * cell - 2)
             draw.rectangle(box, fill=shade, outline=(200, 200, 200))
             draw.text((box[0] + cell // 2 - 8, box[1] + cell // 2 - 6), str(int(m[i, j])), fill="black")
-    draw.text((10, image.height - 20), "rows: reference type; columns: prediction; green: right, red: wrong",
-              fill="black")
+    draw.text(
+        (10, image.height - 20),
+        "rows: reference type; columns: prediction; green: right, red: wrong",
+        fill="black",
+    )
     path = Path(path)
     image.save(path)
     return path

@@ -91,8 +91,11 @@ def slide_cell_width(slide: Slide, net, spec, device: str = "cpu", gain: float =
         xs = np.linspace(0, w - side, max(1, min(8, w // side))).astype(int)
         boxes = [(y, x, y + side, x + side) for y in ys for x in xs]
         boxes = [b for b in boxes if has_nucleus_stain(brighten(slide.look(*b, 8.0), gain))]
-        boxes = [boxes[i] for i in np.unique(np.linspace(0, len(boxes) - 1, PROBE_WINDOWS).astype(int))] \
-            if boxes else []
+        boxes = (
+            [boxes[i] for i in np.unique(np.linspace(0, len(boxes) - 1, PROBE_WINDOWS).astype(int))]
+            if boxes
+            else []
+        )
     widths = []
     for box in boxes:
         width = typical_cell_width(network_classes(net, spec, brighten(slide.read(*box), gain), device))
@@ -101,8 +104,9 @@ def slide_cell_width(slide: Slide, net, spec, device: str = "cpu", gain: float =
     return float(np.median(widths)) if widths else None
 
 
-def _slide_scale(work: Path, slide: Slide, net, spec, device: str, px, gain: float,
-                 auto_scale: bool) -> float:
+def _slide_scale(
+    work: Path, slide: Slide, net, spec, device: str, px, gain: float, auto_scale: bool
+) -> float:
     """The network's scale for the slide, as a field's (:func:`.inference.scale_for_cells` of
     :func:`slide_cell_width`), or the pixel size's without ``auto_scale``. Measured once per
     work folder (``scale.json``), so every process of a run uses the same."""
@@ -130,10 +134,21 @@ def _plan(slide: Slide, spec, px, tile, halo, skip_empty, scale: float, gain: fl
         tile = max(256, round(WORK_TILE / scale / 64) * 64)
     tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
     model = hashlib.sha256(json.dumps(spec.to_json(), sort_keys=True).encode()).hexdigest()[:16]
-    return {"shape": list(slide.shape), "tile": list(tile), "halo": int(halo), "scale": scale,
-            "cell_diameter": diameter, "context": network_context(spec), "pixel_size": px,
-            "model": spec.name, "model_hash": model, "skip_empty": bool(skip_empty), "purple": PURPLE,
-            "gain": gain, "version": 3}
+    return {
+        "shape": list(slide.shape),
+        "tile": list(tile),
+        "halo": int(halo),
+        "scale": scale,
+        "cell_diameter": diameter,
+        "context": network_context(spec),
+        "pixel_size": px,
+        "model": spec.name,
+        "model_hash": model,
+        "skip_empty": bool(skip_empty),
+        "purple": PURPLE,
+        "gain": gain,
+        "version": 3,
+    }
 
 
 def _open_work(work: Path, plan: dict, shard: tuple[int, int]):
@@ -149,16 +164,31 @@ def _open_work(work: Path, plan: dict, shard: tuple[int, int]):
         (work / sub).mkdir(parents=True, exist_ok=True)
     if not plan_file.exists():
         write_atomic(plan_file, lambda p: p.write_text(json.dumps(plan, indent=1)))
-    return zarr.open_array(str(work / "classes.zarr"), mode="a", shape=tuple(plan["shape"]),
-                           chunks=tuple(plan["tile"]), dtype=np.uint8, fill_value=0)
+    return zarr.open_array(
+        str(work / "classes.zarr"),
+        mode="a",
+        shape=tuple(plan["shape"]),
+        chunks=tuple(plan["tile"]),
+        dtype=np.uint8,
+        fill_value=0,
+    )
 
 
 def _save_cells(path: Path, record: TileCells, table: pd.DataFrame) -> None:
-    arrays = {"origin": np.array(record.origin), "cells": record.cells, "nuclei": record.nuclei,
-              "first": record.first, "bbox": record.bbox}
+    arrays = {
+        "origin": np.array(record.origin),
+        "cells": record.cells,
+        "nuclei": record.nuclei,
+        "first": record.first,
+        "bbox": record.bbox,
+    }
     # text columns (cell types) as fixed-width strings: the file loads without pickle
-    arrays.update({f"table:{c}": table[c].to_numpy().astype(str) if table[c].dtype == object
-                   else table[c].to_numpy() for c in table.columns})
+    arrays.update(
+        {
+            f"table:{c}": table[c].to_numpy().astype(str) if table[c].dtype == object else table[c].to_numpy()
+            for c in table.columns
+        }
+    )
 
     def write(p: Path) -> None:
         with open(p, "wb") as f:
@@ -167,12 +197,26 @@ def _save_cells(path: Path, record: TileCells, table: pd.DataFrame) -> None:
     write_atomic(path, write)
 
 
-def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name: str | None = None,
-                  tile: int | tuple[int, int] | None = None, halo: int | None = None,
-                  pixel_size: float | None = None, device: str = "cpu", batch_size: int = 1,
-                  skip_empty: bool = True, shard: tuple[int, int] = (0, 1), poll: float = 2.0,
-                  keep_work: bool = False, until: str = "results", classifier=None,
-                  auto_scale: bool = True) -> Generator[Progress, None, SlideResult | None]:
+def segment_slide(
+    slide: Slide | str | Path,
+    out: str | Path,
+    net,
+    spec,
+    *,
+    name: str | None = None,
+    tile: int | tuple[int, int] | None = None,
+    halo: int | None = None,
+    pixel_size: float | None = None,
+    device: str = "cpu",
+    batch_size: int = 1,
+    skip_empty: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    poll: float = 2.0,
+    keep_work: bool = False,
+    until: str = "results",
+    classifier=None,
+    auto_scale: bool = True,
+) -> Generator[Progress, None, SlideResult | None]:
     """Segment a slide tile by tile into ``out``; yields ``(done, total, message)`` per tile.
 
     ``pixel_size`` (um/px) overrides the file's; it gives the measurements in um. The
@@ -199,17 +243,35 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
         raise ValueError(f"until must be one of {UNTIL}, not {until!r}")
     if not isinstance(slide, Slide):
         with open_slide(slide) as opened:
-            return (yield from segment_slide(opened, out, net, spec, name=name, tile=tile, halo=halo,
-                                             pixel_size=pixel_size, device=device, batch_size=batch_size,
-                                             skip_empty=skip_empty, shard=shard, poll=poll,
-                                             keep_work=keep_work, until=until, classifier=classifier,
-                                             auto_scale=auto_scale))
+            return (
+                yield from segment_slide(
+                    opened,
+                    out,
+                    net,
+                    spec,
+                    name=name,
+                    tile=tile,
+                    halo=halo,
+                    pixel_size=pixel_size,
+                    device=device,
+                    batch_size=batch_size,
+                    skip_empty=skip_empty,
+                    shard=shard,
+                    poll=poll,
+                    keep_work=keep_work,
+                    until=until,
+                    classifier=classifier,
+                    auto_scale=auto_scale,
+                )
+            )
     from ..models.registry import list_models, model_kind
 
     if model_kind(spec.name) != "semantic":
         semantic = ", ".join(m for m in list_models() if model_kind(m) == "semantic")
-        raise InputError(f"{spec.name} detects cells field by field and cannot stitch tiles exactly; "
-                         f"segment whole slides with a semantic model ({semantic})")
+        raise InputError(
+            f"{spec.name} detects cells field by field and cannot stitch tiles exactly; "
+            f"segment whole slides with a semantic model ({semantic})"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = name or slide.name
@@ -252,7 +314,7 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
         probs = predict_batch(net, spec, images, device)
         for (i, window, _), prob in zip(batch, probs, strict=True):
             core = grid.core(i)
-            store[core[0]:core[2], core[1]:core[3]] = wgrid.to_slide(prob, window, core)
+            store[core[0] : core[2], core[1] : core[3]] = wgrid.to_slide(prob, window, core)
             classified(i).write_text("network")
             done += 1
             yield done, total, f"tile {i + 1}/{len(grid)}: classified"
@@ -261,7 +323,8 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
     for i in todo:
         core = grid.core(i)
         if skip_empty and not has_nucleus_stain(
-                brighten(slide.look(*grid.expand(core, grid.halo), look_ds), gain)):
+            brighten(slide.look(*grid.expand(core, grid.halo), look_ds), gain)
+        ):
             classified(i).write_text("skipped")
             done += 1
             yield done, total, f"tile {i + 1}/{len(grid)}: no nuclei, skipped"
@@ -277,8 +340,13 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
         yield from flush()
     if until == "classified":
         return None
-    yield from _wait(lambda: all(classified(i).exists() for i in range(len(grid))), poll, done, total,
-                     "waiting for other workers to classify their tiles")
+    yield from _wait(
+        lambda: all(classified(i).exists() for i in range(len(grid))),
+        poll,
+        done,
+        total,
+        "waiting for other workers to classify their tiles",
+    )
 
     # pass 2: cells per tile, from the stored class map
     for i in mine:
@@ -286,8 +354,9 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
         if not path.exists():
             record = TileCells()
             if classified(i).read_text() != "skipped":
-                record = cells_in_tile(lambda b: store[b[0]:b[2], b[1]:b[3]], grid, i,
-                                       cell_diameter=plan["cell_diameter"])
+                record = cells_in_tile(
+                    lambda b: store[b[0] : b[2], b[1] : b[3]], grid, i, cell_diameter=plan["cell_diameter"]
+                )
             types = probs = None
             if classifier is not None and len(record.first):
                 types, probs = _classify(record, slide, gain, classifier, plan["scale"], device)
@@ -297,8 +366,13 @@ def segment_slide(slide: Slide | str | Path, out: str | Path, net, spec, *, name
         yield done, total, f"tile {i + 1}/{len(grid)}: cells separated"
     if shard[0] != 0 or until == "cells":
         return None
-    yield from _wait(lambda: all((work / "cells" / f"{i}.npz").exists() for i in range(len(grid))), poll,
-                     done, total, "waiting for other workers to separate cells")
+    yield from _wait(
+        lambda: all((work / "cells" / f"{i}.npz").exists() for i in range(len(grid))),
+        poll,
+        done,
+        total,
+        "waiting for other workers to separate cells",
+    )
     from .slide_output import write_results
 
     skipped = sum(classified(i).read_text() == "skipped" for i in range(len(grid)))
@@ -325,8 +399,15 @@ def _classify(record: TileCells, slide: Slide, gain: float, classifier, scale: f
     y0, x0 = max(0, record.origin[0] - m), max(0, record.origin[1] - m)
     y1, x1 = min(slide.shape[0], record.origin[0] + h + m), min(slide.shape[1], record.origin[1] + w + m)
     image = brighten(slide.read(y0, x0, y1, x1), gain)
-    return classify_cells(*classifier, image, record.cells, record.nuclei, scale, device,
-                          origin=(record.origin[0] - y0, record.origin[1] - x0))
+    return classify_cells(
+        *classifier,
+        image,
+        record.cells,
+        record.nuclei,
+        scale,
+        device,
+        origin=(record.origin[0] - y0, record.origin[1] - x0),
+    )
 
 
 def _measure(record: TileCells, px: float | None, types=None, probs=None) -> pd.DataFrame:
@@ -334,5 +415,11 @@ def _measure(record: TileCells, px: float | None, types=None, probs=None) -> pd.
 
     if not len(record.first):
         return measure_cells(np.zeros((1, 1), np.uint32), np.zeros((1, 1), np.uint32), px)
-    return measure_cells(record.cells, record.nuclei, px, offset=tuple(float(v) for v in record.origin),
-                         types=types, type_probs=probs)
+    return measure_cells(
+        record.cells,
+        record.nuclei,
+        px,
+        offset=tuple(float(v) for v in record.origin),
+        types=types,
+        type_probs=probs,
+    )

@@ -20,8 +20,15 @@ from typing import Any
 from .registry import create_model, list_models
 
 __all__ = [
-    "ModelSpec", "create_model", "list_models", "load_model", "save_model",
-    "available_weights", "resolve_weights", "MissingWeightsError", "sha256",
+    "ModelSpec",
+    "create_model",
+    "list_models",
+    "load_model",
+    "save_model",
+    "available_weights",
+    "resolve_weights",
+    "MissingWeightsError",
+    "sha256",
 ]
 
 SHIPPED = Path(__file__).parent / "weights"
@@ -44,16 +51,28 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "cfg": self.cfg, "classes": list(self.classes),
-                "mean": list(self.mean), "std": list(self.std),
-                "pixel_size": self.pixel_size, **self.extra}
+        return {
+            "name": self.name,
+            "cfg": self.cfg,
+            "classes": list(self.classes),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "pixel_size": self.pixel_size,
+            **self.extra,
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> ModelSpec:
         known = {"name", "cfg", "classes", "mean", "std", "pixel_size"}
-        return cls(d["name"], d.get("cfg", {}), tuple(d.get("classes", cls.classes)),
-                   tuple(d.get("mean", cls.mean)), tuple(d.get("std", cls.std)),
-                   d.get("pixel_size"), {k: v for k, v in d.items() if k not in known})
+        return cls(
+            d["name"],
+            d.get("cfg", {}),
+            tuple(d.get("classes", cls.classes)),
+            tuple(d.get("mean", cls.mean)),
+            tuple(d.get("std", cls.std)),
+            d.get("pixel_size"),
+            {k: v for k, v in d.items() if k not in known},
+        )
 
 
 def user_model_dir() -> Path:
@@ -140,8 +159,12 @@ def read_spec(folder: str | Path) -> ModelSpec:
     return ModelSpec.from_json(json.loads((Path(folder) / "config.json").read_text()))
 
 
-def load_model(model: str | None = None, weights: str | Path | None = None, device: str = "cpu",
-               flip_average: bool = False):
+def load_model(
+    model: str | None = None,
+    weights: str | Path | None = None,
+    device: str = "cpu",
+    flip_average: bool = False,
+):
     """(network in eval mode on ``device``, its ModelSpec); cached per (folder, device).
 
     With ``flip_average`` a semantic network comes wrapped in :class:`.tta.FlipAverage`
@@ -155,8 +178,10 @@ def load_model(model: str | None = None, weights: str | Path | None = None, devi
         from .tta import FlipAverage
 
         if model_kind(spec.name) != "semantic":
-            raise InputError(f"flip averaging is for models that classify pixels; {spec.name} detects "
-                             "cells: run it without flip averaging")
+            raise InputError(
+                f"flip averaging is for models that classify pixels; {spec.name} detects "
+                "cells: run it without flip averaging"
+            )
         net = FlipAverage(net)
     return net, spec
 

@@ -39,11 +39,24 @@ CROP = 64  # input side, px
 CONTEXT = 1.5  # crop side / the cell's larger side
 STEM, WIDTHS = 24, (32, 64, 128, 192)
 TRAINING = {
-    "optimizer": "adam", "lr": 2e-3, "weight_decay": 1e-4, "batch_size": 64, "patch": CROP,
+    "optimizer": "adam",
+    "lr": 2e-3,
+    "weight_decay": 1e-4,
+    "batch_size": 64,
+    "patch": CROP,
     # crops are scaled to the cell, so the zoom range is small; any rotation, every colour
     # augmentation of core.augment (stain, lamp, camera, blur, noise, grayscale)
-    "augment": {"scale": (0.85, 1.18), "rotation": 180.0, "shift": 0.06, "elastic_p": 0.2,
-                "stain_p": 0.9, "stain_scale": 0.35, "blur_p": 0.3, "noise_p": 0.3, "gray_p": 0.05},
+    "augment": {
+        "scale": (0.85, 1.18),
+        "rotation": 180.0,
+        "shift": 0.06,
+        "elastic_p": 0.2,
+        "stain_p": 0.9,
+        "stain_scale": 0.35,
+        "blur_p": 0.3,
+        "noise_p": 0.3,
+        "gray_p": 0.05,
+    },
 }
 
 
@@ -51,8 +64,12 @@ class _Stage(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            nn.Conv2d(cin, cout, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
         self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout))
         self.act = nn.ReLU(inplace=True)
 
@@ -65,8 +82,9 @@ class CellTypeNet(nn.Module):
 
     def __init__(self, in_channels: int = 5, num_classes: int = len(CLASSES), dropout: float = 0.3):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, STEM, 3, 2, 1, bias=False), nn.BatchNorm2d(STEM),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, STEM, 3, 2, 1, bias=False), nn.BatchNorm2d(STEM), nn.ReLU(inplace=True)
+        )
         widths = (STEM, *WIDTHS)
         self.stages = nn.Sequential(*(_Stage(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)))
         self.drop = nn.Dropout(dropout)

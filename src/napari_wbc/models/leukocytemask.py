@@ -44,7 +44,11 @@ KIND = "instance"
 PAPER = "Fan et al. 2019, J. Biophotonics"
 PAPER_PARAMETERS = None
 TRAINING = {
-    "optimizer": "sgd", "lr": 1e-3, "weight_decay": 2e-4, "momentum": 0.9, "batch_size": 2,
+    "optimizer": "sgd",
+    "lr": 1e-3,
+    "weight_decay": 2e-4,
+    "momentum": 0.9,
+    "batch_size": 2,
     "patch": 256,
     # flips (always on), rotation -180..180, elastic transform, Gaussian blur, gamma (in the
     # colour jitter); the paper gives no probabilities, these are ours
@@ -64,13 +68,21 @@ class _Bottleneck(nn.Module):
         super().__init__()
         cout = 4 * width
         self.body = nn.Sequential(
-            nn.Conv2d(cin, width, 1, bias=False), _gn(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, stride, 1, bias=False), _gn(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, cout, 1, bias=False), _gn(cout),
+            nn.Conv2d(cin, width, 1, bias=False),
+            _gn(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False),
+            _gn(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, cout, 1, bias=False),
+            _gn(cout),
         )
         nn.init.zeros_(self.body[-1].weight)  # each residual block starts as the identity
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), _gn(cout))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _gn(cout))
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.body(x) + self.shortcut(x))
@@ -82,8 +94,12 @@ class WBCResNet(nn.Module):
     def __init__(self, in_channels: int = 3, blocks=(3, 2, 3, 3)):
         super().__init__()
         self.conv1 = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, 2, 1, bias=False), _gn(64), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 64, 3, 1, 1, bias=False), _gn(64), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, 64, 3, 2, 1, bias=False),
+            _gn(64),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, 1, 1, bias=False),
+            _gn(64),
+            nn.ReLU(inplace=True),
         )
         stages, cin = [], 64
         for i, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512), strict=True)):
@@ -155,11 +171,19 @@ def paste_masks(masks: Tensor, boxes: Tensor, height: int, width: int) -> Tensor
 class LeukocyteMask(nn.Module):
     pad_multiple = 64
 
-    def __init__(self, in_channels: int = 3, rpn_channels: int = 2048,
-                 anchor_sizes=(32, 64, 128, 256, 512), anchor_ratios=(0.5, 1.0, 2.0),
-                 rpn_batch: int = 256, roi_batch: int = 512, pre_nms: tuple[int, int] = (2000, 1000),
-                 post_nms: tuple[int, int] = (1000, 1000), max_detections: int = 100,
-                 detection_nms: float = 0.5):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        rpn_channels: int = 2048,
+        anchor_sizes=(32, 64, 128, 256, 512),
+        anchor_ratios=(0.5, 1.0, 2.0),
+        rpn_batch: int = 256,
+        roi_batch: int = 512,
+        pre_nms: tuple[int, int] = (2000, 1000),
+        post_nms: tuple[int, int] = (1000, 1000),
+        max_detections: int = 100,
+        detection_nms: float = 0.5,
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.anchor_sizes, self.anchor_ratios = tuple(anchor_sizes), tuple(anchor_ratios)
@@ -172,8 +196,13 @@ class LeukocyteMask(nn.Module):
         self.rpn_conv = nn.Conv2d(256, rpn_channels, 3, padding=1)
         self.rpn_cls = nn.Conv2d(rpn_channels, 2 * a, 1)
         self.rpn_box = nn.Conv2d(rpn_channels, 4 * a, 1)
-        self.box_head = nn.Sequential(nn.Flatten(), nn.Linear(256 * 7 * 7, 1024), nn.ReLU(inplace=True),
-                                      nn.Linear(1024, 1024), nn.ReLU(inplace=True))
+        self.box_head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(256 * 7 * 7, 1024),
+            nn.ReLU(inplace=True),
+            nn.Linear(1024, 1024),
+            nn.ReLU(inplace=True),
+        )
         self.cls_score = nn.Linear(1024, 2)  # background, WBC
         self.box_delta = nn.Linear(1024, 4)  # box refinement of the WBC class
         convs = []
@@ -189,8 +218,14 @@ class LeukocyteMask(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        for m, std in ((self.rpn_conv, 0.01), (self.rpn_cls, 0.01), (self.rpn_box, 0.01),
-                       (self.cls_score, 0.01), (self.box_delta, 0.001), (self.mask_pred, 0.001)):
+        for m, std in (
+            (self.rpn_conv, 0.01),
+            (self.rpn_cls, 0.01),
+            (self.rpn_box, 0.01),
+            (self.cls_score, 0.01),
+            (self.box_delta, 0.001),
+            (self.mask_pred, 0.001),
+        ):
             nn.init.normal_(m.weight, std=std)
             nn.init.zeros_(m.bias)
 
@@ -218,8 +253,12 @@ class LeukocyteMask(nn.Module):
                 logit = (s[i, :, 1] - s[i, :, 0]).detach()
                 top = logit.topk(min(pre, logit.numel())).indices
                 b = decode_boxes(a[top], d[i, top].detach())
-                boxes.append(torch.stack([b[:, 0].clamp(0, w), b[:, 1].clamp(0, h),
-                                          b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1))
+                boxes.append(
+                    torch.stack(
+                        [b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)],
+                        1,
+                    )
+                )
                 scores.append(logit[top])
                 levels.append(torch.full_like(top, lvl))
             boxes, scores, levels = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
@@ -265,8 +304,11 @@ class LeukocyteMask(nn.Module):
                 reg_tgt.append(encode_boxes(anchors[pos], gt[matched[pos]]))
         n = max(sum(len(c) for c in cls_lab), 1)
         losses = {"rpn_cls": F.cross_entropy(torch.cat(cls_idx), torch.cat(cls_lab))}
-        losses["rpn_box"] = (F.smooth_l1_loss(torch.cat(reg_pred), torch.cat(reg_tgt), beta=1 / 9,
-                                              reduction="sum") / n) if reg_pred else deltas.sum() * 0
+        losses["rpn_box"] = (
+            (F.smooth_l1_loss(torch.cat(reg_pred), torch.cat(reg_tgt), beta=1 / 9, reduction="sum") / n)
+            if reg_pred
+            else deltas.sum() * 0
+        )
 
         # localization branch: sampled proposals (plus the ground truth boxes)
         proposals = self._proposals(out, x.shape[-2:])
@@ -312,8 +354,15 @@ class LeukocyteMask(nn.Module):
         hidden = self.box_head(self._pool(feats, rois, 7))
         scores = F.softmax(self.cls_score(hidden), 1)[:, 1]
         boxes = decode_boxes(rois[:, 1:], self.box_delta(hidden), BOX_WEIGHTS)
-        boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                             boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
+        boxes = torch.stack(
+            [
+                boxes[:, 0].clamp(0, w),
+                boxes[:, 1].clamp(0, h),
+                boxes[:, 2].clamp(0, w),
+                boxes[:, 3].clamp(0, h),
+            ],
+            1,
+        )
         results = []
         for i in range(x.shape[0]):
             ok = (rois[:, 0] == i) & (scores >= score_threshold)
@@ -323,8 +372,14 @@ class LeukocyteMask(nn.Module):
             b, s = b[keep][: self.max_detections], s[keep][: self.max_detections]
             masks = torch.sigmoid(self._masks(feats, torch.cat([torch.full_like(b[:, :1], i), b], 1)))
             pasted = paste_masks(masks, b, h, w)
-            results.append({"boxes": b.float(), "scores": s.float(),
-                            "cells": pasted[:, 0].float(), "nuclei": pasted[:, 1].float()})
+            results.append(
+                {
+                    "boxes": b.float(),
+                    "scores": s.float(),
+                    "cells": pasted[:, 0].float(),
+                    "nuclei": pasted[:, 1].float(),
+                }
+            )
         return results
 
 

@@ -14,8 +14,13 @@ from __future__ import annotations
 import torch
 
 
-def tversky_loss(prob: torch.Tensor, target_onehot: torch.Tensor, alpha: float = 0.3, beta: float = 0.7,
-                 smooth: float = 1.0) -> torch.Tensor:
+def tversky_loss(
+    prob: torch.Tensor,
+    target_onehot: torch.Tensor,
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    smooth: float = 1.0,
+) -> torch.Tensor:
     """Mean over channels of ``1 - T_c`` for ``prob`` and ``target_onehot`` of shape (B, C, ...).
 
     With one channel this is the paper's Eq. 5 exactly; with several, the mean (not the sum

@@ -43,12 +43,14 @@ def encode_boxes(reference: Tensor, boxes: Tensor, weights=(1.0, 1.0, 1.0, 1.0))
     wx, wy, ww, wh = weights
     rx, ry, rw, rh = _centre_size(reference)
     bx, by, bw, bh = _centre_size(boxes)
-    return torch.stack([wx * (bx - rx) / rw, wy * (by - ry) / rh,
-                        ww * torch.log(bw / rw), wh * torch.log(bh / rh)], dim=1)
+    return torch.stack(
+        [wx * (bx - rx) / rw, wy * (by - ry) / rh, ww * torch.log(bw / rw), wh * torch.log(bh / rh)], dim=1
+    )
 
 
-def decode_boxes(reference: Tensor, deltas: Tensor, weights=(1.0, 1.0, 1.0, 1.0),
-                 max_ratio: float = math.log(1000 / 16)) -> Tensor:
+def decode_boxes(
+    reference: Tensor, deltas: Tensor, weights=(1.0, 1.0, 1.0, 1.0), max_ratio: float = math.log(1000 / 16)
+) -> Tensor:
     """Inverse of ``encode_boxes``; dw, dh are clamped at ``max_ratio`` (no overflow in exp)."""
     wx, wy, ww, wh = weights
     rx, ry, rw, rh = _centre_size(reference.to(deltas.dtype))
@@ -92,8 +94,14 @@ def _pair(size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def roi_align(features: Tensor, rois: Tensor, output_size, spatial_scale: float,
-              sampling_ratio: int = 2, aligned: bool = True) -> Tensor:
+def roi_align(
+    features: Tensor,
+    rois: Tensor,
+    output_size,
+    spatial_scale: float,
+    sampling_ratio: int = 2,
+    aligned: bool = True,
+) -> Tensor:
     """RoIAlign: (K, C, oh, ow) bin averages of bilinear samples of ``features`` (B, C, H, W).
 
     ``rois`` (K, 5) holds the batch index and x0, y0, x1, y1 in image pixels;
@@ -131,8 +139,9 @@ def roi_align(features: Tensor, rois: Tensor, output_size, spatial_scale: float,
     for b in torch.unique(batch).tolist():
         idx = torch.nonzero(batch == b).flatten()
         sub = grid[idx].reshape(1, -1, ow * g, 2)  # the rois of image b stacked along the height
-        out = F.grid_sample(features[b:b + 1], sub, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
+        out = F.grid_sample(
+            features[b : b + 1], sub, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
         out = F.avg_pool2d(out, g) if g > 1 else out  # (1, C, n*oh, ow): bin averages
         pieces.append(out.reshape(c, len(idx), oh, ow).transpose(0, 1))
         order.append(idx)
@@ -154,14 +163,18 @@ def anchors_for_grid(feature_hw, stride: float, sizes, ratios) -> Tensor:
             aw, ah = s / math.sqrt(r), s * math.sqrt(r)
             shapes.append([-aw / 2, -ah / 2, aw / 2, ah / 2])
     shapes = torch.tensor(shapes, dtype=torch.float32)
-    cy, cx = torch.meshgrid((torch.arange(fh, dtype=torch.float32) + 0.5) * stride,
-                            (torch.arange(fw, dtype=torch.float32) + 0.5) * stride, indexing="ij")
+    cy, cx = torch.meshgrid(
+        (torch.arange(fh, dtype=torch.float32) + 0.5) * stride,
+        (torch.arange(fw, dtype=torch.float32) + 0.5) * stride,
+        indexing="ij",
+    )
     centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
     return (centres + shapes[None]).reshape(-1, 4)
 
 
-def match(anchors_or_boxes: Tensor, gt_boxes: Tensor, high: float, low: float,
-          allow_low_quality: bool = True) -> tuple[Tensor, Tensor]:
+def match(
+    anchors_or_boxes: Tensor, gt_boxes: Tensor, high: float, low: float, allow_low_quality: bool = True
+) -> tuple[Tensor, Tensor]:
     """Label each anchor (or proposal) against the ground truth boxes.
 
     Returns ``labels`` (1 positive: IoU >= high; 0 negative: IoU < low; -1 ignored) and the
@@ -172,8 +185,10 @@ def match(anchors_or_boxes: Tensor, gt_boxes: Tensor, high: float, low: float,
     n = anchors_or_boxes.shape[0]
     device = anchors_or_boxes.device
     if gt_boxes.shape[0] == 0:
-        return (torch.zeros(n, dtype=torch.long, device=device),
-                torch.zeros(n, dtype=torch.long, device=device))
+        return (
+            torch.zeros(n, dtype=torch.long, device=device),
+            torch.zeros(n, dtype=torch.long, device=device),
+        )
     iou = box_iou(anchors_or_boxes, gt_boxes)  # (N, M)
     best, index = iou.max(dim=1)
     labels = torch.full((n,), -1, dtype=torch.long, device=device)
@@ -186,8 +201,9 @@ def match(anchors_or_boxes: Tensor, gt_boxes: Tensor, high: float, low: float,
     return labels, index
 
 
-def sample_balanced(labels: Tensor, num: int, positive_fraction: float,
-                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def sample_balanced(
+    labels: Tensor, num: int, positive_fraction: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Random positives (label 1, at most ``num * positive_fraction``) and negatives (label 0)
     filling up to ``num`` in all; returns their indices (pos_idx, neg_idx)."""
     pos = torch.nonzero(labels == 1).flatten()

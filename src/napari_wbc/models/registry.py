@@ -44,7 +44,7 @@ def model_module(name: str):
 
 
 def model_kind(name: str) -> str:
-    """"semantic" (a class per pixel), "instance" (scored masks per cell) or "classifier"
+    """ "semantic" (a class per pixel), "instance" (scored masks per cell) or "classifier"
     (a class per cell crop)."""
     return getattr(model_module(name), "KIND", "semantic")
 

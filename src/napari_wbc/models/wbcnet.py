@@ -55,9 +55,19 @@ PAPER_PARAMETERS = None  # the paper gives no count
 # batch size is ours. The extra augmentations of core.augment are switched off; zoom is the
 # core's cell-size range and the flip is always on there.
 TRAINING = {
-    "optimizer": "adam", "lr": 3e-4, "weight_decay": 0.0, "batch_size": 8, "patch": 192,
-    "augment": {"rotate": True, "elastic_p": 0.0, "stain_p": 0.0, "blur_p": 0.0, "noise_p": 0.0,
-                "gray_p": 0.0},
+    "optimizer": "adam",
+    "lr": 3e-4,
+    "weight_decay": 0.0,
+    "batch_size": 8,
+    "patch": 192,
+    "augment": {
+        "rotate": True,
+        "elastic_p": 0.0,
+        "stain_p": 0.0,
+        "blur_p": 0.0,
+        "noise_p": 0.0,
+        "gray_p": 0.0,
+    },
 }
 PAPER_AUGMENT = {"rotation": True, "zoom": True, "horizontal_flip": True}  # ranges not given
 
@@ -71,8 +81,12 @@ class _ConvBlock(nn.Sequential):
 
     def __init__(self, cin: int, cout: int):
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -88,8 +102,9 @@ class _BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
@@ -114,8 +129,14 @@ def _sources(j: int, skips: str) -> list[int]:
 
 
 class WBCNet(nn.Module):
-    def __init__(self, in_channels: int = 3, num_classes: int = 3, paper_head: bool = False,
-                 skips: str = "mixed", deep_supervision: bool = True):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 3,
+        paper_head: bool = False,
+        skips: str = "mixed",
+        deep_supervision: bool = True,
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.num_classes = 2 if paper_head else num_classes
@@ -126,9 +147,9 @@ class WBCNet(nn.Module):
         w = WIDTHS
         self.x00 = _ConvBlock(in_channels, w[0])
         self.pool = nn.MaxPool2d(2)
-        self.encoder = nn.ModuleList([
-            _stage(w[i], w[i + 1], RESNET34_BLOCKS[i], 1 if i == 0 else 2) for i in range(4)
-        ])
+        self.encoder = nn.ModuleList(
+            [_stage(w[i], w[i + 1], RESNET34_BLOCKS[i], 1 if i == 0 else 2) for i in range(4)]
+        )
         self.up = nn.ModuleDict()
         self.nodes = nn.ModuleDict()
         for j in range(1, 5):
@@ -205,8 +226,9 @@ def _output_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float, beta:
     return bce + tversky_loss(log_in.exp(), g, alpha, beta)
 
 
-def loss(outputs, target: torch.Tensor, alpha: float = TVERSKY_ALPHA,
-         beta: float = TVERSKY_BETA) -> torch.Tensor:
+def loss(
+    outputs, target: torch.Tensor, alpha: float = TVERSKY_ALPHA, beta: float = TVERSKY_BETA
+) -> torch.Tensor:
     """BCE + Tversky, averaged over the deep-supervision outputs (a tensor counts as one)."""
     if isinstance(outputs, torch.Tensor):
         outputs = [outputs]

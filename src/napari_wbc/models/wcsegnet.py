@@ -58,12 +58,31 @@ UNKNOWN_NUCLEUS = len(CLASSES)  # 7: target value of a nucleus pixel of unknown 
 # as rotation +-40 deg, shear 0.2, shift 0.2 and the random horizontal flip; the zoom is the
 # core's cell-size range (not +-20 %), and its elastic, stain, blur and noise steps are off.
 TRAINING = {
-    "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "batch_size": 16, "patch": 128,
-    "augment": {"rotate": True, "rotation": 40.0, "shear": 0.2, "shift": 0.2, "elastic_p": 0.0,
-                "stain_p": 0.0, "blur_p": 0.0, "noise_p": 0.0, "gray_p": 0.0},
+    "optimizer": "adam",
+    "lr": 1e-4,
+    "weight_decay": 0.0,
+    "batch_size": 16,
+    "patch": 128,
+    "augment": {
+        "rotate": True,
+        "rotation": 40.0,
+        "shear": 0.2,
+        "shift": 0.2,
+        "elastic_p": 0.0,
+        "stain_p": 0.0,
+        "blur_p": 0.0,
+        "noise_p": 0.0,
+        "gray_p": 0.0,
+    },
 }
-PAPER_AUGMENT = {"rotation_range": 40, "width_shift_range": 0.2, "height_shift_range": 0.2,
-                 "shear_range": 0.2, "zoom_range": 0.2, "horizontal_flip": True}
+PAPER_AUGMENT = {
+    "rotation_range": 40,
+    "width_shift_range": 0.2,
+    "height_shift_range": 0.2,
+    "shear_range": 0.2,
+    "zoom_range": 0.2,
+    "horizontal_flip": True,
+}
 
 WIDTHS = (64, 128, 256, 512)
 BOTTLENECK = 1024
@@ -89,8 +108,13 @@ def _pair(cin: int, cout: int, slope: float) -> nn.Sequential:
 
 
 class WCSegNet(nn.Module):
-    def __init__(self, in_channels: int = 3, num_classes: int = len(CLASSES), dropout: float = 0.5,
-                 negative_slope: float = 0.1):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = len(CLASSES),
+        dropout: float = 0.5,
+        negative_slope: float = 0.1,
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -105,8 +129,11 @@ class WCSegNet(nn.Module):
         self.up = nn.ModuleList(_pair(below[k] + below[k + 1], below[k + 1], s) for k in range(4))
         self.drop_dec = nn.ModuleList(nn.Dropout(dropout) if k < 2 else nn.Identity() for k in range(4))
         self.head = nn.Sequential(
-            nn.Conv2d(WIDTHS[0], WIDTHS[0], 3, padding=1, bias=False), nn.BatchNorm2d(WIDTHS[0]),
-            nn.LeakyReLU(s), nn.Dropout(dropout), nn.Conv2d(WIDTHS[0], num_classes, 1),
+            nn.Conv2d(WIDTHS[0], WIDTHS[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(WIDTHS[0]),
+            nn.LeakyReLU(s),
+            nn.Dropout(dropout),
+            nn.Conv2d(WIDTHS[0], num_classes, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

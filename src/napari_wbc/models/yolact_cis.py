@@ -67,8 +67,12 @@ PAPER_PARAMETERS = 17_590_000  # "17.59 M" (Table 6); YOLACT with ResNet-50: 34.
 # momentum and weight decay are YOLACT's (the paper gives none) and so is the augmentation
 # ("conventional data augmentation", Discussion): no elastic warps.
 TRAINING = {
-    "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4,
-    "batch_size": 16, "patch": 512,
+    "optimizer": "sgd",
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "batch_size": 16,
+    "patch": 512,
     "augment": {"elastic_p": 0.0},
 }
 
@@ -90,8 +94,8 @@ NMS_IOU, NMS_TOP_K, MAX_DETECTIONS = 0.5, 200, 100
 
 # ----------------------------------------------------------------------------- functions
 
-def dct_basis(h: int, w: int, components=DCT_COMPONENTS, device=None,
-              dtype=torch.float32) -> torch.Tensor:
+
+def dct_basis(h: int, w: int, components=DCT_COMPONENTS, device=None, dtype=torch.float32) -> torch.Tensor:
     """The (K, h, w) 2D-DCT basis images of Eq. 1 for components (u, v) = (row, column) frequency.
 
     ``basis[k, i, j] = cos(pi u (i + 1/2) / h) * cos(pi v (j + 1/2) / w)``: (0, 0) is all
@@ -99,13 +103,13 @@ def dct_basis(h: int, w: int, components=DCT_COMPONENTS, device=None,
     """
     i = torch.arange(h, dtype=torch.float64) + 0.5
     j = torch.arange(w, dtype=torch.float64) + 0.5
-    out = [torch.outer(torch.cos(math.pi * u * i / h), torch.cos(math.pi * v * j / w))
-           for u, v in components]
+    out = [torch.outer(torch.cos(math.pi * u * i / h), torch.cos(math.pi * v * j / w)) for u, v in components]
     return torch.stack(out).to(device=device, dtype=dtype)
 
 
-def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = NMS_IOU,
-             top_k: int = NMS_TOP_K) -> torch.Tensor:
+def fast_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = NMS_IOU, top_k: int = NMS_TOP_K
+) -> torch.Tensor:
     """YOLACT's Fast NMS: indices of the kept boxes, best score first.
 
     The ``top_k`` best boxes are sorted by score; box j is dropped when its IoU with any
@@ -133,23 +137,34 @@ def _crop_window(boxes: torch.Tensor, h: int, w: int, scale: float = 1.0) -> tor
 
 # ----------------------------------------------------------------------------- backbone
 
+
 class GhostModule(nn.Module):
     """Ghost module (Han et al. 2020): primary convolution to ceil(C/S) channels, then a
     depthwise 3x3 cheap operation to the remaining ones; the two are concatenated."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1,
-                 ratio: int = GHOST_RATIO, dw_kernel: int = 3, relu: bool = True):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 1,
+        stride: int = 1,
+        ratio: int = GHOST_RATIO,
+        dw_kernel: int = 3,
+        relu: bool = True,
+    ):
         super().__init__()
         self.cout = cout
         primary = math.ceil(cout / ratio)
         cheap = primary * (ratio - 1)
         act = [nn.ReLU(inplace=True)] if relu else []
         self.primary = nn.Sequential(
-            nn.Conv2d(cin, primary, kernel, stride, kernel // 2, bias=False),
-            nn.BatchNorm2d(primary), *act)
+            nn.Conv2d(cin, primary, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(primary), *act
+        )
         self.cheap = nn.Sequential(
             nn.Conv2d(primary, cheap, dw_kernel, 1, dw_kernel // 2, groups=primary, bias=False),
-            nn.BatchNorm2d(cheap), *act)
+            nn.BatchNorm2d(cheap),
+            *act,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.primary(x)
@@ -165,11 +180,11 @@ class GhostBottleneck(nn.Module):
         self.body = nn.Sequential(
             GhostModule(cin, width, 1, 1, ratio),
             GhostModule(width, width, 3, stride, ratio),
-            GhostModule(width, cout, 1, 1, ratio, relu=False))
+            GhostModule(width, cout, 1, 1, ratio, relu=False),
+        )
         self.shortcut = None
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
@@ -179,12 +194,14 @@ class GhostBottleneck(nn.Module):
 class GhostResNet(nn.Module):
     """Ghost-ResNet-50 without the classifier: C3, C4, C5 at strides 8, 16, 32."""
 
-    def __init__(self, in_channels: int = 3, ratio: int = GHOST_RATIO, blocks=(3, 4, 6, 3),
-                 width: int = 64):
+    def __init__(self, in_channels: int = 3, ratio: int = GHOST_RATIO, blocks=(3, 4, 6, 3), width: int = 64):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                                  nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
         layers, cin = [], width
         widths = (width, 2 * width, 4 * width, 8 * width)
         for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
@@ -206,6 +223,7 @@ class GhostResNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- neck
+
 
 class DFFN(nn.Module):
     """Dual-stream feature fusion: YOLACT's FPN (top-down) plus a bottom-up path; N3..N7."""
@@ -241,13 +259,20 @@ class DDAM(nn.Module):
     """Dual-domain attention: 2D-DCT channel attention (components (0,0), (0,1), (1,0), shared
     MLP with reduction r) followed by CBAM's spatial attention."""
 
-    def __init__(self, channels: int = FPN_CHANNELS, reduction: int = REDUCTION,
-                 components=DCT_COMPONENTS, spatial_kernel: int = 7):
+    def __init__(
+        self,
+        channels: int = FPN_CHANNELS,
+        reduction: int = REDUCTION,
+        components=DCT_COMPONENTS,
+        spatial_kernel: int = 7,
+    ):
         super().__init__()
         self.components = tuple(components)
-        self.mlp = nn.Sequential(nn.Linear(channels, channels // reduction, bias=False),
-                                 nn.ReLU(inplace=True),
-                                 nn.Linear(channels // reduction, channels, bias=False))
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, channels // reduction, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(channels // reduction, channels, bias=False),
+        )
         self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2, bias=False)
         self._basis: torch.Tensor | None = None
 
@@ -272,13 +297,23 @@ class DDAM(nn.Module):
 
 # ----------------------------------------------------------------------------- heads
 
+
 class ProtoNet(nn.Module):
     def __init__(self, channels: int = FPN_CHANNELS, k: int = NUM_PROTOTYPES):
         super().__init__()
-        self.before = nn.Sequential(*[m for _ in range(3) for m in
-                                      (nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True))])
-        self.after = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
-                                   nn.Conv2d(channels, k, 1), nn.ReLU(inplace=True))
+        self.before = nn.Sequential(
+            *[
+                m
+                for _ in range(3)
+                for m in (nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True))
+            ]
+        )
+        self.after = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, k, 1),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(self.before(x), scale_factor=2, mode="bilinear", align_corners=False)
@@ -288,8 +323,14 @@ class ProtoNet(nn.Module):
 class PredictionHead(nn.Module):
     """Per anchor: box deltas (4), class logits, 2k mask coefficients (cell, then nucleus)."""
 
-    def __init__(self, channels: int = FPN_CHANNELS, anchors: int = 3, classes: int = 2,
-                 k: int = NUM_PROTOTYPES, masks: int = 2):
+    def __init__(
+        self,
+        channels: int = FPN_CHANNELS,
+        anchors: int = 3,
+        classes: int = 2,
+        k: int = NUM_PROTOTYPES,
+        masks: int = 2,
+    ):
         super().__init__()
         self.a, self.classes, self.coefs = anchors, classes, masks * k
         self.upfeature = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True))
@@ -303,22 +344,35 @@ class PredictionHead(nn.Module):
 
     def forward(self, x: torch.Tensor):
         x = self.upfeature(x)
-        return (self._flat(self.box(x), 4), self._flat(self.conf(x), self.classes),
-                torch.tanh(self._flat(self.mask(x), self.coefs)))
+        return (
+            self._flat(self.box(x), 4),
+            self._flat(self.conf(x), self.classes),
+            torch.tanh(self._flat(self.mask(x), self.coefs)),
+        )
 
 
 # ----------------------------------------------------------------------------- network
 
+
 class YolactCIS(nn.Module):
     pad_multiple = 128  # N7 has stride 128
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 3, ghost_ratio: int = GHOST_RATIO,
-                 prototypes: int = NUM_PROTOTYPES, blocks=(3, 4, 6, 3), width: int = 64,
-                 channels: int = FPN_CHANNELS):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 3,
+        ghost_ratio: int = GHOST_RATIO,
+        prototypes: int = NUM_PROTOTYPES,
+        blocks=(3, 4, 6, 3),
+        width: int = 64,
+        channels: int = FPN_CHANNELS,
+    ):
         super().__init__()
         if num_classes != 3:
-            raise ValueError("yolact_cis segments cells and nuclei: its label classes are "
-                             f"background, cytoplasm, nucleus (num_classes=3), not {num_classes}")
+            raise ValueError(
+                "yolact_cis segments cells and nuclei: its label classes are "
+                f"background, cytoplasm, nucleus (num_classes=3), not {num_classes}"
+            )
         self.in_channels, self.num_classes, self.k = in_channels, num_classes, prototypes
         self.backbone = GhostResNet(in_channels, ghost_ratio, tuple(blocks), width)
         self.dffn = DFFN(self.backbone.channels, channels)
@@ -331,9 +385,10 @@ class YolactCIS(nn.Module):
         """(A, 4) x0, y0, x1, y1 in input pixels for an input of size ``hw``, level by level."""
         key = (tuple(hw), str(device))
         if key not in self._anchors:
-            per_level = [anchors_for_grid((math.ceil(hw[0] / s), math.ceil(hw[1] / s)), s, (size,),
-                                          ASPECT_RATIOS)
-                         for s, size in zip(STRIDES, ANCHOR_SIZES, strict=True)]
+            per_level = [
+                anchors_for_grid((math.ceil(hw[0] / s), math.ceil(hw[1] / s)), s, (size,), ASPECT_RATIOS)
+                for s, size in zip(STRIDES, ANCHOR_SIZES, strict=True)
+            ]
             self._anchors = {key: torch.cat(per_level).float().to(device)}
         return self._anchors[key]
 
@@ -344,8 +399,13 @@ class YolactCIS(nn.Module):
         protos = self.protonet(levels[0])
         outs = [self.head(att(n)) for att, n in zip(self.ddam, levels, strict=True)]
         boxes, conf, coefs = (torch.cat(t, 1) for t in zip(*outs, strict=True))
-        return {"boxes": boxes, "conf": conf, "coefs": coefs, "protos": protos,
-                "anchors": self.anchors(x.shape[-2:], x.device)}
+        return {
+            "boxes": boxes,
+            "conf": conf,
+            "coefs": coefs,
+            "protos": protos,
+            "anchors": self.anchors(x.shape[-2:], x.device),
+        }
 
     # ------------------------------------------------------------------ training
 
@@ -388,13 +448,16 @@ class YolactCIS(nn.Module):
             for j, key in enumerate(("cells", "nuclei")):
                 gt_masks = F.interpolate(t[key].to(protos)[None], size=(hp, wp), mode="area")[0]
                 target = (gt_masks[idx] > 0.5).to(protos)
-                logits = torch.einsum("khw,nk->nhw", protos[b], coefs[:, j * k:(j + 1) * k])
+                logits = torch.einsum("khw,nk->nhw", protos[b], coefs[:, j * k : (j + 1) * k])
                 bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
                 mask_loss[j] = mask_loss[j] + ((bce * window).sum((1, 2)) / area).sum()
         norm = max(total_pos, 1)
-        return {"box": BOX_ALPHA * box_loss / norm, "conf": CONF_ALPHA * conf_loss / norm,
-                "mask_cell": MASK_ALPHA * mask_loss[0] / norm,
-                "mask_nucleus": MASK_ALPHA * mask_loss[1] / norm}
+        return {
+            "box": BOX_ALPHA * box_loss / norm,
+            "conf": CONF_ALPHA * conf_loss / norm,
+            "mask_cell": MASK_ALPHA * mask_loss[0] / norm,
+            "mask_nucleus": MASK_ALPHA * mask_loss[1] / norm,
+        }
 
     # ------------------------------------------------------------------ inference
 
@@ -409,10 +472,18 @@ class YolactCIS(nn.Module):
         for b in range(x.shape[0]):
             scores = torch.softmax(out["conf"][b].float(), -1)[:, 1]
             cand = torch.nonzero(scores > score_threshold).flatten()
-            boxes = decode_boxes(out["anchors"][cand], out["boxes"][b][cand].float(), BOX_WEIGHTS,
-                                 math.log(1000.0 / 16))
-            boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                                 boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
+            boxes = decode_boxes(
+                out["anchors"][cand], out["boxes"][b][cand].float(), BOX_WEIGHTS, math.log(1000.0 / 16)
+            )
+            boxes = torch.stack(
+                [
+                    boxes[:, 0].clamp(0, w),
+                    boxes[:, 1].clamp(0, h),
+                    boxes[:, 2].clamp(0, w),
+                    boxes[:, 3].clamp(0, h),
+                ],
+                1,
+            )
             ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             cand, boxes = cand[ok], boxes[ok]
             keep = fast_nms(boxes, scores[cand], NMS_IOU, NMS_TOP_K)[:MAX_DETECTIONS]
@@ -424,18 +495,26 @@ class YolactCIS(nn.Module):
                 if len(cand) == 0:
                     masks.append(protos.new_zeros((0, h, w)))
                     continue
-                logits = torch.einsum("khw,nk->nhw", protos, coefs[:, j * k:(j + 1) * k])
+                logits = torch.einsum("khw,nk->nhw", protos, coefs[:, j * k : (j + 1) * k])
                 up = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
                 masks.append(torch.sigmoid(up) * _crop_window(boxes, h, w))
-            results.append({"boxes": boxes.float(), "scores": scores[cand].float(),
-                            "cells": masks[0], "nuclei": masks[1]})
+            results.append(
+                {
+                    "boxes": boxes.float(),
+                    "scores": scores[cand].float(),
+                    "cells": masks[0],
+                    "nuclei": masks[1],
+                }
+            )
         return results
 
 
 def parameter_breakdown(net: YolactCIS) -> dict[str, int]:
     """Trainable parameters per part (backbone, dffn, ddam, protonet, head)."""
-    return {name: sum(p.numel() for p in getattr(net, name).parameters() if p.requires_grad)
-            for name in ("backbone", "dffn", "ddam", "protonet", "head")}
+    return {
+        name: sum(p.numel() for p in getattr(net, name).parameters() if p.requires_grad)
+        for name in ("backbone", "dffn", "ddam", "protonet", "head")
+    }
 
 
 def build(in_channels: int = 3, num_classes: int = 3, **cfg) -> YolactCIS:
