@@ -21,6 +21,35 @@ class InputError(ValueError):
     """A problem with the user's input, with a message that says what to do."""
 
 
+# um per pixel a light microscope can give a smear: a 100x oil objective on a fine camera sensor
+# (~0.02) to a 4x scanning objective (~5). Metadata outside it is a typo or a screen default.
+PIXEL_SIZE_RANGE = (0.02, 5.0)
+
+
+def plausible_pixel_size(value, source: str) -> float | None:
+    """``value`` (um/px) when it is a microscope's pixel size, else None with a warning that
+    names ``source`` (the file, or the metadata field); the caller then measures the cells."""
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        log.warning("%s: pixel size %r is not a number; ignored", source, value)
+        return None
+    lo, hi = PIXEL_SIZE_RANGE
+    if not lo <= value <= hi:
+        log.warning(
+            "%s: pixel size %g um/px is outside %g-%g um/px; ignored (give --pixel-size if the "
+            "file is right)",
+            source,
+            value,
+            lo,
+            hi,
+        )
+        return None
+    return value
+
+
 @dataclass
 class SmearImage:
     data: np.ndarray  # (H, W, 3) uint8
