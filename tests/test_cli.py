@@ -1,14 +1,20 @@
 """The `napari-wbc` command on real bccd fields, with the shipped weights."""
 
 import json
+import os
 import shutil
+import struct
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from PIL import Image
 
 from napari_wbc.cli import main
+from napari_wbc.models import MissingWeightsError
 
 FIELDS = ("BloodImage_00001", "BloodImage_00007")
 
@@ -142,3 +148,166 @@ def test_segment_types_every_cell_and_writes_the_differential(tmp_path, datasets
     plain = pd.read_csv(tmp_path / "plain" / "BloodImage_00007_cells.csv")
     assert "cell_type" not in plain and not any(c.startswith("p_") for c in plain)
     assert "n_neutrophil" not in pd.read_csv(tmp_path / "plain" / "summary.csv")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` RGB pixels but holds almost no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+def test_bad_inputs_are_said_once_each_and_the_batch_goes_on(tmp_path, datasets, capsys):
+    good = datasets / "zheng_d1" / "images" / "001.png"  # a small crop: a fast test
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(good, folder / "good.png")
+    long_name = "a" * 250 + ".png"  # a valid name, but "<stem>_nuclei.tif" would not be
+    shutil.copy(good, folder / long_name)
+    (folder / "empty.png").touch()
+    field = datasets / "bccd" / "images" / f"{FIELDS[0]}.jpg"
+    (folder / "cut.jpg").write_bytes(field.read_bytes()[:3000])
+    os.mkfifo(folder / "pipe.tif")
+    (folder / "x.png").mkdir()
+    (folder / "huge.png").write_bytes(_png_header(9000, 9000))
+    (folder / "notes.txt").write_text("not an input")  # not named like an image: not looked at
+    too_long = tmp_path / ("b" * 300 + ".png")
+    out = tmp_path / "out"
+    code = main(
+        ["segment", str(folder), str(folder / "x.png"), str(too_long), "--out", str(out), "--device", "cpu"]
+    )
+    assert code == 1
+    captured = capsys.readouterr()
+    errors = _errors(captured.err)
+    bad = ["empty.png", "cut.jpg", "pipe.tif", "x.png", "huge.png", "b" * 300]
+    assert len(errors) == len(bad), errors
+    for name in bad:  # one line each, naming the file
+        assert sum(name in line for line in errors) == 1, (name, errors)
+    assert "--max-megapixels" in next(line for line in errors if "huge.png" in line)
+    assert "Traceback" not in captured.err
+    assert "wrote results for 2 of 8 inputs" in captured.out
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(Path(f).name for f in summary["file"]) == sorted(["good.png", long_name])
+    for stem in summary["output"]:
+        for suffix in ("_cells.tif", "_nuclei.tif", "_cells.csv"):
+            assert (out / f"{stem}{suffix}").is_file() and len(f".{stem}{suffix}.123456789abc.tmp") <= 255
+
+
+def test_outputs_are_never_overwritten_silently_and_same_stems_stay_apart(
+    tmp_path, datasets, capsys, monkeypatch
+):
+    import napari_wbc.models
+
+    crop = datasets / "zheng_d1" / "images" / "001.png"
+    shutil.copy(crop, tmp_path / "x.png")
+    Image.open(crop).convert("RGB").save(tmp_path / "x.jpg", quality=95)
+    inputs = [str(tmp_path / "x.jpg"), str(tmp_path / "x.png")]
+    out = tmp_path / "out"
+    assert main(["segment", *inputs, "--out", str(out), "--device", "cpu"]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["output"]) == ["x", "x.png"]  # one set of outputs per input
+    for stem in ("x", "x.png"):
+        for suffix in ("_cells.tif", "_nuclei.tif", "_cells.csv"):
+            assert (out / f"{stem}{suffix}").is_file()
+    for stem in ("x", "x.png"):  # the user's own work now
+        (out / f"{stem}_cells.csv").write_text("mine")
+    names = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+
+    # again: refused per file, before the model loads, and nothing is touched
+    monkeypatch.setattr(napari_wbc.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert main(["segment", *inputs, "--out", str(out)]) == 1
+    errors = _errors(capsys.readouterr().err)
+    assert len(errors) == 2 and all("already exists" in e and "--overwrite" in e for e in errors)
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert all((out / f"{stem}_cells.csv").read_text() == "mine" for stem in ("x", "x.png"))
+    monkeypatch.undo()
+
+    # with --overwrite, x.png alone: its outputs (same names as before) and its summary row are
+    # replaced, x.jpg's are kept
+    assert main(["segment", inputs[1], "--out", str(out), "--device", "cpu", "--overwrite"]) == 0
+    assert "label" in pd.read_csv(out / "x.png_cells.csv")
+    assert (out / "x_cells.csv").read_text() == "mine"
+    assert sorted(pd.read_csv(out / "summary.csv")["output"]) == ["x", "x.png"]
+    assert sorted(p.name for p in out.iterdir()) == names
+
+
+def test_bad_files_are_reported_before_the_model_loads(tmp_path, datasets, capsys, monkeypatch):
+    import napari_wbc.models
+
+    (tmp_path / "empty.png").touch()
+    good = str(datasets / "zheng_d1" / "images" / "001.png")
+    said_before_loading = []
+
+    def load_model(*args, **kwargs):
+        said_before_loading.append(capsys.readouterr().err)
+        raise MissingWeightsError("stop here")
+
+    monkeypatch.setattr(napari_wbc.models, "load_model", load_model)
+    assert main(["segment", str(tmp_path / "empty.png"), good, "--out", str(tmp_path / "out")]) == 2
+    assert len(said_before_loading) == 1 and "empty.png: empty file" in said_before_loading[0]
+    # nothing to segment: the model never loads
+    assert main(["segment", str(tmp_path / "empty.png"), "--out", str(tmp_path / "out")]) == 1
+    assert len(said_before_loading) == 1
+    # a pixel size no microscope gives is refused before anything is read
+    assert main(["segment", good, "--out", str(tmp_path / "out"), "--pixel-size", "50"]) == 2
+    assert "--pixel-size 50 is outside 0.02-5 um/px" in capsys.readouterr().err
+    assert len(said_before_loading) == 1
+
+
+def test_grayscale_fields_are_flagged(tmp_path, datasets, capsys):
+    gray = np.asarray(Image.open(datasets / "zheng_d1" / "images" / "001.png").convert("L"))
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "gray16.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "gray16.png"), "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "gray16.png" in warnings[0] and "unreliable" in warnings[0]
+    assert "unreliable" in pd.read_csv(out / "summary.csv")["warning"].item()
+
+
+def test_working_size_is_checked_before_the_network_runs(tmp_path, datasets, capsys):
+    # a field at a quarter of bccd's magnification: its white cells must be seen 2.25x bigger
+    field = Image.open(datasets / "bccd" / "images" / f"{FIELDS[0]}.jpg")
+    field.resize((160, 120), Image.LANCZOS).save(tmp_path / "low.png")
+    # a field without cells whose file says 5 um/px: it would be resampled 50x
+    rng = np.random.default_rng(0)
+    plain = np.clip(rng.normal((230, 200, 205), 4, (150, 200, 3)), 0, 255).astype(np.uint8)
+    tifffile.imwrite(
+        tmp_path / "plain.tif", plain, photometric="rgb", resolution=(2e3, 2e3), resolutionunit="CENTIMETER"
+    )
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path), "--out", str(out), "--device", "cpu", "--max-megapixels", "0.05"]
+    assert main(args) == 1
+    errors = _errors(capsys.readouterr().err)
+    assert len(errors) == 2
+    low, plain = sorted(errors)
+    assert "low.png: its white cells are only" in low and "over the limit of 0.05 MP" in low
+    assert "plain.tif: no white cell was found" in plain and "(5 um/px)" in plain and "--pixel-size" in plain
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_folder_that_is_also_the_output_gives_only_its_images(tmp_path):
+    """`segment DIR --out DIR`: the label TIFFs written there are not taken as images next time,
+    though a file given by name is."""
+    from napari_wbc.core.batch import gather_inputs
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    for name in ("a_cells.tif", "a_nuclei.tif", "b.tif"):
+        tifffile.imwrite(tmp_path / name, np.zeros((32, 32), np.uint32))
+    files, skipped = gather_inputs([tmp_path])
+    assert [p.name for p in files] == ["a.png", "b.tif"] and skipped == []
+    files, _ = gather_inputs([tmp_path / "a_cells.tif"])
+    assert [p.name for p in files] == ["a_cells.tif"]

@@ -1,9 +1,23 @@
+import os
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
-from napari_wbc.core.io import InputError, read_image, to_rgb8
+from napari_wbc.core.io import (
+    GRAYSCALE_WARNING,
+    ImageHeader,
+    InputError,
+    is_grayscale,
+    read_header,
+    read_image,
+    to_rgb8,
+)
+
+pytestmark = pytest.mark.io  # torch-free: also run on Python 3.12 with the newest tifffile
 
 
 def test_rgb_png_unchanged(tmp_path):
@@ -72,3 +86,88 @@ def test_wrong_dimensions_and_dtypes():
     assert out[0, 0, 0] == 128 and "0..1" in notes[0]
     chw = to_rgb8(np.zeros((3, 40, 50), np.uint8))
     assert chw.shape == (40, 50, 3)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` RGB pixels but holds almost no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_only_regular_files_are_opened(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="named pipe"):
+        read_image(fifo)  # would block forever if it were opened
+    (tmp_path / "x.png").mkdir()
+    with pytest.raises(InputError, match="a folder, not an image file"):
+        read_image(tmp_path / "x.png")
+    (tmp_path / "empty.jpg").touch()
+    with pytest.raises(InputError, match=r"empty\.jpg: empty file"):
+        read_image(tmp_path / "empty.jpg")
+    with pytest.raises(InputError, match="too long"):
+        read_image(tmp_path / ("a" * 300 + ".png"))
+
+
+def test_size_is_checked_from_the_header_before_decoding(tmp_path):
+    (tmp_path / "big.png").write_bytes(png_header(9000, 9000))
+    assert read_header(tmp_path / "big.png") == ImageHeader(9000, 9000, 9000 * 9000 * 16)
+    # the data would not decode: the size message proves that nothing was decoded
+    for read in (read_header, read_image):
+        with pytest.raises(InputError, match=r"big\.png: 9000x9000 px \(81 MP\) is over the limit of 10 MP"):
+            read(tmp_path / "big.png", max_megapixels=10)
+    (tmp_path / "wide.png").write_bytes(png_header(2**32 - 1, 1))  # MemoryError if decoded
+    with pytest.raises(InputError, match=r"wide\.png: declares an image of more than \d+ MP"):
+        read_image(tmp_path / "wide.png", max_megapixels=10)
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((40, 50, 3), np.uint8), photometric="rgb")
+    assert read_header(tmp_path / "t.tif").width == 50
+    with pytest.raises(InputError, match=r"t\.tif: 50x40 px"):
+        read_image(tmp_path / "t.tif", max_megapixels=0.001)
+    assert read_image(tmp_path / "t.tif", max_megapixels=0.01).data.shape == (40, 50, 3)
+
+
+def test_metadata_pixel_size_must_be_plausible(tmp_path, caplog):
+    for um, expected in ((50.0, None), (0.001, None), (2.5, 2.5)):
+        tifffile.imwrite(
+            tmp_path / "p.tif",
+            np.zeros((32, 32, 3), np.uint8),
+            photometric="rgb",
+            resolution=(1e4 / um, 1e4 / um),
+            resolutionunit="CENTIMETER",
+        )
+        caplog.clear()
+        assert read_image(tmp_path / "p.tif").pixel_size == (pytest.approx(expected) if expected else None)
+        assert ("outside" in caplog.text and "p.tif" in caplog.text) == (expected is None)
+
+
+def test_grayscale_images_get_a_warning(tmp_path, datasets):
+    field = datasets / "bccd" / "images" / "BloodImage_00001.jpg"
+    assert read_image(field).warnings == []
+    gray = np.asarray(Image.open(field).convert("L"))
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # 16-bit grayscale
+    Image.fromarray(np.repeat(gray[..., None], 3, axis=2)).save(tmp_path / "rgb.jpg")  # an RGB file, gray
+    for name in ("deep.png", "rgb.jpg"):
+        smear = read_image(tmp_path / name)
+        assert smear.warnings == [GRAYSCALE_WARNING] and "unreliable" in GRAYSCALE_WARNING
+    assert not is_grayscale(read_image(field).data)
+
+
+def test_cmyk_and_singleton_tiff_fields_read_as_rgb(tmp_path):
+    """A CMYK TIFF field is converted to RGB (not read as RGBA, colour-inverted), and a
+    (1, h, w, 3) TIFF is one RGB field."""
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.tif")
+    assert tifffile.TiffFile(tmp_path / "cmyk.tif").pages[0].photometric == 5  # SEPARATED
+    back = np.asarray(Image.fromarray(rgb).convert("CMYK").convert("RGB"))  # Pillow's own round trip
+    assert np.abs(read_image(tmp_path / "cmyk.tif").data.astype(int) - back).max() <= 1
+    tifffile.imwrite(tmp_path / "one.tif", rgb[None], photometric="rgb")
+    assert np.array_equal(read_image(tmp_path / "one.tif").data, rgb)

@@ -7,8 +7,13 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_wbc._reader import get_reader, read_smears
+from napari_wbc._reader import get_reader, layer_data, read_smears
 from napari_wbc._sample_data import SAMPLE_DIR, sample_path
+from napari_wbc.core.io import InputError
+
+# tests marked `io` need neither torch nor napari nor Qt: they also run on Python 3.12 with the
+# newest tifffile (scripts/test-io-py312.sh); read_smears imports napari only to notify
+io = pytest.mark.io
 
 
 def _rgb(h=40, w=50, seed=0) -> np.ndarray:
@@ -27,16 +32,19 @@ def _read_one(path):
     return data, kwargs
 
 
+@io
 @pytest.mark.parametrize("name", ["a.png", "a.PNG", "b.jpg", "c.jpeg", "d.tif", "e.TIFF", "f.bmp"])
 def test_claims_smear_image_types(tmp_path, name):
     assert get_reader(str(tmp_path / name)) is read_smears
 
 
+@io
 @pytest.mark.parametrize("name", ["a.txt", "b.zarr", "c.czi", "d.csv"])
 def test_leaves_other_files_alone(tmp_path, name):
     assert get_reader(str(tmp_path / name)) is None
 
 
+@io
 def test_leaves_folders_stacks_and_labels_to_other_readers(tmp_path):
     folder = tmp_path / "images.png"
     folder.mkdir()
@@ -54,6 +62,7 @@ def test_leaves_folders_stacks_and_labels_to_other_readers(tmp_path):
     assert get_reader(str(labels)) is None
 
 
+@io
 def test_list_of_paths_reads_each(tmp_path):
     paths = []
     for i in range(2):
@@ -164,6 +173,19 @@ def test_napari_opens_through_the_plugin(tmp_path, notifications):
     assert [s for s, _ in notifications] == ["error"]
 
 
+@io
+def test_tiff_fields_read_with_any_tifffile(tmp_path):
+    rgb = _rgb(60, 70)
+    path = tmp_path / "field.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", resolution=(40000, 40000), resolutionunit="CENTIMETER")
+    assert get_reader(str(path)) is read_smears
+    data, kwargs, kind = layer_data(path)
+    assert kind == "image" and kwargs["rgb"] and not kwargs["metadata"]["notes"]
+    np.testing.assert_array_equal(data, rgb)
+    assert kwargs["metadata"]["pixel_size"] == pytest.approx(0.25)
+
+
+@io
 def test_a_tiff_too_large_for_a_field_is_left_to_other_readers(tmp_path, monkeypatch):
     from napari_wbc import _reader
 
@@ -174,6 +196,7 @@ def test_a_tiff_too_large_for_a_field_is_left_to_other_readers(tmp_path, monkeyp
     assert get_reader(str(path)) is None
 
 
+@io
 def test_reader_samples_and_demo_import_without_torch_or_qt():
     import subprocess
     import sys
@@ -211,17 +234,17 @@ def mosaic(tmp_path_factory):
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Every region read from a slide level: (level shape, y0, x0, y1, x1, step)."""
+    """Every region read from a slide or label level: (level shape, y0, x0, y1, x1, step)."""
     from napari_wbc.core import slide
 
     seen = []
-    real = slide._Level.read
+    real = slide._Level.read_raw
 
-    def read(self, y0, x0, y1, x1, step=1):
+    def read_raw(self, y0, x0, y1, x1, step=1):
         seen.append((self.shape, y0, x0, y1, x1, step))
         return real(self, y0, x0, y1, x1, step)
 
-    monkeypatch.setattr(slide._Level, "read", read)
+    monkeypatch.setattr(slide._Level, "read_raw", read_raw)
     return seen
 
 
@@ -246,13 +269,20 @@ def test_pyramidal_tiff_opens_as_lazy_multiscale_layer(mosaic, reads, notificati
     assert kwargs["scale"] == pytest.approx((0.1, 0.1)) and kwargs["units"] == ("um", "um")
     assert kwargs["metadata"]["pixel_size"] == pytest.approx(0.1)
     assert kwargs["metadata"]["slide"] == kwargs["metadata"]["source"] == str(path)
-    assert reads == []  # opening reads no pixels
+    # opening decodes only the coarsest level (200 x 175) and level 0's first and last 256 px tiles
+    assert sorted(reads) == [
+        ((200, 175), 0, 0, 200, 175, 1),
+        (LEVEL0, 0, 0, 256, 256, 1),
+        (LEVEL0, 1344, 1144, 1600, 1400, 1),
+    ]
+    reads.clear()
     np.testing.assert_array_equal(np.asarray(data[0][700:900, 100:1300]), level0[700:900, 100:1300])
     assert max(_area(r) for r in reads) <= 1024 * 1024  # chunks, not the level
     np.testing.assert_array_equal(np.asarray(data[1][10, 20]), level0[20:22, 40:42].mean((0, 1)).round())
     assert notifications == []
 
 
+@io
 def test_plain_huge_tiff_opens_lazily_with_strided_levels(tmp_path, mosaic, reads, monkeypatch):
     from napari_wbc.core import slide
 
@@ -262,6 +292,8 @@ def test_plain_huge_tiff_opens_lazily_with_strided_levels(tmp_path, mosaic, read
     assert get_reader(str(path)) is read_smears  # a field: 2.2 Mpx
     monkeypatch.setattr(slide, "SLIDE_PIXELS", 1_000_000)  # now a slide
     ((data, kwargs, kind),) = get_reader(str(path))(str(path))
+    assert reads == [(LEVEL0, 0, 0, 1600, 1400, 1)]  # the check at open: 2.2 Mpx are read whole
+    reads.clear()
     assert kind == "image" and kwargs["multiscale"] and kwargs["metadata"]["slide"] == str(path)
     assert [tuple(level.shape[:2]) for level in data] == [(1600, 1400), (800, 700)]
     assert kwargs["scale"] == pytest.approx((0.1, 0.1))
@@ -270,6 +302,7 @@ def test_plain_huge_tiff_opens_lazily_with_strided_levels(tmp_path, mosaic, read
     np.testing.assert_array_equal(np.asarray(data[0][1000:1100, 5:600]), level0[1000:1100, 5:600])
 
 
+@io
 def test_label_pyramids_open_as_multiscale_labels_with_their_table(tmp_path):
     import pandas as pd
 
@@ -304,6 +337,8 @@ def test_napari_draws_a_slide_without_reading_level_0_whole(make_napari_viewer, 
     path, level0 = mosaic
     viewer = make_napari_viewer(show=True)
     (layer,) = viewer.open(str(path), plugin="napari-wbc")
+    for probe in [(LEVEL0, 0, 0, 256, 256, 1), (LEVEL0, 1344, 1144, 1600, 1400, 1)]:
+        reads.remove(probe)  # the check at open; the rest is what napari draws
     assert layer.multiscale and layer.rgb and len(layer.data) == 4
     assert tuple(layer.scale) == pytest.approx((0.1, 0.1))
     viewer.reset_view()
@@ -318,3 +353,93 @@ def test_napari_draws_a_slide_without_reading_level_0_whole(make_napari_viewer, 
     level0_area = max(_area(r) for r in reads if r[0] == LEVEL0)
     assert level0_area < 1600 * 1400 / 2
     np.testing.assert_array_equal(np.asarray(layer.data[0][:64, :64]), level0[:64, :64])
+
+
+# -- damaged slides and label pyramids ---------------------------------------------------------
+
+
+def _truncated_copy(path, name: str, kept: float = 0.8):
+    raw = path.read_bytes()
+    cut = path.with_name(name)
+    cut.write_bytes(raw[: int(len(raw) * kept)])
+    return cut
+
+
+def _label_pyramid(folder, name="slide_cells.tif"):
+    from napari_wbc.core.pyramid import write_pyramid_tiff
+
+    labels = np.zeros((700, 600), np.uint32)
+    labels[100:200, 300:420] = 1
+    return write_pyramid_tiff(
+        folder / name,
+        lambda y0, x0, y1, x1: labels[y0:y1, x0:x1],
+        labels.shape,
+        np.uint32,
+        downsample="nearest",
+    )
+
+
+def _zero_coarsest_tile(path) -> None:
+    """Zero the compressed bytes of the coarsest level's tile: the file's structure stays intact."""
+    with tifffile.TiffFile(path) as tif:
+        page = tif.series[0].levels[-1].keyframe
+        start, size = page.dataoffsets[0], page.databytecounts[0]
+    raw = bytearray(path.read_bytes())
+    raw[start + 2 : start + size] = bytes(size - 2)
+    path.write_bytes(bytes(raw))
+
+
+@io
+def test_damaged_slides_and_labels_are_refused_at_open(tmp_path, mosaic):
+    slide = _truncated_copy(mosaic[0], "cut.ome.tif")
+    assert get_reader(str(slide)) is read_smears  # still claimed: the reader says what is wrong
+    with pytest.raises(InputError, match=r"^cut\.ome\.tif: .*damaged or incomplete.*again") as err:
+        layer_data(slide)
+    assert err.type is InputError
+    labels = _label_pyramid(tmp_path, "bad_cells.tif")
+    assert layer_data(labels)[2] == "labels"  # intact: a labels layer
+    _zero_coarsest_tile(labels)
+    assert get_reader(str(labels)) is read_smears
+    with pytest.raises(InputError, match=r"^bad_cells\.tif: .*damaged or incomplete.*again") as err:
+        layer_data(labels)
+    assert err.type is InputError
+
+
+def test_a_damaged_slide_gives_one_error_notification_and_no_layer(tmp_path, mosaic, notifications):
+    # cut at 80% the file still holds a pyramid (a slide); at 50% one level of it (read as a field)
+    for kept in (0.8, 0.5):
+        notifications.clear()
+        cut = _truncated_copy(mosaic[0], f"cut{kept}.ome.tif", kept=kept)
+        assert read_smears(str(cut)) == [(None,)]  # handled: nothing to add, no exception
+        assert len(notifications) == 1
+        severity, message = notifications[0]
+        assert "error" in severity and message.startswith(f"{cut.name}: ") and "cannot" in message
+
+
+@io
+def test_pipes_and_impossible_names_are_refused_without_opening_them(tmp_path):
+    import os
+    import signal
+
+    from napari_wbc.core.slide import is_slide, open_slide
+
+    pipe = tmp_path / "pipe.tif"
+    os.mkfifo(pipe)  # opening it for reading would wait for a writer forever
+    too_long = tmp_path / ("n" * 300 + ".tif")
+
+    def blocked(*_):
+        raise TimeoutError("a reader opened the pipe")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(20)
+    try:
+        for path, why in [(pipe, "pipe"), (too_long, "too long")]:
+            assert get_reader(str(path)) is read_smears  # claimed, so that the reader says why
+            with pytest.raises(InputError, match=why):
+                layer_data(path)
+            with pytest.raises(InputError, match=why):
+                open_slide(path)
+            assert not is_slide(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

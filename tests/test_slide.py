@@ -1,5 +1,6 @@
 """Whole slides: lazy reading of pyramidal, SVS and plain TIFFs, pixel sizes, mosaic and pyramid writers."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -8,10 +9,13 @@ import textwrap
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
-from napari_wbc.core.io import InputError, read_image
+from napari_wbc.core.io import InputError, cmyk_to_rgb, read_image
 from napari_wbc.core.pyramid import halve, level_shapes, write_pyramid_tiff
 from napari_wbc.core.slide import Slide, build_mosaic_slide, open_slide
+
+pytestmark = pytest.mark.io  # no torch, napari or Qt: also run on Python 3.12 (scripts/test-io-py312.sh)
 
 GLASS = (236, 232, 238)
 
@@ -205,3 +209,156 @@ def test_reader_never_loads_a_full_level(tmp_path, fields):
     peak = int(proc.stdout.split("peak MB")[1])
     print(f"peak RSS {peak} MB")
     assert peak < 600
+
+
+# -- damaged files, CMYK, pixel size metadata ------------------------------------------------
+
+
+def _noise(h: int, w: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, channels), dtype=np.uint8)
+
+
+def _pyramid(path, image, compression="zlib"):
+    return write_pyramid_tiff(
+        path,
+        lambda y0, x0, y1, x1: image[y0:y1, x0:x1],
+        image.shape[:2],
+        np.uint8,
+        channels=3,
+        tile=128,
+        pixel_size=0.2,
+        compression=compression,
+    )
+
+
+def _open_and_check(path) -> None:
+    with open_slide(path) as slide:
+        slide.check()
+
+
+@pytest.mark.parametrize("compression", ["zlib", None])
+@pytest.mark.parametrize("kept", [0.3, 0.7, 0.97])
+def test_truncated_pyramids_are_refused_with_one_clear_error(tmp_path, compression, kept):
+    image = _noise(600, 500)
+    whole = _pyramid(tmp_path / "whole.ome.tif", image, compression)
+    _open_and_check(whole)  # the intact file passes the check
+    raw = whole.read_bytes()
+    cut = tmp_path / "cut.ome.tif"
+    cut.write_bytes(raw[: int(len(raw) * kept)])
+    with pytest.raises(InputError) as err:
+        _open_and_check(cut)
+    message = str(err.value)
+    assert message.startswith("cut.ome.tif: ") and "again" in message
+    assert err.type is InputError  # not DeflateError, TiffFileError or a reshape's ValueError
+
+
+def test_a_corrupt_tile_raises_input_error_when_read_and_the_rest_reads(tmp_path):
+    image = _noise(768, 640)  # 6 x 5 tiles of 128 px
+    path = _pyramid(tmp_path / "bad.ome.tif", image)
+    with tifffile.TiffFile(path) as tif:  # level-0 tile 10: row 2, column 0, away from the file's ends
+        page = tif.pages[0]
+        start, size = page.dataoffsets[10], page.databytecounts[10]
+    raw = bytearray(path.read_bytes())
+    raw[start + 8 : start + size - 8] = bytes(size - 16)
+    path.write_bytes(bytes(raw))
+    with open_slide(path) as slide:
+        slide.check()  # the cheap check reads the ends of the data only
+        with pytest.raises(InputError, match=r"^bad\.ome\.tif: part of this slide cannot be decoded") as err:
+            slide.read(200, 0, 300, 100)
+        assert err.type is InputError and "again" in str(err.value)
+        assert np.array_equal(slide.read(0, 0, 256, 640), image[:256])  # other tiles still read
+        assert np.array_equal(slide.read(256, 128, 384, 640), image[256:384, 128:])
+
+
+def test_a_truncated_plain_tiff_is_refused_not_a_reshape_error(tmp_path):
+    image = _noise(500, 400)
+    whole = tmp_path / "plain.tif"  # uncompressed and contiguous: read row by row from the file
+    tifffile.imwrite(whole, image, photometric="rgb")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 9 // 10])
+    with open_slide(cut) as slide:
+        assert np.array_equal(slide.read(0, 0, 100, 400), image[:100])  # the part that is there
+        with pytest.raises(InputError, match=r"^cut\.tif: .*ends at byte") as err:
+            slide.read(400, 0, 500, 400)
+        assert err.type is InputError
+        with pytest.raises(InputError, match="copy or export it again"):
+            slide.check()
+
+
+def test_cmyk_slides_read_as_rgb(tmp_path):
+    cmyk = _noise(300, 260, channels=4, seed=3)
+    rgb = np.asarray(Image.fromarray(cmyk, mode="CMYK").convert("RGB")).astype(int)
+    assert np.abs(cmyk_to_rgb(cmyk).astype(int) - rgb).max() <= 1
+    paths = [tmp_path / "tiled.tif", tmp_path / "contiguous.tif", tmp_path / "pillow.tif"]
+    tifffile.imwrite(paths[0], cmyk, photometric="separated", tile=(128, 128), compression="zlib")
+    tifffile.imwrite(paths[1], cmyk, photometric="separated")
+    Image.fromarray(cmyk, mode="CMYK").save(paths[2])
+    for path in paths:
+        with open_slide(path) as slide:
+            region = slide.read(0, 0, 300, 260)
+            assert region.shape == (300, 260, 3)
+            assert np.abs(region.astype(int) - rgb).max() <= 1, path.name
+    # pure inks: white paper, cyan, and black
+    inks = np.array([[[0, 0, 0, 0], [255, 0, 0, 0], [0, 0, 0, 255]]], np.uint8)
+    assert cmyk_to_rgb(inks).tolist() == [[[255, 255, 255], [0, 255, 255], [0, 0, 0]]]
+    deep = (inks.astype(np.uint16) * 257)[..., :4]
+    assert cmyk_to_rgb(deep).tolist() == [[[65535] * 3, [0, 65535, 65535], [0, 0, 0]]]
+
+
+def _svs(path, mpp: str, resolution=None):
+    desc = (
+        f"Aperio Image Library v12.0.0\n256x256 (128x128) JPEG/RGB Q=90|AppMag = 40|MPP = {mpp}|Filename = x"
+    )
+    res = {"resolution": resolution, "resolutionunit": "CENTIMETER"} if resolution else {}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(
+            _noise(256, 256), tile=(128, 128), photometric="rgb", description=desc, metadata=None, **res
+        )
+    return path
+
+
+def test_garbled_or_implausible_pixel_sizes_open_without_one_and_warn(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    cases = {
+        "typo.svs": (_svs(tmp_path / "typo.svs", "0.2.5"), None, "not a number"),
+        "words.svs": (_svs(tmp_path / "words.svs", "unknown"), None, "not a number"),
+        "huge.svs": (_svs(tmp_path / "huge.svs", "25"), None, "outside"),
+        # a bad MPP falls back to the resolution tags (0.25 um/px = 40000 px/cm)
+        "fallback.svs": (_svs(tmp_path / "fallback.svs", "0.2.5", (40000, 40000)), 0.25, "not a number"),
+        "good.svs": (_svs(tmp_path / "good.svs", "0.4999"), 0.4999, None),
+    }
+    for name, (path, expected, warning) in cases.items():
+        caplog.clear()
+        with open_slide(path) as slide:
+            assert slide.pixel_size == (pytest.approx(expected) if expected else None), name
+            assert slide.read(0, 0, 8, 8).shape == (8, 8, 3)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        warnings = [w for w in warnings if name in w]  # tifffile's own log lines aside
+        if warning is None:
+            assert warnings == [], name
+        else:
+            assert len(warnings) == 1 and warning in warnings[0], (name, warnings)
+
+
+def test_ome_pixel_size_typos_are_ignored(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    path = tmp_path / "typo.ome.tif"
+    tifffile.imwrite(
+        path, _noise(64, 64), photometric="rgb", metadata={"axes": "YXS", "PhysicalSizeX": 0.255}
+    )
+    raw = path.read_bytes()
+    assert raw.count(b'PhysicalSizeX="0.255"') == 1
+    path.write_bytes(raw.replace(b'PhysicalSizeX="0.255"', b'PhysicalSizeX="0.2.5"'))  # same length
+    with open_slide(path) as slide:
+        assert slide.pixel_size is None
+    assert any("typo.ome.tif" in r.getMessage() and "not a number" in r.getMessage() for r in caplog.records)
+    # millimetres where micrometres were meant: 0.25 mm/px is no microscope's pixel
+    tifffile.imwrite(
+        tmp_path / "mm.ome.tif",
+        _noise(64, 64),
+        photometric="rgb",
+        metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeXUnit": "mm"},
+    )
+    with open_slide(tmp_path / "mm.ome.tif") as slide:
+        assert slide.pixel_size is None
+    assert any("mm.ome.tif" in r.getMessage() and "outside" in r.getMessage() for r in caplog.records)

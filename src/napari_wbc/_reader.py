@@ -9,12 +9,14 @@ notification with what to do, never a traceback.
 
 Whole slides (pyramidal TIFF, OME-TIFF, SVS, and plain TIFFs too big for a field; see
 :func:`napari_wbc.core.slide.is_slide`) open as a multiscale RGB image layer of lazy
-levels (:mod:`._slide_layers`): nothing is read until napari draws it, and then only
-what it draws. The layer's ``metadata["slide"]`` holds the path, which is how the Segment
-widget knows to segment it tile by tile. Pyramidal 32/64-bit integer TIFFs (the
-``*_cells.tif`` and ``*_nuclei.tif`` a slide run writes) open as multiscale labels
-layers; ``<stem>_cells.tif`` gets the cell table ``<stem>_cells.csv`` beside it as its
-features.
+levels (:mod:`._slide_layers`). At open a little of each end of the data is decoded
+(:meth:`napari_wbc.core.slide.Slide.check`), so a damaged or truncated file gives the one
+notification then, not errors when napari draws it; beyond that nothing is read until
+napari draws it, and then only what it draws. The layer's ``metadata["slide"]`` holds the
+path, which is how the Segment widget knows to segment it tile by tile. Pyramidal 32/64-bit
+integer TIFFs (the ``*_cells.tif`` and ``*_nuclei.tif`` a slide run writes) open as
+multiscale labels layers, checked the same way; ``<stem>_cells.tif`` gets the cell table
+``<stem>_cells.csv`` beside it as its features.
 
 Other TIFF files are only claimed when they hold one 2D field; stacks, multi-page files
 and non-pyramidal 32/64-bit integer images (label images, such as the ``*_cells.tif``
@@ -24,12 +26,13 @@ that ``napari-wbc segment`` writes for a field) are left to other readers.
 from __future__ import annotations
 
 import logging
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .core.io import READABLE, InputError, read_image
+from .core.io import READABLE, InputError, check_regular, read_image
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,18 @@ def _is_slide(path: Path) -> bool:
 def _claims(path: str | Path) -> bool:
     path = Path(path)
     suffix = path.suffix.lower()
-    if path.is_dir() or suffix not in READABLE + SLIDE_SUFFIXES:
+    if suffix not in READABLE + SLIDE_SUFFIXES:
         return False
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return True  # claimed by its name: the reader says it is missing
+    except OSError:  # a name too long, a permission: claimed, so that the reader says why
+        return True
+    if stat.S_ISDIR(mode):
+        return False
+    if not stat.S_ISREG(mode):  # a pipe or a device: never opened here (it could block)
+        return True  # claimed, so that the reader refuses it with a message
     if _is_slide(path):
         return True
     if suffix in SLIDE_SUFFIXES and suffix not in READABLE:
@@ -126,8 +139,13 @@ def slide_layer_data(path: str | Path) -> LayerData:
     if is_labels:
         try:
             levels = label_levels(path)
+        except InputError:
+            raise
         except Exception as err:
-            raise InputError(f"{path.name}: cannot read these labels ({err})") from err
+            raise InputError(
+                f"{path.name}: cannot read these labels ({err}); the file may be damaged or incomplete: "
+                "write it again"
+            ) from err
         return labels_layer_data(path, levels, pixel_size)
     levels, slide = slide_levels(path)
     kwargs = {
@@ -170,15 +188,21 @@ def labels_layer_data(path: Path, levels: list, pixel_size: float | None) -> Lay
 def layer_data(path: str | Path) -> LayerData:
     """Layer data for a field or a slide, whichever ``path`` is; raises InputError."""
     path = Path(path)
-    if path.exists() and _is_slide(path):
+    check_regular(path)  # a missing file, a pipe or a device: an InputError before anything opens it
+    if _is_slide(path):
         return slide_layer_data(path)
     return smear_layer_data(path)
 
 
+def _notify(severity: str, message: str) -> None:
+    """A napari notification; napari is imported only then, so files read without it (tests, scripts)."""
+    from napari.utils import notifications
+
+    {"error": notifications.show_error, "info": notifications.show_info}[severity](message)
+
+
 def read_smears(path: str | Sequence[str]) -> list[LayerData]:
     """Read each file into an RGB image layer (lazy and multiscale for a slide); report problems."""
-    from napari.utils.notifications import show_error, show_info
-
     paths = [path] if isinstance(path, str | Path) else list(path)
     layers = []
     for p in paths:
@@ -186,11 +210,11 @@ def read_smears(path: str | Sequence[str]) -> list[LayerData]:
             data, kwargs, kind = layer_data(p)
         except InputError as err:
             log.info("%s", err)
-            show_error(str(err))
+            _notify("error", str(err))
             continue
         notes = kwargs["metadata"]["notes"]
         if notes:
-            show_info(f"{Path(p).name}: " + "; ".join(notes))
+            _notify("info", f"{Path(p).name}: " + "; ".join(notes))
         layers.append((data, kwargs, kind))
     # [(None,)] tells napari the file was handled (the error was shown) but adds no layer
     return layers or [(None,)]

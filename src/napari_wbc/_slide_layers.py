@@ -136,12 +136,18 @@ def _close_all(closers: list) -> None:
 def slide_levels(path: str | Path):
     """``(levels, slide)``: RGB uint8 dask levels (h, w, 3) of a slide, and the opened Slide.
 
-    The files stay open while the levels are in use and close when they are collected.
+    The files stay open while the levels are in use and close when they are collected. A
+    damaged or truncated file raises InputError here, not when napari first draws it.
     """
     from .core.slide import open_slide
 
     path = Path(path)
     slide = open_slide(path)
+    try:
+        slide.check()
+    except Exception:
+        slide.close()
+        raise
     weakref.finalize(slide, _close_all, list(slide.closers))
 
     def reader(k: int):
@@ -158,6 +164,7 @@ def label_pyramid_info(path: str | Path) -> tuple[bool, float | None]:
     """(whether ``path`` is a label image stored as a 2D integer pyramid, its pixel size)."""
     import tifffile
 
+    from .core.io import squeezed
     from .core.slide import slide_pixel_size
 
     path = Path(path)
@@ -168,7 +175,7 @@ def label_pyramid_info(path: str | Path) -> tuple[bool, float | None]:
             series = tif.series[0]
             dtype = np.dtype(series.dtype)
             ok = (
-                series.get_axes(True) == "YX"
+                squeezed(series)[0] == "YX"
                 and dtype.kind in "iu"
                 and dtype.itemsize >= 4
                 and len(series.levels) > 1
@@ -179,33 +186,41 @@ def label_pyramid_info(path: str | Path) -> tuple[bool, float | None]:
 
 
 def label_levels(path: str | Path) -> list:
-    """Lazy integer dask levels of a pyramidal label TIFF (``*_cells.tif``, ``*_nuclei.tif``)."""
+    """Lazy integer dask levels of a pyramidal label TIFF (``*_cells.tif``, ``*_nuclei.tif``).
+
+    Raises InputError for a file that is not a 2D label image, or is damaged or truncated.
+    """
     import tifffile
-    import zarr
+
+    from .core.io import InputError, squeezed
+    from .core.slide import _Level, check_levels, level_arrays
 
     path = Path(path)
     tif = tifffile.TiffFile(path)
+    closers = [tif.close]
     try:
         series = tif.series[0]
-        if series.get_axes(True) != "YX":
-            raise ValueError(f"{path.name}: not a 2D label image (axes {series.get_axes(True)})")
-        store = series.aszarr(squeeze=True)
-        root = zarr.open(store, mode="r")
-        arrays = [root] if isinstance(root, zarr.Array) else [root[str(k)] for k in range(len(series.levels))]
+        axes = squeezed(series)[0]
+        if axes != "YX":
+            raise InputError(f"{path.name}: not a 2D label image (axes {axes})")
+        arrays, level_closers = level_arrays(series)
+        closers[:0] = level_closers
+        levels = [_Level(a, level.axes, path.name) for a, level in zip(arrays, series.levels, strict=True)]
+        check_levels(levels)
     except Exception:
-        tif.close()
+        _close_all(closers)
         raise
-    files = _OpenFiles([store.close, tif.close])
+    files = _OpenFiles(closers)
 
-    def reader(array):
+    def reader(level):
         def read(y0, x0, y1, x1, step):  # holds `files`, so they stay open while read
             files.used = True
-            return np.asarray(array[y0:y1:step, x0:x1:step])
+            return level.read_raw(y0, x0, y1, x1, step)
 
         return read
 
-    sources = [(tuple(int(s) for s in a.shape), reader(a)) for a in arrays]
-    return _levels(sources, (), np.dtype(arrays[0].dtype), _token(path, "labels"))
+    sources = [(level.shape, reader(level)) for level in levels]
+    return _levels(sources, (), np.dtype(series.dtype), _token(path, "labels"))
 
 
 class _OpenFiles:

@@ -1,4 +1,4 @@
-"""The ``napari-wbc`` command: segment, evaluate, compare, train, demo.
+"""The ``napari-wbc`` command: segment, evaluate, compare, train, dataset check, demo.
 
 Errors a user can cause print one line and exit non-zero; nothing here imports napari
 except ``demo``, which opens the viewer.
@@ -12,34 +12,44 @@ import sys
 from pathlib import Path
 
 from .core.dataset import TYPING
-from .core.io import InputError
+from .core.io import GB_PER_MEGAPIXEL, MAX_MEGAPIXELS, PIXEL_SIZE_RANGE, InputError
 from .models import MissingWeightsError, list_models
 from .models.registry import list_classifiers
 
 log = logging.getLogger("napari_wbc")
 
 
-def _bar(total: int, desc: str, unit: str = "it"):
+def _bar(total: int, desc: str, unit: str = "it", **kwargs):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=None, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, disable=None, dynamic_ncols=True, **kwargs)
+
+
+def _check_segment_args(args) -> None:
+    """Refuse options no run can use, before any file is read."""
+    lo, hi = PIXEL_SIZE_RANGE
+    if args.pixel_size is not None and not lo <= args.pixel_size <= hi:
+        raise InputError(
+            f"--pixel-size {args.pixel_size:g} is outside {lo:g}-{hi:g} um/px, what a light microscope "
+            "gives a smear; give the width of one image pixel in micrometres"
+        )
+    if not args.max_megapixels > 0:
+        raise InputError(f"--max-megapixels must be a positive number, not {args.max_megapixels:g}")
 
 
 def cmd_segment(args) -> int:
-    from .core.batch import expand_inputs, segment_files
+    from .core.batch import gather_inputs, segment_files
+    from .core.io import READABLE
     from .core.slide import SLIDE_SUFFIXES, is_slide
 
-    items = expand_inputs(args.inputs)
-    items += [
-        p
-        for item in map(Path, args.inputs)
-        if item.is_dir()
-        for p in sorted(item.iterdir())
-        if p.suffix.lower() in SLIDE_SUFFIXES
-    ]
-    slides = [p for p in items if is_slide(p)]
-    fields = [p for p in items if p not in slides]
-    failures = 0
+    _check_segment_args(args)
+    # cheap checks first, before torch and the model load: each unusable input is said once
+    files, skipped = gather_inputs(args.inputs, READABLE + SLIDE_SUFFIXES)
+    for _, message in skipped:
+        print(f"error: {message}", file=sys.stderr)
+    slides = [p for p in files if is_slide(p)]
+    fields = [p for p in files if p not in slides]
+    failures = len(skipped)
     if slides and args.single_cell:
         print(
             "note: --single-cell applies to single-cell crops, not to whole slides: "
@@ -47,8 +57,16 @@ def cmd_segment(args) -> int:
             file=sys.stderr,
         )
     if fields:
-        with _bar(len(fields), "segment", "image") as bar:
-            failures = segment_files(
+        # position counts fields done, with fractions for the steps within one
+        bar_format = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}]{postfix}"
+        with _bar(0, "segment", bar_format=bar_format) as bar:
+
+            def progress(position: float, total: int, message: str) -> None:
+                bar.total, bar.n = total, position
+                bar.set_postfix_str(message, refresh=False)
+                bar.refresh()
+
+            failures += segment_files(
                 fields,
                 args.out,
                 model=args.model,
@@ -59,8 +77,11 @@ def cmd_segment(args) -> int:
                 single_cell=args.single_cell,
                 typing=args.typing,
                 classifier_weights=args.classifier_weights,
-                on_done=lambda name: bar.update(1),
+                overwrite=args.overwrite,
+                max_megapixels=args.max_megapixels,
                 on_error=lambda path, msg: bar.write(f"error: {msg}", file=sys.stderr),
+                on_warning=lambda path, msg: bar.write(f"warning: {msg}", file=sys.stderr),
+                progress=progress,
             )
     if args.scheduler or args.workers is not None:
         failures += _segment_slides_on_cluster(slides, args) if slides else 0
@@ -68,10 +89,23 @@ def cmd_segment(args) -> int:
         for path in slides:
             try:
                 _segment_slide(path, args)
+            except MissingWeightsError:
+                raise  # no slide can be done: the run stops (exit 2)
             except InputError as err:
                 failures += 1
-                print(f"error: {err}", file=sys.stderr)
-    print(f"wrote results for {len(items) - failures} of {len(items)} inputs to {args.out}")
+                message = str(err)
+                named = message.startswith((str(path), path.name))
+                print(f"error: {message if named else f'{path}: {message}'}", file=sys.stderr)
+            except Exception as err:  # unforeseen: said once, the other slides still get done
+                failures += 1
+                log.info("%s failed", path, exc_info=err)
+                print(
+                    f"error: {path}: failed ({type(err).__name__}: {err}); skipped (-v shows where)",
+                    file=sys.stderr,
+                )
+    total = len(files) + len(skipped)
+    failed = f"; {failures} failed (said above)" if failures else ""
+    print(f"wrote results for {total - failures} of {total} inputs to {args.out}{failed}")
     return 1 if failures else 0
 
 
@@ -239,6 +273,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_dataset(args) -> int:
+    """``dataset check DIR [--repair]``: one line per problem of a training folder; non-zero
+    while any remains."""
+    from .core.dataset import check_training_folder, repair_training_folder
+
+    try:
+        if args.repair:
+            for line in repair_training_folder(args.dir):
+                print(line)
+        problems = check_training_folder(args.dir)
+    except (FileNotFoundError, TimeoutError) as err:
+        raise InputError(str(err)) from None
+    for line in problems:
+        print(line)
+    if not problems:
+        print(f"{args.dir}: no problems")
+    return 1 if problems else 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -281,7 +334,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("inputs", nargs="+", help="image or slide files, or folders")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--pixel-size", type=float, default=None, help="um per pixel, when the files do not say")
+    s.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        help=f"um per pixel ({PIXEL_SIZE_RANGE[0]:g}-{PIXEL_SIZE_RANGE[1]:g}), when the files do not say "
+        "or say it wrong",
+    )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs an earlier run left in --out (default: an input whose outputs exist "
+        "is skipped, with a message)",
+    )
+    s.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=MAX_MEGAPIXELS,
+        metavar="MP",
+        help="the most pixels (millions) the network sees at once, at its working scale; bigger "
+        f"fields are skipped with a message (default {MAX_MEGAPIXELS:g}; the network needs about "
+        f"{GB_PER_MEGAPIXEL:g} GB of memory per megapixel on CPU)",
+    )
     s.add_argument(
         "--tile",
         type=int,
@@ -373,6 +447,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--device", default="auto")
     t.set_defaults(func=cmd_train)
+
+    ds = sub.add_parser("dataset", help="check a training folder (and repair what interrupted saves left)")
+    ds_sub = ds.add_subparsers(dest="action", required=True)
+    dc = ds_sub.add_parser("check", help="list its problems, one per line; exit 1 while any remains")
+    dc.add_argument("dir", help="a training folder (images/, labels/, split.csv, manifest.jsonl)")
+    dc.add_argument(
+        "--repair",
+        action="store_true",
+        help="first remove what interrupted saves left: temporary files, files of no complete "
+        "pair, split rows of no pair (complete pairs are never touched)",
+    )
+    dc.set_defaults(func=cmd_dataset)
 
     d = sub.add_parser("demo", help="open napari on the sample smear and segment it")
     d.add_argument("--headless", action="store_true", help="no window: segment the samples to --out")

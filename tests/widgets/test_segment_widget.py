@@ -164,6 +164,21 @@ def test_grayscale_layer_is_refused_with_a_notification(viewer, notifications):
     assert widget.worker is None and widget.run_button.enabled
 
 
+def test_gray_rgb_layer_gets_a_warning(viewer, qtbot, trained_model, notifications):
+    """An RGB layer without colour (a grayscale file, converted) is segmented, with a warning."""
+    image = viewer.open_sample("napari-wbc", "two_cells")[0]
+    gray = np.asarray(image.data).mean(axis=2).astype(np.uint8)
+    viewer.add_image(np.repeat(gray[..., None], 3, axis=2), name="gray field", rgb=True)
+    widget = _widget(viewer)
+    widget.image.value = viewer.layers["gray field"]
+    assert widget.run() is not None
+    widget.cancel_button.clicked.emit()  # the warning is said when the run starts
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    warnings = [message for severity, message in notifications if "warning" in severity]
+    assert len(warnings) == 1 and warnings[0].startswith("gray field: grayscale image")
+    assert "unreliable" in warnings[0]
+
+
 def test_no_image_is_refused_with_a_notification(viewer, notifications):
     widget = _widget(viewer)
     assert widget.image.value is None

@@ -32,11 +32,11 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QSizePolicy
 
-from ..core.io import InputError, to_rgb8
+from ..core.io import GRAYSCALE_WARNING, MAX_MEGAPIXELS, PIXEL_SIZE_RANGE, InputError, is_grayscale, to_rgb8
 from ..models import DEFAULT_MODEL, MissingWeightsError
 from ._slide_segment import SegmentationError, SlideSegmentMixin, slide_path
 
@@ -112,7 +112,14 @@ def _segment_job(
         net, spec = load_model(model, device=device, flip_average=flip_average)
         classifier = load_classifier(typing, device)
         result = yield from segment(
-            image, net, spec, device, pixel_size, single_cell=single_cell, classifier=classifier
+            image,
+            net,
+            spec,
+            device,
+            pixel_size,
+            single_cell=single_cell,
+            classifier=classifier,
+            max_megapixels=MAX_MEGAPIXELS,
         )
         types = None if typing == "none" else result.types
         table = measure_cells(
@@ -172,7 +179,12 @@ class SegmentWidget(SlideSegmentMixin, Container):
             label="device", choices=available_devices(), value="auto", tooltip=TIPS["device"]
         )
         self.pixel_size = FloatSpinBox(
-            label="pixel size (µm/px)", value=0.0, min=0.0, max=100.0, step=0.01, tooltip=TIPS["pixel_size"]
+            label="pixel size (µm/px)",
+            value=0.0,
+            min=0.0,
+            max=PIXEL_SIZE_RANGE[1],
+            step=0.01,
+            tooltip=TIPS["pixel_size"],
         )
         self.flip_average = CheckBox(
             text="flip-average (4x slower)", value=False, tooltip=TIPS["flip_average"]
@@ -265,6 +277,8 @@ class SegmentWidget(SlideSegmentMixin, Container):
             return None
         if notes:
             show_info(f"{layer.name}: " + "; ".join(notes))
+        if is_grayscale(image):  # the network tells white cells by their stain colour
+            show_warning(f"{layer.name}: {GRAYSCALE_WARNING}")
         pixel_size = self._pixel_size(layer)
         worker = _segment_job(
             image,

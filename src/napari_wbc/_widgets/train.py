@@ -107,7 +107,7 @@ def _finish(staging: Path, final: Path, init: str, init_dir: Path, history: dict
         "data": history["data"],
         "steps": history.get("steps"),
         "best": history.get("best"),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     (staging / "config.json").write_text(json.dumps(config, indent=2))
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -110,6 +110,8 @@ def predict_crops(net, spec, rgb, label, sizes, device: str = "cpu", batch: int 
     rotations and flips of each crop (a cell on a slide has no up or down)."""
     import torch
 
+    from .inference import refuse_non_finite
+
     out = []
     with torch.inference_mode():
         for i in range(0, len(rgb), batch):
@@ -117,6 +119,7 @@ def predict_crops(net, spec, rgb, label, sizes, device: str = "cpu", batch: int 
             s = torch.from_numpy(np.asarray(sizes[i : i + batch], np.float32)).to(device)
             views = [torch.rot90(v, k, (2, 3)) for v in (x, x.flip(3)) for k in range(4)]
             logits = net(torch.cat(views), s.repeat(len(views))).float()
+            refuse_non_finite(logits, spec)
             prob = torch.softmax(logits, 1).reshape(len(views), len(x), -1).mean(0)
             out.append(prob.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(spec.classes)), np.float32)

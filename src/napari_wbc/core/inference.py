@@ -167,9 +167,25 @@ def predict_batch(
 
     t = to_tensor(net, spec, images, device)
     with torch.inference_mode():
-        prob = torch.softmax(net(t).float(), 1).cpu().numpy()
+        out = net(t).float()
+        refuse_non_finite(out, spec)
+        prob = torch.softmax(out, 1).cpu().numpy()
     h, w = images[0].shape[:2]
     return [p[:, :h, :w] if keep_types else collapse_types(p[:, :h, :w]) for p in prob]
+
+
+def refuse_non_finite(output, spec) -> None:
+    """A clear error for NaN or infinite network outputs (broken weights, or float16
+    overflowing on a GPU), which would otherwise pass for a field without cells."""
+    import torch
+
+    if not torch.isfinite(output).all():
+        from ..models import BrokenWeightsError
+
+        raise BrokenWeightsError(
+            f"the {spec.name} network gave NaN or infinite numbers on this image: its weights are "
+            "damaged or overflow on this device; run it on the CPU, or train it anew with `napari-wbc train`"
+        )
 
 
 def detect_cells(
@@ -185,6 +201,8 @@ def detect_cells(
     work = _rescaled(image, scale)
     with torch.inference_mode():
         det = net.detect(to_tensor(net, spec, [work], device), score_threshold=score_threshold)[0]
+    for key in ("scores", "cells", "nuclei"):
+        refuse_non_finite(det[key], spec)
     wh, ww = work.shape[:2]
     cells, nuclei, scores = paint_detections(
         det["scores"].float().cpu().numpy(),
@@ -229,6 +247,7 @@ def segment(
     auto_scale: bool = True,
     single_cell: bool = False,
     classifier=None,
+    max_megapixels: float | None = None,
 ) -> Generator[Progress, None, Segmentation]:
     """Segment one RGB uint8 field: network, then instances. Yields progress, returns result.
 
@@ -251,6 +270,10 @@ def segment(
     ``classifier``: (net, spec) of a cell classifier (:func:`.celltypes.load_classifier`);
     it types every cell (and tells which objects are no white cell), in place of a typing
     model's own types.
+
+    ``max_megapixels``: the most pixels the network may see at once; before each pass, an
+    image that would be bigger at that pass's scale raises an InputError that says why
+    (cells this small, or this pixel size) and what to do, instead of running out of memory.
     """
     names = type_names(spec) if classifier is None else []
     scale = 1.0 if auto_scale else working_scale(spec, pixel_size)
@@ -259,10 +282,14 @@ def segment(
         image = brighten(image, gain)
         yield 0, 4, f"under-exposed field: brightened {gain:.2f}x for the network"
     yield 0, 4, "running the network"
+    if max_megapixels is not None:
+        _check_working_size(image, scale, max_megapixels, pixel_size=None if auto_scale else pixel_size)
     network, raw = network_pass(net, spec, image, device, scale)
     if auto_scale:
         width = typical_cell_width(network)
         scale = scale_for_cells(width, spec, pixel_size)
+        if max_megapixels is not None:
+            _check_working_size(image, scale, max_megapixels, width, pixel_size, no_cells=width is None)
         if scale != 1.0:
             yield (
                 1,
@@ -296,6 +323,42 @@ def segment(
         types, probs = classify_cells(*classifier, image, cells, nuclei, scale, device)
     yield 4, 4, "done"
     return Segmentation(_classes(cells, nuclei), cells, nuclei, scale, network, types, scores, probs)
+
+
+def _check_working_size(
+    image: np.ndarray,
+    scale: float,
+    max_megapixels: float,
+    width: float | None = None,
+    pixel_size: float | None = None,
+    no_cells: bool = False,
+) -> None:
+    """An InputError when ``image`` resampled by ``scale`` is over ``max_megapixels``. What set
+    the scale says what to do: the white cells' ``width`` (px; a low magnification), else the
+    ``pixel_size`` (perhaps a wrong one; ``no_cells``: the first pass found no cell), else
+    nothing (the image is that big)."""
+    from .io import GB_PER_MEGAPIXEL, InputError
+
+    h, w = (max(8, round(n * scale)) for n in image.shape[:2])
+    megapixels = h * w / 1e6
+    if megapixels <= max_megapixels:
+        return
+    if width:
+        why = f"its white cells are only ~{width:.0f} px wide (a low magnification), so"
+        fix = "crop the field, or segment it in tiles as a whole slide (save it as a pyramidal TIFF)"
+    elif pixel_size and scale != 1.0:
+        why = f"its pixel size ({pixel_size:g} um/px) means"
+        if no_cells:
+            why = "no white cell was found at its own scale, and " + why
+        fix = "if that pixel size is wrong, give the right one with --pixel-size"
+    else:
+        why = "at its own scale"
+        fix = "crop it, or segment it in tiles as a whole slide (save it as a pyramidal TIFF)"
+    raise InputError(
+        f"{why} the network would see it at {scale:.2f}x, {w}x{h} px ({megapixels:.0f} MP), over the "
+        f"limit of {max_megapixels:g} MP; {fix}, or raise --max-megapixels if this machine has "
+        f"~{megapixels * GB_PER_MEGAPIXEL:.0f} GB free"
+    )
 
 
 def _centre_cell_only(cells, nuclei, types, scores):

@@ -100,6 +100,7 @@ def write_pyramid_tiff(
                     yield block
 
         try:
+            # ome=True: tifffile >= 2026.5 prefers kind="ome", which older versions lack
             with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
                 for k, (h, w) in enumerate(shapes):
                     res = {}

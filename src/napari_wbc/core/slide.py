@@ -3,8 +3,11 @@
 A :class:`Slide` is a list of levels (level 0 at full resolution) that are read region by
 region and never as a whole: tifffile's zarr view (``aszarr``) for tiled or striped TIFF,
 OME-TIFF and SVS (pyramids from SubIFDs or SVS pages), direct file reads for uncompressed
-contiguous TIFF. The pixel size comes from the OME metadata, the Aperio ``MPP`` or the TIFF
-resolution tags. Pyramidal TIFF writing lives in :mod:`.pyramid`.
+contiguous TIFF; one zarr array per level, so any tifffile version reads them (see "tifffile
+compatibility" below). CMYK TIFFs come out as RGB. The pixel size comes from the OME metadata,
+the Aperio ``MPP`` or the TIFF resolution tags, whichever first gives a plausible one. A region
+of a damaged or truncated file raises :class:`.io.InputError`; :meth:`Slide.check` reads the
+ends of the data to refuse such a file at open. Pyramidal TIFF writing lives in :mod:`.pyramid`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, read_image
+from .io import InputError, check_regular, cmyk_to_rgb, is_cmyk, plausible_pixel_size, read_image, squeezed
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +44,76 @@ def _to_rgb8(a: np.ndarray) -> np.ndarray:
     return (np.clip(np.nan_to_num(a.astype(np.float64)), 0, 1) * 255).round().astype(np.uint8)
 
 
+def _damaged(source: str, err: Exception) -> InputError:
+    return InputError(
+        f"{source}: part of this slide cannot be decoded ({type(err).__name__}: {err}); the file is "
+        "damaged or incomplete (an interrupted copy or export?): copy or export it again"
+    )
+
+
 class _Level:
-    """One resolution level over a lazy array with any axes; regions come out as (h, w, 3) uint8."""
+    """One resolution level over a lazy array with any axes; regions come out as (h, w, 3) uint8.
 
-    def __init__(self, array, axes: str):
-        self.array, self.axes = array, axes
+    Axes of length 1 (and any stack axis) give their first plane; the first sample (S) or
+    channel (C) axis longer than 1 gives a pixel's samples. ``source`` (the file name) names
+    the file when a region cannot be decoded; ``cmyk`` converts CMYK samples to RGB.
+    """
+
+    def __init__(self, array, axes: str, source: str = "image", cmyk: bool = False):
+        if len(axes) != len(array.shape):
+            raise InputError(f"{source}: axes {axes} do not match the stored shape {tuple(array.shape)}")
+        if axes.index("Y") > axes.index("X"):
+            raise InputError(f"{source}: images stored with X before Y are not supported")
+        self.array, self.axes, self.source, self.cmyk = array, axes, source, cmyk
         self.shape = (int(array.shape[axes.index("Y")]), int(array.shape[axes.index("X")]))
+        samples = [i for i, a in enumerate(axes) if a in "SC" and array.shape[i] > 1]
+        self.samples = samples[0] if samples else None
 
-    def read(self, y0: int, x0: int, y1: int, x1: int, step: int = 1) -> np.ndarray:
-        """Pixels ``y0:y1:step, x0:x1:step`` (every ``step``-th, for a cheap low-resolution view)."""
-        index, kept = [], []
-        for axis in self.axes:
+    def read_raw(self, y0: int, x0: int, y1: int, x1: int, step: int = 1) -> np.ndarray:
+        """Stored pixels ``y0:y1:step, x0:x1:step`` as (h, w[, samples]); raises InputError if damaged."""
+        index: list = []
+        for i, axis in enumerate(self.axes):
             if axis == "Y":
                 index.append(slice(y0, y1, step))
             elif axis == "X":
                 index.append(slice(x0, x1, step))
-            elif axis in "SC" and not any(a in "SC" for a in kept):
-                index.append(slice(None))
-            else:  # a stack: the first plane
-                index.append(0)
-                continue
-            kept.append(axis)
-        region = np.asarray(self.array[tuple(index)])
-        if kept.index("Y") > kept.index("X"):
-            raise InputError("images stored with X before Y are not supported")
-        if len(kept) == 3 and kept[0] in "SC":  # planar: samples first
+            else:
+                index.append(slice(None) if i == self.samples else 0)
+        try:
+            region = np.asarray(self.array[tuple(index)])
+        except (InputError, MemoryError):
+            raise
+        except Exception as err:  # a truncated file, a corrupt tile: decoders raise all sorts
+            raise _damaged(self.source, err) from err
+        if self.samples is not None and self.samples < self.axes.index("Y"):  # planar: samples first
             region = np.moveaxis(region, 0, -1)
+        return region
+
+    def read(self, y0: int, x0: int, y1: int, x1: int, step: int = 1) -> np.ndarray:
+        """Pixels ``y0:y1:step, x0:x1:step`` (every ``step``-th, for a cheap low-resolution view)."""
+        region = self.read_raw(y0, x0, y1, x1, step)
+        if self.cmyk and region.ndim == 3 and region.shape[-1] >= 4:
+            region = cmyk_to_rgb(region)
         return _to_rgb8(region)
+
+
+def check_levels(levels: list[_Level], tile: int = 256, whole: int = 2048 * 2048) -> None:
+    """Read a little of each end of a slide's data, so a damaged file is refused at open (InputError).
+
+    The coarsest level is read whole when it has at most ``whole`` pixels (else its first and
+    last ``tile``), and level 0 its first and last ``tile``: writers put the coarsest level and
+    the last tiles at the end of the file, where a truncated copy is cut.
+    """
+    coarsest = min(levels, key=lambda level: level.shape[0] * level.shape[1])
+    ends = [levels[0], coarsest] if coarsest is not levels[0] else [coarsest]
+    h, w = coarsest.shape
+    if h * w <= whole:
+        coarsest.read_raw(0, 0, h, w)
+        ends.remove(coarsest)
+    for level in ends:
+        h, w = level.shape
+        level.read_raw(0, 0, min(h, tile), min(w, tile))
+        level.read_raw(max(0, h - tile), max(0, w - tile), h, w)
 
 
 class _ContiguousArray:
@@ -88,7 +134,10 @@ class _ContiguousArray:
         out = bytearray()
         for y in rows:  # only the rows asked for: a strided view reads a fraction of the file
             start = self.offset + (y * w + x0) * pixel
-            out += os.pread(self.fd, (x1 - x0) * pixel, start)
+            row = os.pread(self.fd, (x1 - x0) * pixel, start)
+            if len(row) < (x1 - x0) * pixel:
+                raise OSError(f"the file ends at byte {start + len(row)}, before row {y} of the image")
+            out += row
         block = np.frombuffer(bytes(out), self.dtype).reshape(len(rows), x1 - x0, *self.shape[2:])
         return block[:, ::xstep]
 
@@ -142,6 +191,10 @@ class Slide:
         blocks = region[:h, :w].reshape(h // f, f, w // f, f, 3).astype(np.float32)
         return blocks.mean((1, 3)).round().astype(np.uint8)
 
+    def check(self) -> None:
+        """Refuse (InputError) a damaged or truncated file now, not when a region of it is first read."""
+        check_levels(self.levels)
+
     def close(self) -> None:
         for close in self.closers:
             close()
@@ -154,35 +207,76 @@ class Slide:
         self.close()
 
 
-def _physical_size_um(value: float | None) -> float | None:
-    return float(value) if value and 1e-3 < float(value) < 1e3 else None
-
-
 def slide_pixel_size(tif, path: Path) -> float | None:
-    """um per level-0 pixel from OME-XML, the Aperio description, or the resolution tags."""
+    """um per level-0 pixel from OME-XML, the Aperio description, or the resolution tags.
+
+    The first of them that gives a microscope's pixel size (:func:`.io.plausible_pixel_size`)
+    wins; a typo or a screen default is ignored with a warning, and the slide opens without one.
+    """
     from .io import _tiff_pixel_size
 
     if tif.is_ome and tif.ome_metadata:
-        m = re.search(r'PhysicalSizeX="([^"]+)"', tif.ome_metadata)
-        if m:
-            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-            factor = _UNITS_UM.get(unit.group(1) if unit else "µm")
-            if factor is not None:
-                return _physical_size_um(float(m.group(1)) * factor)
+        m = re.search(r'PhysicalSizeX="([^"]*)"', tif.ome_metadata)
+        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+        factor = _UNITS_UM.get(unit.group(1) if unit else "µm")
+        if m and factor is not None:
+            try:
+                value = float(m.group(1)) * factor
+            except ValueError:  # not a number: plausible_pixel_size says so
+                value = m.group(1)
+            size = plausible_pixel_size(value, f"{path.name} (OME PhysicalSizeX)")
+            if size:
+                return size
     if tif.is_svs:
-        m = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", tif.pages.first.description)
-        if m:
-            return _physical_size_um(float(m.group(1)))
-    return _physical_size_um(_tiff_pixel_size(path))
+        m = re.search(r"\|\s*MPP\s*=\s*([^|\s]*)", tif.pages.first.description)
+        size = plausible_pixel_size(m.group(1), f"{path.name} (Aperio MPP)") if m else None
+        if size:
+            return size
+    try:
+        value = _tiff_pixel_size(path)
+    except Exception as err:  # odd resolution tags: a slide without a pixel size, not a refusal
+        log.warning("%s: cannot read the resolution tags (%s); no pixel size", path.name, err)
+        return None
+    return plausible_pixel_size(value, f"{path.name} (TIFF resolution)")
+
+
+# -- tifffile compatibility ------------------------------------------------------------------
+# tifffile 2026.5 removed TiffPageSeries.get_axes/get_shape and the zarr store's `squeeze`, squeezes
+# some kinds of series by default and not others, and changed the layout of multiscale zarr stores.
+# So: take a series' axes and shape as they are and squeeze them here, and open one zarr store per
+# level (a single array in every version) rather than the multiscale group.
+
+
+def level_arrays(series) -> tuple[list, list]:
+    """``(arrays, closers)``: a lazy zarr array of each pyramid level of ``series`` (with the
+    level's own, unsqueezed ``axes``), and what closes their stores."""
+    import zarr
+
+    arrays, closers = [], []
+    try:
+        for k in range(len(series.levels)):
+            store = series.aszarr(level=k)
+            closers.append(store.close)
+            node = zarr.open(store, mode="r")
+            # one level is one array; should a version wrap it in a group, it is the group's "0"
+            arrays.append(node if isinstance(node, zarr.Array) else node["0"])
+    except Exception:
+        for close in closers:
+            close()
+        raise
+    return arrays, closers
 
 
 def open_slide(path: str | Path) -> Slide:
-    """Open a whole slide (TIFF, OME-TIFF, SVS) lazily; other image files are read whole."""
+    """Open a whole slide (TIFF, OME-TIFF, SVS) lazily; other image files are read whole.
+
+    Regions of a damaged or truncated file raise InputError when read; :meth:`Slide.check`
+    reads a little of each level's ends to refuse such a file at once.
+    """
     import tifffile
 
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
+    check_regular(path)  # a missing file, a pipe or a device: an InputError before anything opens it
     if path.suffix.lower() not in (".tif", ".tiff", ".svs", ".btf", ".tf8", ".ndpi"):
         image = read_image(path)
         return Slide.from_array(image.data, image.pixel_size, path.stem)
@@ -194,12 +288,13 @@ def open_slide(path: str | Path) -> Slide:
     try:
         series = tif.series[0]
         page = series.keyframe
-        axes = series.get_axes(squeeze=True)
+        axes, shape = squeezed(series)
         if "Y" not in axes or "X" not in axes:
             raise InputError(f"{path.name}: no image plane (axes {axes}) in this file")
-        channels = [n for a, n in zip(axes, series.get_shape(True), strict=True) if a in "SC"][:1]
+        channels = [n for a, n in zip(axes, shape, strict=True) if a in "SC"][:1]
         if channels and channels[0] not in (1, 3, 4):
             raise InputError(f"{path.name} has {channels[0]} channels; open an RGB (brightfield) slide")
+        cmyk = is_cmyk(page)
         slide.pixel_size = slide_pixel_size(tif, path)
         if (
             len(series.levels) == 1
@@ -208,14 +303,10 @@ def open_slide(path: str | Path) -> Slide:
             and not tif.is_ome
             and axes in ("YX", "YXS")
         ):
-            array = _ContiguousArray(
-                path,
-                page.dataoffsets[0],
-                series.get_shape(True),
-                np.dtype(tif.byteorder + page.dtype.str[1:]),
-            )
+            dtype = np.dtype(tif.byteorder + page.dtype.str[1:])
+            array = _ContiguousArray(path, page.dataoffsets[0], shape, dtype)
             slide.closers.insert(0, array.close)
-            slide.levels = [_Level(array, axes)]
+            slide.levels = [_Level(array, axes, path.name, cmyk)]
             return slide
         block = int(np.prod(page.chunks, dtype=np.int64)) * page.dtype.itemsize  # decoded
         if block > MAX_BLOCK_BYTES:
@@ -223,20 +314,21 @@ def open_slide(path: str | Path) -> Slide:
                 f"{path.name} is stored in blocks of {block / 2**20:.0f} MB, too big to "
                 "read in pieces; save it as a tiled (pyramidal) TIFF"
             )
-        import zarr
-
-        store = series.aszarr(squeeze=True)
-        slide.closers.insert(0, store.close)
-        root = zarr.open(store, mode="r")
-        arrays = [root] if isinstance(root, zarr.Array) else [root[str(k)] for k in range(len(series.levels))]
-        slide.levels = [_Level(a, axes) for a in arrays]
+        arrays, closers = level_arrays(series)
+        slide.closers[:0] = closers
+        slide.levels = [
+            _Level(a, level.axes, path.name, cmyk) for a, level in zip(arrays, series.levels, strict=True)
+        ]
         return slide
     except InputError:
         slide.close()
         raise
     except Exception as err:
         slide.close()
-        raise InputError(f"{path.name}: cannot read this slide ({err})") from err
+        raise InputError(
+            f"{path.name}: cannot read this slide ({type(err).__name__}: {err}); the file may be damaged "
+            "or incomplete: copy or export it again"
+        ) from err
 
 
 def _mosaic_fields(fields: Sequence) -> list[np.ndarray]:
@@ -328,12 +420,14 @@ def is_slide(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix.lower() in SLIDE_SUFFIXES:
         return True
-    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+    if path.suffix.lower() not in (".tif", ".tiff"):
         return False
     try:
+        if not path.is_file():  # a pipe would block; a name too long raises
+            return False
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            axes, shape = series.get_axes(True), series.get_shape(True)
+            axes, shape = squeezed(series)
             pixels = shape[axes.index("Y")] * shape[axes.index("X")] if "Y" in axes and "X" in axes else 0
             return len(series.levels) > 1 or pixels > SLIDE_PIXELS
     except Exception:  # not readable as a TIFF: the ordinary reader says why

@@ -4,19 +4,94 @@ Cell ids are the rank of each cell's first pixel in raster order over the slide,
 do not depend on how the slide was tiled or in which order tiles were done. Labels are
 painted tile record by tile record into chunked zarr stores, then written as pyramidal
 OME-TIFFs; memory holds one tile record and one row per cell.
+
+The results appear all together or not at all: they are written into the work folder
+(``publish/``), marked complete (``publish/READY``), then renamed into the output folder,
+``<name>_summary.csv`` last, so a set without its summary is incomplete. A run killed while
+publishing is finished by the next run of the slide (:func:`recover_results`, which also
+clears what a run killed while writing left); runs of one slide take turns on the lock
+file ``.<name>.lock`` in the output folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .batch import write_csv
+from .batch import write_atomic, write_csv
 from .measure import count_summary, measure_cells
 
 LABEL_TILE = 256
+# the result files, in the order they are renamed into place: the summary marks a complete set
+RESULT_FILES = {"nuclei": "nuclei.tif", "table": "cells.csv", "cells": "cells.tif", "summary": "summary.csv"}
+STAGING, READY = "publish", "READY"  # in the work folder: the staged results, and their mark
+# .pyramid-* folders that older versions left in the output folder are removed once this old (s)
+STALE_PYRAMID_S = 3600.0
+
+
+def result_paths(out: Path, name: str) -> dict[str, Path]:
+    """The files of a slide's results, in the order they are published."""
+    return {kind: Path(out) / f"{name}_{suffix}" for kind, suffix in RESULT_FILES.items()}
+
+
+@contextlib.contextmanager
+def results_lock(out: Path, name: str):
+    """One run at a time writes or recovers a slide's results (an OS lock: a killed holder
+    frees it). The lock file stays in ``out``: removing it would let two runs hold it."""
+    from filelock import FileLock
+
+    with FileLock(Path(out) / f".{name}.lock"):
+        yield
+
+
+def recover_results(work: Path, out: Path, name: str) -> None:
+    """Finish publishing what a killed run had complete, or remove what it had half-written;
+    clear temporaries of older versions. Every run of a slide starts with this."""
+    with results_lock(out, name):
+        _recover(Path(work), Path(out), name)
+
+
+def _recover(work: Path, out: Path, name: str) -> None:
+    staging = work / STAGING
+    if (staging / READY).exists():
+        _publish(staging, out, name)
+    elif staging.exists():  # killed while writing: nothing of it was published
+        shutil.rmtree(staging)
+    for path in result_paths(out, name).values():  # older versions wrote beside the results
+        path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)
+    now = time.time()
+    for folder in out.glob(".pyramid-*"):
+        if folder.is_dir() and not folder.is_symlink() and now - _last_change(folder) > STALE_PYRAMID_S:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _last_change(folder: Path) -> float:
+    """The latest modification time of a folder and everything in it (now, while it changes)."""
+    try:
+        times = [folder.stat().st_mtime]
+        for parent, dirs, files in os.walk(folder):
+            times += [os.stat(os.path.join(parent, f)).st_mtime for f in dirs + files]
+    except OSError:  # a file went away: someone is working in it
+        return time.time()
+    return max(times)
+
+
+def _publish(staging: Path, out: Path, name: str) -> None:
+    """Rename the staged results into ``out`` (again, after a kill: the staged files left)."""
+    paths = result_paths(out, name)
+    if (staging / paths["summary"].name).exists():
+        paths["summary"].unlink(missing_ok=True)  # the old set is incomplete from here on
+    for path in paths.values():
+        if (staging / path.name).exists():
+            os.replace(staging / path.name, path)
+    shutil.rmtree(staging)
 
 
 def global_ids(firsts: list[np.ndarray]) -> list[np.ndarray]:
@@ -41,11 +116,40 @@ def _table(z, lut: np.ndarray, shape: tuple[int, int]) -> pd.DataFrame:
 
 
 def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skipped: int):
-    """Assemble the tile records in ``work`` into the files of a :class:`SlideResult`."""
+    """Assemble the tile records in ``work`` into the files of a :class:`SlideResult` and
+    publish them in ``out``, all together."""
+    from .wholeslide import SlideResult
+
+    paths = result_paths(out, name)
+    with results_lock(out, name):
+        _recover(work, out, name)
+        staging = work / STAGING
+        staging.mkdir()
+        try:
+            counts = _write_staged(work, staging, name, grid, plan, spec, skipped)
+            write_atomic(staging / READY, lambda p: p.write_text(json.dumps(sorted(os.listdir(staging)))))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _publish(staging, out, name)
+    return SlideResult(
+        paths["cells"],
+        paths["nuclei"],
+        paths["table"],
+        paths["summary"],
+        counts,
+        len(grid),
+        skipped,
+        plan["pixel_size"],
+        plan["scale"],
+    )
+
+
+def _write_staged(work: Path, staging: Path, name: str, grid, plan: dict, spec, skipped: int) -> dict:
+    """Write the result files into ``staging``; the counts."""
     import zarr
 
     from .pyramid import write_pyramid_tiff
-    from .wholeslide import SlideResult
 
     shape = tuple(plan["shape"])
     px = plan["pixel_size"]
@@ -94,16 +198,15 @@ def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skip
 
         return region
 
-    paths = {kind: out / f"{name}_{kind}.tif" for kind in stores}
+    paths = result_paths(staging, name)
     for kind, store in stores.items():
         write_pyramid_tiff(
             paths[kind], labels(store), shape, np.uint32, tile=LABEL_TILE, pixel_size=px, downsample="nearest"
         )
-    table_path, summary_path = out / f"{name}_cells.csv", out / f"{name}_summary.csv"
-    write_csv(table_path, table)
+    write_csv(paths["table"], table)
     counts = count_summary(table)
     write_csv(
-        summary_path,
+        paths["summary"],
         pd.DataFrame(
             [
                 {
@@ -118,14 +221,4 @@ def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skip
             ]
         ),
     )
-    return SlideResult(
-        paths["cells"],
-        paths["nuclei"],
-        table_path,
-        summary_path,
-        counts,
-        len(grid),
-        skipped,
-        px,
-        plan["scale"],
-    )
+    return counts

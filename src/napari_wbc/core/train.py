@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .augment import AugmentConfig, augment
+from .batch import write_atomic
 from .dataset import CELL_TYPES, image_cell_types, list_pairs, load_pair
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,16 @@ def load_checkpoint(path: Path, net, opt, sched, device: str) -> dict:
     return state
 
 
+def save_checkpoint(out: Path, history: dict, net, opt, sched, **state) -> None:
+    """``history.json`` and ``checkpoint.pt`` (network, optimiser, schedule and ``state``: step,
+    best score...), each written atomically, for ``--resume`` (:func:`load_checkpoint`)."""
+    import torch
+
+    write_atomic(out / "history.json", lambda p: p.write_text(json.dumps(history)))
+    state = {"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), **state}
+    write_atomic(out / "checkpoint.pt", lambda p: torch.save(state, p))
+
+
 def take_step(loss, opt, sched, history: dict, step: int, running: float | None) -> tuple[int, float]:
     """One optimiser and schedule step on ``loss``, logged in ``history["loss"]``; returns the
     new step count and the running (exponentially smoothed) loss."""
@@ -335,17 +345,7 @@ def train(
         sampler.rng = np.random.default_rng(config.seed + step)
 
     def checkpoint():
-        (out / "history.json").write_text(json.dumps(history))
-        state = {
-            "model": net.state_dict(),
-            "opt": opt.state_dict(),
-            "sched": sched.state_dict(),
-            "step": step,
-            "best": best,
-            "stale": stale,
-        }
-        torch.save(state, out / "checkpoint.pt.tmp")
-        os.replace(out / "checkpoint.pt.tmp", ckpt)
+        save_checkpoint(out, history, net, opt, sched, step=step, best=best, stale=stale)
 
     net.train()
     t0, running, start = time.time(), None, step

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from .augment import AugmentConfig, augment
 from .celltype_data import BIG, BIG_CONTEXT, CLASSES, cached_examples
 from .celltypes import crops_to_tensor, predict_crops
 from .dataset import CELL_TYPES
-from .train import load_checkpoint, take_step
+from .train import load_checkpoint, save_checkpoint, take_step
 
 log = logging.getLogger(__name__)
 BALANCE = 0.75
@@ -230,18 +229,7 @@ def train_classifier(
                 history["best"] = {"step": step, **scores}
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 save_model(net, spec, out, half=True)
-            (out / "history.json").write_text(json.dumps(history))
-            torch.save(
-                {
-                    "model": net.state_dict(),
-                    "opt": opt.state_dict(),
-                    "sched": sched.state_dict(),
-                    "step": step,
-                    "best": best,
-                },
-                out / "checkpoint.pt.tmp",
-            )
-            os.replace(out / "checkpoint.pt.tmp", ckpt)
+            save_checkpoint(out, history, net, opt, sched, step=step, best=best)
         if progress is not None:
             progress(step, total, info)
     if best_state is not None:

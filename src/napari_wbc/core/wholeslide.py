@@ -7,6 +7,8 @@ px and um) and ``<name>_summary.csv`` (counts). Work in progress lives in
 ``out/.<name>.work``: the class map (chunked zarr, one chunk per tile), a marker per
 classified tile and a file per tile's cells, so a stopped run resumes where it was and
 several processes (``shard=(i, n)``) can share one slide. Memory stays that of a few tiles.
+The four result files appear together (:mod:`.slide_output`): a set without its summary is
+incomplete, and the next run of the slide completes or clears it.
 """
 
 from __future__ import annotations
@@ -279,6 +281,9 @@ def segment_slide(
     if px is None and spec.pixel_size is not None:
         log.warning("%s: no pixel size; areas in px only", name)
     work = out / f".{name}.work"
+    from .slide_output import recover_results
+
+    recover_results(work, out, name)  # finish (or clear) what a killed run was publishing
     gain = round(slide_exposure_gain(slide), 4)
     scale = _slide_scale(work, slide, net, spec, device, px, gain, auto_scale)
     plan = _plan(slide, spec, px, tile, halo, skip_empty, scale, gain)

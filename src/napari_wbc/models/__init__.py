@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "available_weights",
     "resolve_weights",
     "MissingWeightsError",
+    "BrokenWeightsError",
     "sha256",
 ]
 
@@ -35,8 +37,29 @@ SHIPPED = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "mifnet"
 
 
+# plausible working pixel sizes (um/px) of a light microscope: the same range as
+# core.io.PIXEL_SIZE_RANGE, repeated here because models/ does not import core/
+PIXEL_SIZE_RANGE = (0.02, 5.0)
+
+
 class MissingWeightsError(FileNotFoundError):
     """No trained weights for the model the user picked."""
+
+
+class BrokenWeightsError(MissingWeightsError):
+    """Weights that are there but unusable: an unreadable or inconsistent ``config.json`` or
+    ``model.safetensors``, or numbers that are not finite. A :class:`MissingWeightsError`, so
+    that everything that reports missing weights in one line reports these too."""
+
+
+def broken_weights(folder: str | Path, problem: str) -> BrokenWeightsError:
+    """The error for a weights folder with ``problem``, saying what to do about it."""
+    folder = Path(folder)
+    if SHIPPED.resolve() in folder.resolve().parents:
+        todo = "reinstall napari-wbc to restore its shipped weights"
+    else:
+        todo = "copy the folder again from where it was trained, or train it anew with `napari-wbc train`"
+    return BrokenWeightsError(f"{folder}: {problem}; {todo}")
 
 
 @dataclass
@@ -105,10 +128,11 @@ def available_weights(classifiers: bool = False) -> dict[str, Path]:
             for d in sorted(root.iterdir()):
                 if (d / "config.json").exists() and (d / "model.safetensors").exists():
                     try:
-                        name = json.loads((d / "config.json").read_text()).get("name")
+                        config = json.loads((d / "config.json").read_text())
                     except (OSError, ValueError):
                         continue
-                    if (name in list_classifiers()) == classifiers:
+                    name = config.get("name") if isinstance(config, dict) else None
+                    if name in (list_classifiers() if classifiers else list_models()):
                         found[d.name] = d
     return found
 
@@ -128,6 +152,9 @@ def resolve_weights(model: str | None = None, weights: str | Path | None = None)
     name = model or DEFAULT_MODEL
     found = {**available_weights(), **available_weights(classifiers=True)}
     if name not in found:
+        for root in (user_model_dir(), SHIPPED):  # a folder left out of the listing says why
+            if (root / name / "config.json").is_file() and (root / name / "model.safetensors").is_file():
+                read_spec(root / name)
         raise MissingWeightsError(
             f"model {name!r} has no trained weights yet; train it with "
             f"`napari-wbc train --model {name} --data DATASET_DIR --out {user_model_dir() / name}` "
@@ -156,7 +183,52 @@ def save_model(net, spec: ModelSpec, folder: str | Path, half: bool = False) -> 
 
 
 def read_spec(folder: str | Path) -> ModelSpec:
-    return ModelSpec.from_json(json.loads((Path(folder) / "config.json").read_text()))
+    """A weights folder's ``config.json``, checked (:class:`BrokenWeightsError` if it is not usable)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError) as err:  # ValueError: not JSON, not UTF-8
+        raise broken_weights(folder, f"config.json is unreadable ({err})") from None
+    problem = config_problem(config)
+    if problem:
+        raise broken_weights(folder, f"config.json {problem}")
+    return ModelSpec.from_json(config)
+
+
+def _numbers(value, n: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == n
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
+
+
+def config_problem(config) -> str | None:
+    """What is wrong with the content of a ``config.json`` (None: nothing)."""
+    from .registry import list_classifiers
+
+    if not isinstance(config, dict):
+        return "is not a JSON object"
+    names = list_models() + list_classifiers()
+    if config.get("name") not in names:
+        return f"names the model {config.get('name')!r}, not one of {names}"
+    if not isinstance(config.get("cfg", {}), dict):
+        return 'has a "cfg" that is not an object of architecture arguments'
+    classes = config.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return 'has "classes" that are not a list of names'
+    for key in ("mean", "std"):
+        if key in config and not _numbers(config[key], 3):
+            return f'has a "{key}" that is not three finite numbers'
+    if min(config.get("std", [1])) <= 0:
+        return 'has a "std" that is not positive'
+    pixel_size = config.get("pixel_size")
+    lo, hi = PIXEL_SIZE_RANGE
+    if pixel_size is not None and not (_numbers([pixel_size], 1) and lo <= pixel_size <= hi):
+        return (
+            f'has a "pixel_size" of {pixel_size!r} um/px, not a microscope pixel size ({lo}-{hi} um/px; '
+            "null when the network works at its images' own scale)"
+        )
+    return None
 
 
 def load_model(
@@ -189,13 +261,46 @@ def load_model(
 @functools.lru_cache(maxsize=4)
 def _load(folder: str, device: str):
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     spec = read_spec(folder)
-    net = create_model(spec.name, **spec.cfg)
-    state = load_file(str(Path(folder) / "model.safetensors"))
+    try:
+        net = create_model(spec.name, **spec.cfg)
+    except (TypeError, ValueError) as err:
+        raise broken_weights(
+            folder, f'config.json\'s "cfg" does not build a {spec.name} network ({err})'
+        ) from None
+    try:
+        state = load_file(str(Path(folder) / "model.safetensors"))
+    except (OSError, SafetensorError) as err:
+        raise broken_weights(
+            folder, f"model.safetensors is unreadable, truncated or damaged ({err})"
+        ) from None
     reference = net.state_dict()
-    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+    problem = _state_problem(state, reference)
+    if problem:
+        raise broken_weights(folder, f"model.safetensors does not fit a {spec.name} network: {problem}")
+    state = {k: v.to(reference[k].dtype) for k, v in state.items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise broken_weights(
+            folder, f"model.safetensors holds NaN or infinite numbers ({len(bad)} tensors, first {bad[0]})"
+        )
     net.load_state_dict(state)
     net.eval().to(torch.device(device))
     return net, spec
+
+
+def _state_problem(state: dict, reference: dict) -> str | None:
+    """How the tensors in ``state`` differ from a network's ``reference`` state (None: they fit)."""
+    missing = [k for k in reference if k not in state]
+    if missing:
+        return f"{len(missing)} tensors missing, first {missing[0]}"
+    unexpected = [k for k in state if k not in reference]
+    if unexpected:
+        return f"{len(unexpected)} unknown tensors, first {unexpected[0]}"
+    for k, v in state.items():
+        if v.shape != reference[k].shape:
+            return f"{k} is {tuple(v.shape)}, not {tuple(reference[k].shape)}"
+    return None
