@@ -17,6 +17,7 @@ from napari_wbc.cli import main
 from napari_wbc.models import MissingWeightsError
 
 FIELDS = ("BloodImage_00001", "BloodImage_00007")
+SAMPLE = Path(__file__).parents[1] / "sample_data" / "BloodImage_00034.jpg"
 
 
 def test_segment_writes_labels_tables_and_summary(tmp_path, datasets, capsys):
@@ -311,3 +312,26 @@ def test_a_folder_that_is_also_the_output_gives_only_its_images(tmp_path):
     assert [p.name for p in files] == ["a.png", "b.tif"] and skipped == []
     files, _ = gather_inputs([tmp_path / "a_cells.tif"])
     assert [p.name for p in files] == ["a_cells.tif"]
+
+
+def test_slides_never_replace_a_finished_run_or_a_fields_outputs(tmp_path, capsys, monkeypatch):
+    """A slide whose results are already in --out, or whose outputs would take a field's
+    names (x.jpg and x.ome.tif both write x_cells.tif), is refused before the model loads."""
+    import napari_wbc.models
+    from napari_wbc.core.slide import build_mosaic_slide
+
+    field = np.asarray(Image.open(SAMPLE).convert("RGB"))
+    done = build_mosaic_slide(tmp_path / "done.ome.tif", [field], grid=(2, 1), tile=128)
+    clash = build_mosaic_slide(tmp_path / "x.ome.tif", [field], grid=(2, 1), tile=128)
+    Image.fromarray(field).save(tmp_path / "x.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "done_summary.csv").write_text("mine")
+    (out / "x_cells.tif").write_text("mine")  # x.jpg's outputs: refused too
+    monkeypatch.setattr(napari_wbc.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert main(["segment", str(done), str(clash), str(tmp_path / "x.jpg"), "--out", str(out)]) == 1
+    errors = _errors(capsys.readouterr().err)
+    assert len(errors) == 3, errors
+    assert any(str(done) in e and "already exists" in e and "--overwrite" in e for e in errors)
+    assert any(str(clash) in e and "x.jpg" in e for e in errors)
+    assert (out / "done_summary.csv").read_text() == "mine" and (out / "x_cells.tif").read_text() == "mine"

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.io import READABLE, InputError, check_regular, read_image
+from .core.slide import slide_name
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,6 @@ def smear_layer_data(path: str | Path) -> LayerData:
     return smear.data, kwargs, "image"
 
 
-def slide_name(path: str | Path) -> str:
-    """A slide's name: the file name before its first dot (``a.ome.tif`` -> ``a``)."""
-    return Path(path).name.split(".")[0]
-
-
 def slide_layer_data(path: str | Path) -> LayerData:
     """``(levels, kwargs, "image")`` for a whole slide: a lazy multiscale RGB layer; raises InputError.
 
@@ -168,7 +164,7 @@ def labels_layer_data(path: Path, levels: list, pixel_size: float | None) -> Lay
     from .core.measure import count_summary
 
     kwargs = {
-        "name": path.name.split(".")[0],
+        "name": slide_name(path),
         "multiscale": len(levels) > 1,
         "metadata": {"pixel_size": pixel_size, "source": str(path), "notes": []},
     }

@@ -49,7 +49,10 @@ def cmd_segment(args) -> int:
         print(f"error: {message}", file=sys.stderr)
     slides = [p for p in files if is_slide(p)]
     fields = [p for p in files if p not in slides]
-    failures = len(skipped)
+    slides, refused = _runnable_slides(slides, fields, Path(args.out), args.overwrite)
+    for message in refused:
+        print(f"error: {message}", file=sys.stderr)
+    failures = len(skipped) + len(refused)
     if slides and args.single_cell:
         print(
             "note: --single-cell applies to single-cell crops, not to whole slides: "
@@ -107,6 +110,34 @@ def cmd_segment(args) -> int:
     failed = f"; {failures} failed (said above)" if failures else ""
     print(f"wrote results for {total - failures} of {total} inputs to {args.out}{failed}")
     return 1 if failures else 0
+
+
+def _runnable_slides(slides: list[Path], fields: list[Path], out: Path, overwrite: bool):
+    """``(slides to segment, a message for each refused one)``: a slide is refused when its
+    outputs would take the names of another input's, or (unless ``overwrite``) replace a
+    finished result of an earlier run. An unfinished run in ``out`` is resumed."""
+    from .core.slide import slide_name
+    from .core.slide_output import result_paths
+
+    taken = {p.stem.casefold(): p for p in fields}  # a field x.jpg writes x_cells.tif
+    runnable, refused = [], []
+    for path in slides:
+        name = slide_name(path)
+        other = taken.setdefault(name.casefold(), path)
+        summary = result_paths(out, name)["summary"]
+        if other != path:
+            refused.append(
+                f"{path}: its outputs ({name}_cells.tif ...) would have the names of {other.name}'s; "
+                "skipped (rename one of them, or segment them into different --out folders)"
+            )
+        elif summary.exists() and not overwrite:
+            refused.append(
+                f"{path}: {summary} already exists (a finished run); skipped (give --overwrite to "
+                "segment it again, or another --out)"
+            )
+        else:
+            runnable.append(path)
+    return runnable, refused
 
 
 def _segment_slide(path: Path, args) -> None:

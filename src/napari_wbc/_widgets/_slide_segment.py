@@ -76,7 +76,7 @@ class SlideSegmentMixin:
 
     def _on_image_changed(self, _value=None) -> None:
         """Show the output folder for a slide, with its default unless the user chose one."""
-        from .._reader import slide_name
+        from ..core.slide import slide_name
 
         path = slide_path(self.image.value)
         self.output.visible = path is not None
@@ -91,8 +91,8 @@ class SlideSegmentMixin:
             self.output.value = self._auto_output
 
     def _run_slide(self, layer):
-        from .._reader import slide_name
         from ..core.device import pick_device
+        from ..core.slide import slide_name
         from ..models import resolve_weights
         from ._slide_run import ClassPreview, work_folder
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .inference import Progress
 from .io import InputError
+from .slide import slide_name
 from .wholeslide import SlideResult
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,6 @@ class _Job:
     running: set = field(default_factory=set)
     result: SlideResult | None = None
     error: str | None = None
-
-
-def _slide_name(path: Path) -> str:
-    """The name ``open_slide`` gives a slide file (every slide format is a TIFF variant)."""
-    return path.name.split(".")[0]
 
 
 def _task(step: str, path: str, out: str, shard: tuple[int, int], options: dict):
@@ -166,7 +162,7 @@ def segment_slides(
     token = uuid.uuid4().hex[:8]
     jobs, names = [], {}
     for index, path in enumerate(Path(p).resolve() for p in slides):
-        job = _Job(index, path, _slide_name(path))
+        job = _Job(index, path, slide_name(path))
         if job.name in names:
             job.error = (
                 f"{path.name}: another slide of this run, {names[job.name].name}, has the name "

@@ -267,6 +267,12 @@ def level_arrays(series) -> tuple[list, list]:
     return arrays, closers
 
 
+def slide_name(path: str | Path) -> str:
+    """A slide's name, which its outputs carry: the file name before its first dot
+    (``a.ome.tif`` -> ``a``)."""
+    return Path(path).name.split(".")[0]
+
+
 def open_slide(path: str | Path) -> Slide:
     """Open a whole slide (TIFF, OME-TIFF, SVS) lazily; other image files are read whole.
 
@@ -284,7 +290,7 @@ def open_slide(path: str | Path) -> Slide:
         tif = tifffile.TiffFile(path)
     except Exception as err:
         raise InputError(f"{path.name}: cannot read this slide ({err}); is the file complete?") from err
-    slide = Slide([], None, path.name.split(".")[0], [tif.close])
+    slide = Slide([], None, slide_name(path), [tif.close])
     try:
         series = tif.series[0]
         page = series.keyframe
