@@ -308,10 +308,12 @@ def test_a_folder_that_is_also_the_output_gives_only_its_images(tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     for name in ("a_cells.tif", "a_nuclei.tif", "b.tif"):
         tifffile.imwrite(tmp_path / name, np.zeros((32, 32), np.uint32))
-    files, skipped = gather_inputs([tmp_path])
+    files, skipped = gather_inputs([tmp_path], out=tmp_path)
     assert [p.name for p in files] == ["a.png", "b.tif"] and skipped == []
-    files, _ = gather_inputs([tmp_path / "a_cells.tif"])
+    files, _ = gather_inputs([tmp_path / "a_cells.tif"], out=tmp_path)
     assert [p.name for p in files] == ["a_cells.tif"]
+    files, _ = gather_inputs([tmp_path], out=tmp_path / "elsewhere")  # another folder's are images
+    assert len(files) == 4
 
 
 def test_slides_never_replace_a_finished_run_or_a_fields_outputs(tmp_path, capsys, monkeypatch):

@@ -44,7 +44,7 @@ def cmd_segment(args) -> int:
 
     _check_segment_args(args)
     # cheap checks first, before torch and the model load: each unusable input is said once
-    files, skipped = gather_inputs(args.inputs, READABLE + SLIDE_SUFFIXES)
+    files, skipped = gather_inputs(args.inputs, READABLE + SLIDE_SUFFIXES, out=args.out)
     for _, message in skipped:
         print(f"error: {message}", file=sys.stderr)
     slides = [p for p in files if is_slide(p)]
@@ -323,6 +323,42 @@ def cmd_dataset(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_report(args) -> int:
+    """``report OUT_DIR [--reviewer NAME] [--images DIR...]``: ``<stem>_report.csv`` and
+    ``<stem>_report.html`` for every field and slide in a segment output folder."""
+    from .core.verification import output_stems, report_output
+
+    folder = Path(args.out_dir)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder; give the --out folder of `napari-wbc segment`")
+    stems = output_stems(folder)
+    if not stems:
+        raise InputError(
+            f"{folder}: no segment outputs here (<name>_cells.csv, <name>_cells.tif, <name>_nuclei.tif)"
+        )
+    failures = 0
+    for stem in stems:
+        try:
+            done = report_output(folder, stem, args.reviewer, args.images)
+        except InputError as err:
+            failures += 1
+            print(f"error: {stem}: {err}", file=sys.stderr)
+            continue
+        for note in done["notes"]:
+            print(f"warning: {stem}: {note}", file=sys.stderr)
+        if done["refused"]:
+            failures += 1
+            print(f"error: {stem}: sign-off refused: {'; '.join(done['refused'])}", file=sys.stderr)
+        record = done["record"]
+        state = (
+            f"signed off by {record['reviewer']} at {record['time']}"
+            if record
+            else "NOT SIGNED OFF: " + "; ".join(done["problems"])
+        )
+        print(f"{done['paths']['html']} ({state})")
+    return 1 if failures else 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -490,6 +526,27 @@ def build_parser() -> argparse.ArgumentParser:
         "pair, split rows of no pair (complete pairs are never touched)",
     )
     dc.set_defaults(func=cmd_dataset)
+
+    r = sub.add_parser(
+        "report", help="the differential report (CSV and HTML with the cells' thumbnails) of segment outputs"
+    )
+    r.add_argument("out_dir", metavar="OUT_DIR", help="a `napari-wbc segment` output folder")
+    r.add_argument(
+        "--reviewer",
+        default=None,
+        metavar="NAME",
+        help="sign the reviews off as NAME (refused, with the reasons, while a cell is not reviewed, "
+        "unidentified or without a type)",
+    )
+    r.add_argument(
+        "--images",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="folders to find the images in when they are no longer where they were segmented "
+        "(slides: always; their outputs do not record the file's path)",
+    )
+    r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="open napari on the sample smear and segment it")
     d.add_argument("--headless", action="store_true", help="no window: segment the samples to --out")

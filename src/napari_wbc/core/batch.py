@@ -54,11 +54,12 @@ def _named(path: Path, message: str) -> str:
     return message if message.startswith((str(path), path.name)) else f"{path}: {message}"
 
 
-def gather_inputs(inputs, suffixes=READABLE) -> tuple[list[Path], list[tuple[Path, str]]]:
+def gather_inputs(inputs, suffixes=READABLE, out=None) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The files to segment and ``(path, message)`` for every input that is skipped.
 
     Files as given, and the files with ``suffixes`` in any folder given (sorted), each once,
-    but not the ``*_cells.tif`` / ``*_nuclei.tif`` that segmenting wrote into a folder.
+    but not the ``*_cells.tif`` / ``*_nuclei.tif`` an earlier run wrote when that folder is the
+    output folder ``out`` too.
     Only non-empty regular files are kept: a folder named like an image (a shell's ``*.png``
     matches one too), a named pipe or a device is skipped with a message, never opened.
     """
@@ -98,9 +99,9 @@ def gather_inputs(inputs, suffixes=READABLE) -> tuple[list[Path], list[tuple[Pat
             except OSError as err:
                 skip(item, f"{item}: cannot list this folder ({err.strerror or err})")
                 continue
+            outputs_here = out is not None and os.path.isdir(out) and os.path.samefile(item, out)
             for path in entries:
-                # napari-wbc's own label outputs in the folder (an --out that is also an input)
-                ours = path.name.endswith(("_cells.tif", "_nuclei.tif"))
+                ours = outputs_here and path.name.endswith(("_cells.tif", "_nuclei.tif"))
                 if path.suffix.lower() in suffixes and not ours:
                     take(path)
     return files, skipped
@@ -305,7 +306,7 @@ def segment_files(
             progress(position, total, message)
 
     report(0, 0, "checking the inputs")
-    files, skipped = gather_inputs(inputs)
+    files, skipped = gather_inputs(inputs, out=out)
     fields, problems = plan_fields(files, out, max_megapixels, overwrite)
     for path, message in skipped + problems:
         fail(path, message)
