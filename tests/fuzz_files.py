@@ -70,7 +70,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _png_declaring(width: int, height: int, colour: int = 2) -> bytes:
+def png_declaring(width: int, height: int, colour: int = 2) -> bytes:
     """A PNG whose header declares ``width`` x ``height`` px, with a few bytes of pixel data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
     return (
@@ -255,12 +255,12 @@ def make_bad_files(folder: str | Path, seed: int = 0, n: int = 5) -> list[tuple[
     put("tiny_16x16_tif.tif", "tiny", _tiff_bytes(np.ascontiguousarray(field[:16, :16]), photometric="rgb"))
     put("tiny_64x1.png", "tiny", _pil_bytes(np.ascontiguousarray(field[:1]), "PNG"))
     put("tiny_0x0_tif.tif", "tiny", _tiff_declaring(0, 0, b""))
-    put("tiny_0x0_png.png", "tiny", _png_declaring(0, 0))
+    put("tiny_0x0_png.png", "tiny", png_declaring(0, 0))
 
     # huge declared sizes, tiny data
-    put("huge_png_100k.png", "huge-declared", _png_declaring(100_000, 100_000))
-    put("huge_png_2e31.png", "huge-declared", _png_declaring(2**31 - 1, 2**31 - 1))
-    put("huge_png_bomb_zone.png", "huge-declared", _png_declaring(12_000, 8_000))  # 96 Mpx: a warning only
+    put("huge_png_100k.png", "huge-declared", png_declaring(100_000, 100_000))
+    put("huge_png_2e31.png", "huge-declared", png_declaring(2**31 - 1, 2**31 - 1))
+    put("huge_png_bomb_zone.png", "huge-declared", png_declaring(12_000, 8_000))  # 96 Mpx: a warning only
     put("huge_jpeg_65535.jpg", "huge-declared", _jpeg_declaring(encoded["jpg"], 65535, 65535))
     put("huge_bmp_100k.bmp", "huge-declared", _bmp_declaring(100_000, -100_000, bytes(300)))
     put("huge_bmp_bomb_zone.bmp", "huge-declared", _bmp_declaring(15_000, 8_000, bytes(300)))

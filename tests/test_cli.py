@@ -3,14 +3,13 @@
 import json
 import os
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from fuzz_files import png_declaring
 from PIL import Image
 
 from napari_wbc.cli import main
@@ -151,21 +150,6 @@ def test_segment_types_every_cell_and_writes_the_differential(tmp_path, datasets
     assert "n_neutrophil" not in pd.read_csv(tmp_path / "plain" / "summary.csv")
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG that declares ``width`` x ``height`` RGB pixels but holds almost no data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def _errors(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error: ")]
 
@@ -182,7 +166,7 @@ def test_bad_inputs_are_said_once_each_and_the_batch_goes_on(tmp_path, datasets,
     (folder / "cut.jpg").write_bytes(field.read_bytes()[:3000])
     os.mkfifo(folder / "pipe.tif")
     (folder / "x.png").mkdir()
-    (folder / "huge.png").write_bytes(_png_header(9000, 9000))
+    (folder / "huge.png").write_bytes(png_declaring(9000, 9000))
     (folder / "notes.txt").write_text("not an input")  # not named like an image: not looked at
     too_long = tmp_path / ("b" * 300 + ".png")
     out = tmp_path / "out"

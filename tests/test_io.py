@@ -1,10 +1,9 @@
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import tifffile
+from fuzz_files import png_declaring
 from PIL import Image
 
 from napari_wbc.core.io import (
@@ -88,21 +87,6 @@ def test_wrong_dimensions_and_dtypes():
     assert chw.shape == (40, 50, 3)
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares ``width`` x ``height`` RGB pixels but holds almost no data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def test_only_regular_files_are_opened(tmp_path):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
@@ -119,13 +103,13 @@ def test_only_regular_files_are_opened(tmp_path):
 
 
 def test_size_is_checked_from_the_header_before_decoding(tmp_path):
-    (tmp_path / "big.png").write_bytes(png_header(9000, 9000))
+    (tmp_path / "big.png").write_bytes(png_declaring(9000, 9000))
     assert read_header(tmp_path / "big.png") == ImageHeader(9000, 9000, 9000 * 9000 * 16)
     # the data would not decode: the size message proves that nothing was decoded
     for read in (read_header, read_image):
         with pytest.raises(InputError, match=r"big\.png: 9000x9000 px \(81 MP\) is over the limit of 10 MP"):
             read(tmp_path / "big.png", max_megapixels=10)
-    (tmp_path / "wide.png").write_bytes(png_header(2**32 - 1, 1))  # MemoryError if decoded
+    (tmp_path / "wide.png").write_bytes(png_declaring(2**32 - 1, 1))  # MemoryError if decoded
     with pytest.raises(InputError, match=r"wide\.png: declares an image of more than \d+ MP"):
         read_image(tmp_path / "wide.png", max_megapixels=10)
     tifffile.imwrite(tmp_path / "t.tif", np.zeros((40, 50, 3), np.uint8), photometric="rgb")
