@@ -443,3 +443,132 @@ def test_pipes_and_impossible_names_are_refused_without_opening_them(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# -- field results: the cells and nuclei TIFFs of `napari-wbc segment` and of the napari WBC writer --
+
+
+def _field_result(folder, stem="f", pixel_size=0.25, review=True):
+    """A field result as `segment` writes it (labels, table), and a review as napari saves it."""
+    from napari_wbc.core.batch import write_csv, write_labels_tiff
+    from napari_wbc.core.measure import measure_cells
+    from napari_wbc.core.verification import review_path, save_review, set_type
+
+    cells = np.zeros((60, 80), np.uint32)
+    cells[5:25, 5:30] = 1
+    cells[30:55, 40:75] = 2
+    nuclei = np.where((cells > 0) & (np.arange(80) % 10 < 5), cells, 0).astype(np.uint32)
+    table = measure_cells(cells, nuclei, pixel_size)
+    table = table.assign(cell_type=["neutrophil", "lymphocyte"], type_confidence=[0.9, 0.8])
+    write_labels_tiff(folder / f"{stem}_cells.tif", cells, pixel_size)
+    write_labels_tiff(folder / f"{stem}_nuclei.tif", nuclei, pixel_size)
+    write_csv(folder / f"{stem}_cells.csv", table)
+    if review:  # of an image that records its pixel size (0.25 um/px = 40000 px per cm)
+        image = folder / f"{stem}.tif"
+        tifffile.imwrite(
+            image, _rgb(60, 80), photometric="rgb", resolution=(4e4, 4e4), resolutionunit="CENTIMETER"
+        )
+        meta = {"image": str(image), "reviewer": "Dr. R", "models": {"mifnet": "ab" * 32}}
+        save_review(
+            review_path(folder / f"{stem}_cells.tif"), set_type(table, [2], "monocyte", "Dr. R"), meta
+        )
+    return cells, nuclei, table
+
+
+@io
+def test_a_field_result_opens_from_either_tiff_as_cells_and_nuclei_with_table_and_review(tmp_path):
+    cells, nuclei, table = _field_result(tmp_path)
+    for name in ("f_cells.tif", "f_nuclei.tif"):
+        path = str(tmp_path / name)
+        assert get_reader(path) is read_smears
+        (n_data, n_kwargs, n_kind), (c_data, c_kwargs, c_kind) = read_smears(path)
+        assert (n_kind, c_kind) == ("labels", "labels")
+        assert (n_kwargs["name"], c_kwargs["name"]) == ("f nuclei", "f cells")  # as Segment names them
+        np.testing.assert_array_equal(c_data, cells)
+        np.testing.assert_array_equal(n_data, nuclei)
+        assert c_data.dtype == n_data.dtype == np.uint32
+        for kwargs in (n_kwargs, c_kwargs):  # in um, as the image f.tif opens
+            assert kwargs["scale"] == pytest.approx((0.25, 0.25)) and kwargs["units"] == ("um", "um")
+            assert kwargs["metadata"]["pixel_size"] == pytest.approx(0.25)
+            assert kwargs["metadata"]["source_layer"] == "f" and kwargs["metadata"]["model"] == "mifnet"
+        features = c_kwargs["features"]
+        assert list(features["label"]) == list(features["index"]) == [1, 2]
+        assert list(features["cell_area_px"]) == list(table["cell_area_px"])
+        # the saved review, applied onto the table segment wrote
+        assert list(features["cell_type"]) == ["neutrophil", "monocyte"]
+        assert list(features["suggested_type"]) == ["neutrophil", "lymphocyte"]
+        assert list(features["review_status"]) == ["suggested", "reclassified"]
+        assert list(features["reviewed_by"]) == ["", "Dr. R"] and list(features["reviewed"]) == [False, True]
+        meta = c_kwargs["metadata"]
+        assert meta["counts"]["n_monocyte"] == 1 and meta["counts"]["white_cells"] == 2
+        assert (
+            meta["source"] == str(tmp_path / "f.tif") and meta["reviewer"] == "Dr. R" and meta["notes"] == []
+        )
+        assert meta["files"]["cells"] == str(tmp_path / "f_cells.tif")
+        assert meta["files"]["review"] == str(tmp_path / "f_review.json")
+    # both TIFFs chosen together: the result opens once
+    both = read_smears([str(tmp_path / "f_cells.tif"), str(tmp_path / "f_nuclei.tif")])
+    assert [kwargs["name"] for _, kwargs, _ in both] == ["f nuclei", "f cells"]
+
+
+def test_damaged_field_results_are_refused_and_damaged_tables_left_out(tmp_path, notifications):
+    _field_result(tmp_path)
+    _truncated_copy(tmp_path / "f_cells.tif", "cut_cells.tif", kept=0.5)
+    (tmp_path / "cut_nuclei.tif").write_bytes((tmp_path / "f_nuclei.tif").read_bytes())
+    assert (
+        get_reader(str(tmp_path / "cut_nuclei.tif")) is read_smears
+    )  # claimed: the reader says what is wrong
+    assert read_smears(str(tmp_path / "cut_nuclei.tif")) == [(None,)]
+    assert len(notifications) == 1
+    severity, message = notifications[0]
+    assert "error" in severity and "damaged or incomplete" in message
+    assert message.startswith("cut_nuclei.tif: its partner cut_cells.tif: cannot read these labels")
+
+    notifications.clear()
+    tifffile.imwrite(tmp_path / "odd_cells.tif", np.zeros((60, 81), np.uint32))
+    (tmp_path / "odd_nuclei.tif").write_bytes((tmp_path / "f_nuclei.tif").read_bytes())
+    assert read_smears(str(tmp_path / "odd_cells.tif")) == [(None,)]
+    assert [s for s, _ in notifications] == ["error"]
+    assert notifications[0][1].startswith("odd_cells.tif: odd_cells.tif (60, 81) and odd_nuclei.tif (60, 80)")
+
+    # a table or a review that cannot be read: the labels open without it, and a note says so
+    for stem, broken in (("t", "_cells.csv"), ("r", "_review.json")):
+        notifications.clear()
+        _field_result(tmp_path, stem)
+        (tmp_path / f"{stem}{broken}").write_text("{ not, what it should be\n")
+        layers = read_smears(str(tmp_path / f"{stem}_cells.tif"))
+        assert [kwargs["name"] for _, kwargs, _ in layers] == [f"{stem} nuclei", f"{stem} cells"]
+        assert ("features" in layers[1][1]) == (broken == "_review.json")
+        assert [s for s, _ in notifications] == ["info"]
+        assert (
+            notifications[0][1].startswith(f"{stem}_cells.tif: ") and f"{stem}{broken}" in notifications[0][1]
+        )
+
+
+def test_segment_output_opens_with_its_table(tmp_path, datasets, trained_model, notifications):
+    import pandas as pd
+
+    from napari_wbc.cli import main
+    from napari_wbc.core.measure import count_summary
+
+    field = datasets / "bccd" / "images" / "BloodImage_00010.jpg"
+    out = tmp_path / "out"
+    assert main(["segment", str(field), "--out", str(out), "--pixel-size", "0.1"]) == 0
+    table = pd.read_csv(out / "BloodImage_00010_cells.csv")
+    assert len(table) >= 2
+    for name in ("BloodImage_00010_cells.tif", "BloodImage_00010_nuclei.tif"):
+        (n_data, n_kwargs, _), (c_data, c_kwargs, _) = get_reader(str(out / name))(str(out / name))
+        assert (n_kwargs["name"], c_kwargs["name"]) == ("BloodImage_00010 nuclei", "BloodImage_00010 cells")
+        np.testing.assert_array_equal(c_data, tifffile.imread(out / "BloodImage_00010_cells.tif"))
+        np.testing.assert_array_equal(n_data, tifffile.imread(out / "BloodImage_00010_nuclei.tif"))
+        pd.testing.assert_frame_equal(c_kwargs["features"].drop(columns="index"), table)
+        meta = c_kwargs["metadata"]
+        assert meta["counts"] == pytest.approx(count_summary(table), nan_ok=True)
+        assert meta["source"] == str(field) and meta["model"] == trained_model  # from summary.csv
+        # the pixel size was given, the JPEG records none: in pixels, as the image opens
+        assert (
+            meta["pixel_size"] == pytest.approx(0.1) and "scale" not in c_kwargs and "scale" not in n_kwargs
+        )
+    ((image, kwargs, _),) = read_smears(str(field))
+    assert "scale" not in kwargs and image.shape[:2] == c_data.shape
+    assert notifications == []

@@ -18,14 +18,30 @@ integer TIFFs (the ``*_cells.tif`` and ``*_nuclei.tif`` a slide run writes) open
 multiscale labels layers, checked the same way; ``<stem>_cells.tif`` gets the cell table
 ``<stem>_cells.csv`` beside it as its features.
 
+The result of a field (what ``napari-wbc segment`` and the napari WBC writer,
+:mod:`._writer`, write: ``<stem>_cells.tif`` and ``<stem>_nuclei.tif``, 2D integer TIFFs, with
+``<stem>_cells.csv`` and ``<stem>_review.json`` beside them) opens from either TIFF as the two
+labels layers ``"<stem> cells"`` and ``"<stem> nuclei"``, named, scaled and styled as the
+Segment widget makes them, so that the other widgets pair them: the pixel size of the TIFF
+in their metadata, their scale that of the image they came from (its pixel size in um when
+its file records one, else pixels: a pixel size given with ``--pixel-size`` or in the widget
+does not move the labels off the image). The cells layer gets the table as its features,
+the saved review applied to it (:func:`napari_wbc.core.verification.apply_review`), and,
+from the review or the folder's ``summary.csv``, the image and model it came from; its
+``metadata["files"]`` says where the result's files are (as for a slide), which is where the
+gallery finds and keeps the review. The image itself is not opened with it. A table or
+review that cannot be read is said in a notification, and the cells open without it; a
+damaged TIFF is refused with one message.
+
 Other TIFF files are only claimed when they hold one 2D field; stacks, multi-page files
-and non-pyramidal 32/64-bit integer images (label images, such as the ``*_cells.tif``
-that ``napari-wbc segment`` writes for a field) are left to other readers.
+and other non-pyramidal 32/64-bit integer images (a lone ``*_cells.tif`` without its
+``*_nuclei.tif``) are left to other readers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +86,42 @@ def _is_single_field_tiff(path: Path) -> bool:
     return h * w <= MAX_FIELD_PIXELS
 
 
+def _is_label_image(path: Path, unreadable: bool = True) -> bool:
+    """A single 2D integer image (not a pyramid); ``unreadable`` when the file cannot be read
+    (True when claiming: the reader then says what is wrong)."""
+    import tifffile
+
+    from .core.io import squeezed
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return (
+                len(tif.series) == 1
+                and len(series.levels) == 1
+                and squeezed(series)[0] == "YX"
+                and np.dtype(series.dtype).kind in "iu"
+            )
+    except Exception:
+        return unreadable
+
+
+def field_result(path: str | Path) -> Path | None:
+    """The ``<stem>_cells.tif`` of the field result that ``path`` (its ``_cells.tif`` or
+    ``_nuclei.tif``) is part of, when the other TIFF is beside it; else None."""
+    from .core.batch import OUTPUTS
+
+    path = Path(path)
+    cells, nuclei = OUTPUTS[:2]
+    for own, other in ((cells, nuclei), (nuclei, cells)):
+        if path.name.endswith(own) and len(path.name) > len(own):
+            stem = path.name[: -len(own)]
+            # os.path.isfile: False, not an error, for a name too long
+            if os.path.isfile(path.with_name(stem + other)) and _is_label_image(path):
+                return path.with_name(stem + cells)
+    return None
+
+
 def _is_slide(path: Path) -> bool:
     from .core.slide import is_slide
 
@@ -91,7 +143,7 @@ def _claims(path: str | Path) -> bool:
         return False
     if not stat.S_ISREG(mode):  # a pipe or a device: never opened here (it could block)
         return True  # claimed, so that the reader refuses it with a message
-    if _is_slide(path):
+    if _is_slide(path) or field_result(path):
         return True
     if suffix in SLIDE_SUFFIXES and suffix not in READABLE:
         return False
@@ -159,26 +211,167 @@ def slide_layer_data(path: str | Path) -> LayerData:
 
 def labels_layer_data(path: Path, levels: list, pixel_size: float | None) -> LayerData:
     """A pyramidal label TIFF as a multiscale labels layer; ``*_cells.tif`` gets its ``.csv`` table."""
-    import pandas as pd
-
-    from .core.measure import count_summary
-
     kwargs = {
         "name": slide_name(path),
         "multiscale": len(levels) > 1,
         "metadata": {"pixel_size": pixel_size, "source": str(path), "notes": []},
     }
+    _scale(kwargs, pixel_size)
+    table_path = path.with_name(f"{kwargs['name']}.csv")
+    if kwargs["name"].endswith("_cells"):
+        _give_table(kwargs, read_table(table_path, kwargs["metadata"]["notes"]))
+    return (levels if len(levels) > 1 else levels[0]), kwargs, "labels"
+
+
+def _scale(kwargs: dict, pixel_size: float | None) -> None:
+    """The layer's scale in um, when the pixel size is known (napari's scale bar then reads um)."""
     if pixel_size:
         kwargs["scale"] = (pixel_size, pixel_size)
         kwargs["units"] = ("um", "um")
-    table_path = path.with_name(f"{kwargs['name']}.csv")
-    if kwargs["name"].endswith("_cells") and table_path.is_file():
-        table = pd.read_csv(table_path)
-        if "label" in table.columns:
-            kwargs["features"] = table.assign(index=table["label"])  # napari maps label -> row by `index`
-            if "touches_border" in table.columns:
-                kwargs["metadata"]["counts"] = count_summary(table)
-    return (levels if len(levels) > 1 else levels[0]), kwargs, "labels"
+
+
+def read_table(path: Path, notes: list[str]):
+    """The cell table in ``path`` (a DataFrame with ``label``), or None: missing, or unreadable
+    (said in ``notes``, so that the labels still open)."""
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        return None
+    try:
+        table = pd.read_csv(path)
+    except Exception as err:  # damaged, not a table
+        notes.append(f"{path.name} cannot be read ({err}); the cells open without their measurements")
+        return None
+    if "label" not in table.columns:
+        notes.append(f"{path.name} has no 'label' column; the cells open without their measurements")
+        return None
+    return table
+
+
+def _give_table(kwargs: dict, table) -> None:
+    """``table`` as the layer's features (napari maps label -> row by ``index``), with its counts."""
+    from .core.measure import count_summary
+
+    if table is None:
+        return
+    kwargs["features"] = table.assign(index=table["label"])
+    if "touches_border" in table.columns:
+        kwargs["metadata"]["counts"] = count_summary(table)
+
+
+def _origin(folder: Path, stem: str) -> dict:
+    """The image file and model of the output ``stem``, from the folder's ``summary.csv``
+    (``napari-wbc segment`` writes one); empty when unknown."""
+    from .core.batch import SUMMARY, _read_summary
+
+    try:
+        summary = _read_summary(folder / SUMMARY)
+    except (InputError, OSError):
+        return {}
+    if summary is None:
+        return {}
+    rows = summary[summary["output"].astype(str) == stem]
+    if rows.empty:
+        return {}
+    row = rows.iloc[-1]
+    found = {"source": row.get("file"), "model": row.get("model")}
+    return {key: str(value) for key, value in found.items() if isinstance(value, str) and value}
+
+
+def _result_labels(path: Path, opened: Path) -> tuple[np.ndarray, float | None]:
+    """A field result's label TIFF as uint32, with its pixel size; an InputError that names
+    the file opened (and this one, when it is the other TIFF of the pair)."""
+    import tifffile
+
+    from .core.slide import slide_pixel_size
+
+    where = path.name if path == opened else f"{opened.name}: its partner {path.name}"
+    try:
+        with tifffile.TiffFile(path) as tif:
+            data = tif.series[0].asarray()
+            pixel_size = slide_pixel_size(tif, path)
+    except Exception as err:  # truncated, damaged, not a TIFF
+        raise InputError(
+            f"{where}: cannot read these labels ({err}); the file may be damaged or incomplete: "
+            "write it again"
+        ) from err
+    data = np.squeeze(data)
+    if data.ndim != 2 or data.dtype.kind not in "iu":
+        raise InputError(f"{where}: not a 2D label image ({data.dtype} {data.shape})")
+    if data.size and data.min() < 0:
+        raise InputError(f"{where}: holds negative labels, which no cell id is")
+    return data.astype(np.uint32, copy=False), pixel_size
+
+
+def image_pixel_size(source: str | Path | None) -> float | None:
+    """The pixel size the image file ``source`` opens with (:func:`smear_layer_data`: only a
+    TIFF's tags give one, checked by :func:`~.core.io.plausible_pixel_size`), from its header;
+    None when it records none, or is unknown or gone."""
+    from .core.io import _tiff_pixel_size, plausible_pixel_size
+
+    if not source or Path(source).suffix.lower() not in (".tif", ".tiff") or not os.path.isfile(source):
+        return None
+    try:
+        return plausible_pixel_size(_tiff_pixel_size(Path(source)), Path(source).name)
+    except Exception:  # unreadable: the image will not open either
+        return None
+
+
+def result_layer_data(cells_path: str | Path, opened: str | Path | None = None) -> list[LayerData]:
+    """The field result ``<stem>_cells.tif`` (with ``<stem>_nuclei.tif``) as the layers
+    ``"<stem> nuclei"`` and ``"<stem> cells"``, as the Segment widget makes them: the cells
+    with their table, review and counts. ``opened``: the TIFF the user opened (default the
+    cells), which messages name. Raises InputError for damaged or mismatched TIFFs."""
+    from .core.batch import OUTPUTS
+    from .core.verification import review_path
+
+    cells_path = Path(cells_path)
+    opened = cells_path if opened is None else Path(opened)
+    stem = cells_path.name[: -len(OUTPUTS[0])]
+    nuclei_path = cells_path.with_name(stem + OUTPUTS[1])
+    cells, pixel_size = _result_labels(cells_path, opened)
+    nuclei, _ = _result_labels(nuclei_path, opened)
+    if cells.shape != nuclei.shape:
+        raise InputError(
+            f"{opened.name}: {cells_path.name} {cells.shape} and {nuclei_path.name} {nuclei.shape} "
+            "differ in size: they are not one result"
+        )
+    files = {"cells": cells_path, "nuclei": nuclei_path, "table": cells_path.with_name(stem + OUTPUTS[2])}
+    files["review"] = review_path(cells_path)
+    notes: list[str] = []
+    table = read_table(files["table"], notes)
+    if table is None and not notes:
+        notes.append(f"no {files['table'].name} beside it; the cells open without their measurements")
+    origin = _origin(cells_path.parent, stem)
+    review = _review(files["review"], table, notes)
+    if review is not None:
+        table, meta = review
+        models = [name for name in meta.get("models") or {} if name]
+        origin = {
+            "source": meta.get("image") or origin.get("source"),
+            "model": origin.get("model") or (models[0] if models else None),
+            "reviewer": meta.get("reviewer"),
+        }
+    # the metadata keys of the Segment widget's layers, and where the files are (as for a slide)
+    common = {"source_layer": stem, "model": origin.get("model"), "pixel_size": pixel_size}
+    where = {"output": str(cells_path.parent), "files": {kind: str(path) for kind, path in files.items()}}
+    cells_kwargs = {
+        "name": f"{stem} cells",
+        "metadata": {
+            **common,
+            "source": origin.get("source"),
+            **where,
+            "notes": notes,
+            **({"reviewer": origin["reviewer"]} if origin.get("reviewer") else {}),
+        },
+    }
+    nuclei_kwargs = {"name": f"{stem} nuclei", "metadata": {**common, **where}}
+    # aligned with the image, as the Segment widget aligns them: in um when its file records
+    # the pixel size, else in pixels (the run's pixel size, given by the user, is in the metadata)
+    for kwargs in (cells_kwargs, nuclei_kwargs):
+        _scale(kwargs, image_pixel_size(origin.get("source")))
+    _give_table(cells_kwargs, table)
+    return [(nuclei, nuclei_kwargs, "labels"), (cells, cells_kwargs, "labels")]
 
 
 def layer_data(path: str | Path) -> LayerData:
@@ -188,6 +381,66 @@ def layer_data(path: str | Path) -> LayerData:
     if _is_slide(path):
         return slide_layer_data(path)
     return smear_layer_data(path)
+
+
+def _review(path: Path, table, notes: list[str]):
+    """``(table with the review in ``path`` applied, the review's meta)``, or None when there
+    is no review file; a review that cannot be read is said in ``notes``."""
+    from .core.verification import apply_review, load_review
+
+    if not os.path.isfile(path):
+        return None
+    if table is None:
+        notes.append(f"{path.name} is not applied: the cells have no table to apply it to")
+        return None
+    try:
+        saved, meta = load_review(path)
+        return apply_review(table, saved), dict(meta or {})
+    except (InputError, ValueError, KeyError, OSError) as err:
+        notes.append(f"{path.name} cannot be read ({err}); the cells open without their review")
+        return None
+
+
+def layers_data(path: str | Path) -> list[LayerData]:
+    """The layers that opening ``path`` gives: a field, a slide, or a field result's cells and
+    nuclei (:func:`result_layer_data`); raises InputError."""
+    path = Path(path)
+    check_regular(path)
+    if not _is_slide(path):
+        cells = field_result(path)
+        if cells is not None:
+            return result_layer_data(cells, path)
+    return [layer_data(path)]
+
+
+def _style_when_added(found: list[LayerData]) -> None:
+    """Outline a field result's cells and nuclei as the Segment widget does
+    (``CELLS_STYLE``, ``NUCLEI_STYLE``) when napari adds them to the current viewer: napari takes
+    no contour width from a reader. Without napari and Qt (scripts, the I/O tests) nothing."""
+    try:
+        import napari
+
+        from ._widgets._layers import CELLS_STYLE, NUCLEI_STYLE
+
+        viewer = napari.current_viewer()
+    except Exception:  # napari or Qt not there: the layers keep napari's own look
+        return
+    if viewer is None:
+        return
+    styles = {
+        id(data): (data, CELLS_STYLE if kwargs["name"].endswith(" cells") else NUCLEI_STYLE)
+        for data, kwargs, _ in found
+    }
+
+    def on_inserted(event) -> None:
+        data, style = styles.pop(id(event.value.data), (None, {}))
+        if data is event.value.data:
+            for key, value in style.items():
+                setattr(event.value, key, value)
+        if not styles:
+            viewer.layers.events.inserted.disconnect(on_inserted)
+
+    viewer.layers.events.inserted.connect(on_inserted)
 
 
 def _notify(severity: str, message: str) -> None:
@@ -200,17 +453,24 @@ def _notify(severity: str, message: str) -> None:
 def read_smears(path: str | Sequence[str]) -> list[LayerData]:
     """Read each file into an RGB image layer (lazy and multiscale for a slide); report problems."""
     paths = [path] if isinstance(path, str | Path) else list(path)
-    layers = []
+    layers, results = [], set()
     for p in paths:
+        cells = field_result(p) if os.path.isfile(p) else None  # never opens a pipe
+        if cells is not None and cells in results:  # its cells and nuclei TIFFs both chosen: open once
+            continue
         try:
-            data, kwargs, kind = layer_data(p)
+            found = layers_data(p)
         except InputError as err:
             log.info("%s", err)
             _notify("error", str(err))
             continue
-        notes = kwargs["metadata"]["notes"]
-        if notes:
-            _notify("info", f"{Path(p).name}: " + "; ".join(notes))
-        layers.append((data, kwargs, kind))
+        if cells is not None:
+            results.add(cells)
+            _style_when_added(found)
+        for data, kwargs, kind in found:
+            notes = kwargs["metadata"].get("notes")
+            if notes:
+                _notify("info", f"{Path(p).name}: " + "; ".join(notes))
+            layers.append((data, kwargs, kind))
     # [(None,)] tells napari the file was handled (the error was shown) but adds no layer
     return layers or [(None,)]

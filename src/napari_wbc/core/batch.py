@@ -317,8 +317,8 @@ def segment_files(
     except OSError as err:
         raise InputError(f"cannot create the output folder {out} ({err.strerror or err})") from None
 
-    from ..models import MissingWeightsError, load_model
-    from .celltypes import load_classifier, typing_name
+    from ..models import MissingWeightsError, load_model, weights_sha256
+    from .celltypes import CLASSIFIER, load_classifier, typing_name
     from .device import pick_device
     from .inference import run, segment
     from .measure import count_summary, measure_cells
@@ -327,6 +327,11 @@ def segment_files(
     device = pick_device(device)
     net, spec = load_model(model, weights, device, flip_average)
     classifier = load_classifier(typing, device, classifier_weights)
+    # which weights made the results (a report names them)
+    made_by = {
+        "weights_sha256": weights_sha256(spec.name, weights),
+        "classifier_sha256": weights_sha256(CLASSIFIER, classifier_weights) if classifier else None,
+    }
 
     def segment_one(i: int, field: Field) -> dict:
         def step(done, total, message):
@@ -362,6 +367,7 @@ def segment_files(
             "pixel_size_um": px,
             "model": spec.name,
             "typing": typing_name(typing, classifier, spec),
+            **made_by,
             "warning": "; ".join(smear.warnings),
             "notes": "; ".join(smear.notes),
         }

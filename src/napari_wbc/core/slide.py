@@ -153,6 +153,7 @@ class Slide:
     pixel_size: float | None = None
     name: str = "slide"
     closers: list = field(default_factory=list, repr=False)
+    path: Path | None = None  # the file it was opened from
 
     @classmethod
     def from_array(cls, array: np.ndarray, pixel_size: float | None = None, name: str = "image") -> Slide:
@@ -285,12 +286,14 @@ def open_slide(path: str | Path) -> Slide:
     check_regular(path)  # a missing file, a pipe or a device: an InputError before anything opens it
     if path.suffix.lower() not in (".tif", ".tiff", ".svs", ".btf", ".tf8", ".ndpi"):
         image = read_image(path)
-        return Slide.from_array(image.data, image.pixel_size, path.stem)
+        slide = Slide.from_array(image.data, image.pixel_size, path.stem)
+        slide.path = path.resolve()
+        return slide
     try:
         tif = tifffile.TiffFile(path)
     except Exception as err:
         raise InputError(f"{path.name}: cannot read this slide ({err}); is the file complete?") from err
-    slide = Slide([], None, slide_name(path), [tif.close])
+    slide = Slide([], None, slide_name(path), [tif.close], path.resolve())
     try:
         series = tif.series[0]
         page = series.keyframe

@@ -115,9 +115,9 @@ def _table(z, lut: np.ndarray, shape: tuple[int, int]) -> pd.DataFrame:
     return table
 
 
-def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skipped: int):
+def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skipped: int, source=None):
     """Assemble the tile records in ``work`` into the files of a :class:`SlideResult` and
-    publish them in ``out``, all together."""
+    publish them in ``out``, all together; ``source`` (the slide's file) goes in the summary."""
     from .wholeslide import SlideResult
 
     paths = result_paths(out, name)
@@ -126,7 +126,7 @@ def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skip
         staging = work / STAGING
         staging.mkdir()
         try:
-            counts = _write_staged(work, staging, name, grid, plan, spec, skipped)
+            counts = _write_staged(work, staging, name, grid, plan, spec, skipped, source)
             write_atomic(staging / READY, lambda p: p.write_text(json.dumps(sorted(os.listdir(staging)))))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -145,7 +145,7 @@ def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skip
     )
 
 
-def _write_staged(work: Path, staging: Path, name: str, grid, plan: dict, spec, skipped: int) -> dict:
+def _write_staged(work: Path, staging: Path, name: str, grid, plan: dict, spec, skipped: int, source) -> dict:
     """Write the result files into ``staging``; the counts."""
     import zarr
 
@@ -210,10 +210,12 @@ def _write_staged(work: Path, staging: Path, name: str, grid, plan: dict, spec, 
         pd.DataFrame(
             [
                 {
-                    "file": name,
+                    "file": str(source or name),
+                    "output": name,
                     **counts,
                     "pixel_size_um": px,
                     "model": spec.name,
+                    "typing": (plan.get("typing") or {}).get("name", "none"),
                     "tiles": len(grid),
                     "skipped_tiles": skipped,
                     "scale": plan["scale"],

@@ -381,7 +381,7 @@ def segment_slide(
     from .slide_output import write_results
 
     skipped = sum(classified(i).read_text() == "skipped" for i in range(len(grid)))
-    result = write_results(work, out, name, grid, plan, spec, skipped)
+    result = write_results(work, out, name, grid, plan, spec, skipped, source=slide.path)
     yield total, total, "done"
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)

@@ -31,6 +31,7 @@ __all__ = [
     "MissingWeightsError",
     "BrokenWeightsError",
     "sha256",
+    "weights_sha256",
 ]
 
 SHIPPED = Path(__file__).parent / "weights"
@@ -112,6 +113,17 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def weights_sha256(model: str | None, weights: str | Path | None = None) -> str | None:
+    """The sha256 of a model's ``model.safetensors`` (by name, or of an explicit weights
+    folder): what a result records to say which weights made it. None when there are none."""
+    if not model and weights is None:
+        return None
+    try:
+        return sha256(resolve_weights(model, weights) / "model.safetensors")
+    except (MissingWeightsError, OSError):
+        return None
 
 
 def available_weights(classifiers: bool = False) -> dict[str, Path]:
