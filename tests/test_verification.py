@@ -334,8 +334,8 @@ def test_thumbnails_keep_one_physical_scale_across_pixel_sizes(field):
     big = np.array(Image.fromarray(image).resize((1280, 960), Image.Resampling.BICUBIC))
     big_cells = np.repeat(np.repeat(cells, 2, 0), 2, 1)
     big_nuclei = np.repeat(np.repeat(nuclei, 2, 0), 2, 1)
-    coarse = v.thumbnail(image, cells, nuclei, 1, pixel_size=0.1)  # default 20 um: 200 px
-    fine = v.thumbnail(big, big_cells, big_nuclei, 1, pixel_size=0.05)  # 20 um: 400 px
+    coarse = v.thumbnail(image, cells, nuclei, 1, side_um=20, pixel_size=0.1)  # 20 um: 200 px
+    fine = v.thumbnail(big, big_cells, big_nuclei, 1, side_um=20, pixel_size=0.05)  # 20 um: 400 px
     from scipy import ndimage
 
     def area(t):
@@ -346,7 +346,7 @@ def test_thumbnails_keep_one_physical_scale_across_pixel_sizes(field):
     areas = [area(coarse), area(fine)]
     assert areas[0] > 1000 and abs(areas[0] - areas[1]) < 0.04 * areas[0]
     # the pixel size, not the cells' width, sets the scale: half the pixel size, half the width
-    wrong = v.thumbnail(image, cells, nuclei, 1, pixel_size=0.05)
+    wrong = v.thumbnail(image, cells, nuclei, 1, side_um=20, pixel_size=0.05)
     assert abs(area(wrong) - areas[0] / 4) < 0.08 * areas[0] / 4
     plain = [~colour_mask(t, v.CELL_COLOUR) & ~colour_mask(t, v.NUCLEUS_COLOUR) for t in (coarse, fine)]
     both = plain[0] & plain[1]

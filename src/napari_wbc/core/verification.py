@@ -19,7 +19,7 @@ and leaves its input as it was.
   (or beside the image when there are no outputs): :func:`save_review` (atomic),
   :func:`load_review`, and :func:`apply_review` onto a (re)measured table, by ``label``.
 - :func:`thumbnail` / :func:`thumbnails`: a crop centred on a cell at a fixed physical scale
-  (``side_um``, 20 um, with a pixel size; else ``side_px``, 2x the median cell width), with
+  (``side_um``, 25 um, with a pixel size; else ``side_px``, 2x the median cell width), with
   the cell's and its nucleus's outlines drawn 1 px wide; they read only a window around
   each cell, so the image and labels may be lazy (zarr, dask, a :class:`.slide.Slide`).
 - :func:`write_report`: ``<stem>_report.csv`` and ``<stem>_report.html`` (one self-contained
@@ -56,7 +56,7 @@ REVIEW_VERSION = 1
 # a cell typed with less confidence than this is flagged in the report (the classifier calls
 # cells under its ``unidentified_below``, 0.42 for the shipped one, unidentified)
 LOW_CONFIDENCE = 0.6
-DEFAULT_SIDE_UM = 20.0  # a thumbnail's side with a known pixel size
+DEFAULT_SIDE_UM = 25.0  # a thumbnail's side with a known pixel size: a large monocyte (20 um) and a rim
 SIDE_WIDTHS = 2.0  # ... else this many median cell widths
 THUMB_SIZE = 96
 REPORT_THUMB = 128  # the report's thumbnails are larger: people would rather look than read
@@ -488,7 +488,7 @@ def thumbnails(
 ) -> list[np.ndarray]:
     """``(size, size, 3)`` uint8 thumbnails of the cells ``labels``, in that order.
 
-    Each is a square centred on the cell's centroid, ``side_um`` wide (default 20 um) when
+    Each is a square centred on the cell's centroid, ``side_um`` wide (default 25 um) when
     ``pixel_size`` (um/px) is given, else ``side_px`` image px (default 2x the median white
     cell's width), so all thumbnails share one scale; resampled with antialiasing, the cell's
     outline (amber) and its nucleus's (cyan) drawn 1 px wide; beyond the image's edge grey.
