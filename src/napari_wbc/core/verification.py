@@ -669,7 +669,7 @@ def _png(rgb: np.ndarray) -> str:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="PNG", optimize=True)
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="PNG")  # optimize: 8x the time for 4% less
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
