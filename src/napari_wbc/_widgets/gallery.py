@@ -1,0 +1,1198 @@
+"""Cell gallery: verify a smear as on an analyser, one thumbnail per cell, grouped by type.
+
+The gallery shows the cells of a cells layer (``"<image> cells"`` with its ``features``, the
+measurement table, and its ``"<image> nuclei"`` partner) as thumbnails at a fixed physical
+scale with the cell and nucleus outlines (:func:`napari_wbc.core.verification.thumbnails`),
+grouped by type under a header with the count: the five types, then "unidentified", then
+"not a white cell" (excluded from the count); within a group the least sure cell comes
+first. A thumbnail's border says its review status (suggested, confirmed, reclassified,
+excluded).
+
+The reviewer works with the keyboard (or the mouse): arrows move (Shift+arrows, Shift- or
+Ctrl-click select several), 1-5 give the type (neutrophil, lymphocyte, monocyte,
+eosinophil, basophil), U "unidentified", X "not a white cell", Enter confirms the type
+shown; the selection then moves on to the next cell. Every change goes through
+:mod:`~napari_wbc.core.verification` into the layer's ``features`` (so the Measurements
+table follows), the differential and the "reviewed N of M" line update, and the review is
+saved (:func:`~napari_wbc.core.verification.save_review`, shortly after the last change)
+beside the image or its outputs, where the gallery finds it again when it next opens on the
+layer. Selection is shared with the viewer and the Measurements table through the layer's
+``selected_label``: a thumbnail picked here selects the cell and centres the viewer on it; a
+cell picked there is highlighted here. "Sign off" refuses, saying why, while cells are
+unreviewed or unidentified; once allowed it records the sign-off and writes the report
+(CSV and a self-contained HTML page) beside the review file.
+
+Thousands of cells stay fast: one list model with a header row per group, drawn by a
+delegate, so only the visible items are painted; a thumbnail is made when its item is first
+painted, in batches, off the GUI thread, and kept in a bounded cache. Thumbnails are 96 px;
+the "thumbnails" box makes them larger (the same crop in more pixels). Figures:
+``bench/gallery.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from napari.layers import Labels
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QAbstractListModel, QEvent, QModelIndex, QObject, QRect, QSize, Qt, QTimer, Signal
+from qtpy.QtGui import QColor, QFont, QImage, QPainter, QPen
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QPushButton,
+    QSizePolicy,
+    QStyle,
+    QStyledItemDelegate,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.dataset import CELL_TYPES, NOT_WBC, UNIDENTIFIED
+from ..core.io import InputError
+from ._layers import features_of, is_cells_layer, partner, set_features
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+GROUPS = (*CELL_TYPES, UNIDENTIFIED, NOT_WBC)  # in the order shown
+TITLES = {**{kind: kind for kind in CELL_TYPES}, UNIDENTIFIED: "unidentified", NOT_WBC: "not a white cell"}
+# the keys that type the selected cells; Enter confirms
+KEY_TYPES = {
+    **{getattr(Qt.Key, f"Key_{i}"): kind for i, kind in enumerate(CELL_TYPES, start=1)},
+    Qt.Key.Key_U: UNIDENTIFIED,
+    Qt.Key.Key_X: NOT_WBC,
+}
+CONFIRM = "confirm"
+CONFIRM_KEYS = (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+STATUS_COLOURS = {  # a thumbnail's border: what the reviewer did with the cell
+    "suggested": "#8a8a8a",
+    "confirmed": "#2fb344",
+    "reclassified": "#f59f00",
+    "excluded": "#e03131",
+}
+STATUS_MARKS = {"suggested": "", "confirmed": "✓", "reclassified": "↻", "excluded": "✗"}
+SELECTED_COLOUR = "#3d9df5"
+THUMB = 96  # px, the side of a thumbnail (the same physical scale at every size)
+SIZES = (96, 128, 160, 192)  # the sizes offered: a bccd cell at native resolution at 192
+PAD = 4  # px around a thumbnail, inside its item (the status border is drawn there)
+CAPTION = 16  # px of text under a thumbnail
+HEADER_HEIGHT = 26
+BATCH = 64  # thumbnails made per background job (about one screenful)
+CACHE = 4000  # thumbnails kept (96 x 96 RGB: 27 kB each)
+SAVE_DELAY_MS = 400  # the review is written this long after the last change
+ZOOM_FIT = 1.5  # the view must show at least this many cell widths around a picked cell...
+ZOOM_MAX = 15.0  # ...and at most this many (else the cell is a dot: zoom in)
+ZOOM_TO = 6.0  # cell widths shown after zooming
+
+LABEL_ROLE = Qt.ItemDataRole.UserRole  # a cell item's id (None on a header)
+GROUP_ROLE = Qt.ItemDataRole.UserRole + 1  # the group an item belongs to
+STATUS_ROLE = Qt.ItemDataRole.UserRole + 2  # a cell's review status
+CAPTION_ROLE = Qt.ItemDataRole.UserRole + 3  # the text under a thumbnail
+COUNT_ROLE = Qt.ItemDataRole.UserRole + 4  # a header's count
+
+SHORT = {
+    "neutrophil": "neut",
+    "lymphocyte": "lymph",
+    "monocyte": "mono",
+    "eosinophil": "eos",
+    "basophil": "baso",
+}
+LEGEND = (  # the keys, short (the full words on hover), and the border colours
+    " ".join(f"<b>{i}</b> {SHORT.get(kind, kind)}" for i, kind in enumerate(CELL_TYPES, start=1))
+    + " <b>U</b> unidentified <b>X</b> not a WBC <b>Enter</b> confirm &nbsp; "
+    + " ".join(f"<span style='color:{colour}'>■</span>{status}" for status, colour in STATUS_COLOURS.items())
+)
+LEGEND_TIP = (
+    "keys (with the gallery focused): arrows move, Shift+arrows or Shift/Ctrl+click select more; "
+    + ", ".join(f"{i} {kind}" for i, kind in enumerate(CELL_TYPES, start=1))
+    + "; U unidentified; X not a white cell (left out of the count); Enter confirms the type shown. "
+    "A thumbnail's border: grey suggested (not reviewed), green confirmed, orange reclassified, red excluded"
+)
+
+
+def group_of(cell_type) -> str:
+    """The gallery group of a ``cell_type`` value (an untyped cell is unidentified)."""
+    if cell_type in CELL_TYPES or cell_type == NOT_WBC:
+        return cell_type
+    return UNIDENTIFIED
+
+
+def gallery_order(table: pd.DataFrame) -> pd.DataFrame:
+    """The table's cells in gallery order: by group, then least sure first, then by id."""
+    group = table["cell_type"].map(group_of) if "cell_type" in table else pd.Series(UNIDENTIFIED, table.index)
+    confidence = table["type_confidence"] if "type_confidence" in table else pd.Series(np.nan, table.index)
+    order = pd.DataFrame(
+        {
+            "label": table["label"].astype(int),
+            "group": group,
+            "rank": group.map(GROUPS.index),
+            "confidence": pd.to_numeric(confidence, errors="coerce").fillna(-1.0),
+        }
+    )
+    return order.sort_values(["rank", "confidence", "label"], kind="stable")
+
+
+def _level0(layer):
+    """A layer's full-resolution data (a slide's labels are multiscale)."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+@thread_worker(ignore_errors=True)  # errors are shown by the loader
+def _thumbnail_job(image, cells, nuclei, labels, options):
+    from ..core.verification import thumbnails
+
+    return thumbnails(image, cells, nuclei, labels, **options)
+
+
+@thread_worker(ignore_errors=True)
+def _report_job(image, cells, nuclei, options, folder, stem, table, record, meta):
+    from ..core.verification import thumbnails, write_report
+
+    labels = [int(label) for label in table["label"]]
+    thumbs = dict(zip(labels, thumbnails(image, cells, nuclei, labels, **options), strict=True))
+    return write_report(folder, stem, table, thumbs, record, meta)
+
+
+def _keep_aside(path: Path) -> Path:
+    """Copy ``path`` to the first free ``<stem>-<n><suffix>`` beside it (atomic); the copy."""
+    import shutil
+
+    from ..core.batch import write_atomic
+
+    n = 1
+    while (copy := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
+        n += 1
+    write_atomic(copy, lambda tmp: shutil.copyfile(path, tmp))
+    return copy
+
+
+def _qimage(array: np.ndarray) -> QImage:
+    array = np.ascontiguousarray(array[..., :3], dtype=np.uint8)
+    h, w = array.shape[:2]
+    return QImage(array.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+
+
+class ThumbnailLoader(QObject):
+    """Thumbnails made on request, in batches off the GUI thread, kept in a bounded cache.
+
+    ``get`` answers at once: the thumbnail, or None (and it is queued). Only queued cells that
+    are still on screen when a job starts (``is_visible``) are made; ``ready`` gives the ids
+    whose thumbnails arrived.
+    """
+
+    ready = Signal(list)
+    failed = Signal(str)
+
+    def __init__(self, parent, is_visible):
+        super().__init__(parent)
+        self._is_visible = is_visible
+        self._cache: OrderedDict[int, QImage] = OrderedDict()
+        self._pending: OrderedDict[int, None] = OrderedDict()
+        self._source = None  # (image, cells, nuclei, options)
+        self._generation = 0  # results of jobs started before a clear() are dropped
+        self.worker = None
+        self._timer = QTimer(self, singleShot=True, interval=0)
+        self._timer.timeout.connect(self._start)
+
+    def set_source(self, image, cells, nuclei, options: dict) -> None:
+        self.clear()
+        self._source = None if image is None else (image, cells, nuclei, options)
+
+    def clear(self) -> None:
+        """Forget every thumbnail (the pixels changed)."""
+        self._cache.clear()
+        self._pending.clear()
+        self._generation += 1
+
+    @property
+    def source(self):
+        """(image, cells, nuclei, options) the thumbnails are made from; None without an image."""
+        return self._source
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None or bool(self._pending)
+
+    def cached(self, label: int) -> QImage | None:
+        """The thumbnail if it was made (nothing is queued)."""
+        return self._cache.get(label)
+
+    def get(self, label: int) -> QImage | None:
+        image = self._cache.get(label)
+        if image is not None:
+            self._cache.move_to_end(label)
+            return image
+        if self._source is not None:
+            self._pending[label] = None
+            self._pending.move_to_end(label)
+            self._timer.start()
+        return None
+
+    def _start(self) -> None:
+        if self.worker is not None or self._source is None:
+            return
+        labels = [label for label in reversed(self._pending) if self._is_visible(label)][:BATCH]
+        self._pending.clear()  # the others are asked for again when they are painted
+        if not labels:
+            return
+        generation = self._generation
+        image, cells, nuclei, options = self._source
+        worker = _thumbnail_job(image, cells, nuclei, labels, options)
+        worker.returned.connect(lambda out: self._arrived(generation, labels, out))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+
+    def _arrived(self, generation: int, labels: list[int], arrays) -> None:
+        if generation != self._generation:
+            return
+        for label, array in zip(labels, arrays, strict=True):
+            self._cache[label] = _qimage(np.asarray(array))
+        while len(self._cache) > CACHE:
+            self._cache.popitem(last=False)
+        self.ready.emit(labels)
+
+    def _on_error(self, err: Exception) -> None:
+        log.error("thumbnails failed", exc_info=err)
+        self._source = None  # do not try again and again
+        self.failed.emit(f"could not make the thumbnails: {err}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._pending:
+            self._timer.start()
+
+
+class CellModel(QAbstractListModel):
+    """The gallery's items: per group a header row, then its cells (in gallery order)."""
+
+    INFO = ("review_status", "cell_type", "suggested_type", "type_confidence", "reviewed_by", "reviewed_at")
+
+    def __init__(self, thumbs: ThumbnailLoader, parent=None):
+        super().__init__(parent)
+        self._thumbs = thumbs
+        self._rows: list[tuple[str, int | None]] = []  # (group, label); label None on a header
+        self._row_of: dict[int, int] = {}
+        self._counts: dict[str, int] = {}
+        self._info: dict[str, dict] = {}  # column -> label -> value, for what the items show
+
+    def set_table(self, table: pd.DataFrame | None) -> None:
+        """Show ``table``'s cells; when no cell changed place (a confirmation), the items are
+        only repainted, not laid out again (thousands of cells)."""
+        rows: list[tuple[str, int | None]] = []
+        counts: dict[str, int] = {}
+        if table is not None and len(table):
+            order = gallery_order(table)
+            for group, labels in zip(order["group"].tolist(), order["label"].tolist(), strict=True):
+                if group not in counts:
+                    counts[group] = 0
+                    rows.append((group, None))
+                counts[group] += 1
+                rows.append((group, int(labels)))
+        labels = table["label"].astype(int).tolist() if table is not None else []
+        info = {
+            column: dict(zip(labels, table[column].tolist(), strict=True))
+            for column in (*self.INFO, "touches_border")
+            if table is not None and column in table
+        }
+        if rows == self._rows and counts == self._counts:
+            self._info = info
+            if rows:
+                self.dataChanged.emit(self.index(0), self.index(len(rows) - 1))
+            return
+        self.beginResetModel()
+        self._rows, self._counts, self._info = rows, counts, info
+        self._row_of = {label: row for row, (_, label) in enumerate(rows) if label is not None}
+        self.endResetModel()
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def groups(self) -> dict[str, list[int]]:
+        """Group -> its cell ids, in the order shown."""
+        out: dict[str, list[int]] = {}
+        for group, label in self._rows:
+            if label is not None:
+                out.setdefault(group, []).append(label)
+        return out
+
+    def header_text(self, group: str) -> str | None:
+        row = next((i for i, (g, label) in enumerate(self._rows) if g == group and label is None), None)
+        return None if row is None else self.data(self.index(row), Qt.ItemDataRole.DisplayRole)
+
+    def cell_order(self) -> list[int]:
+        return [label for _, label in self._rows if label is not None]
+
+    def index_of(self, label: int) -> QModelIndex:
+        row = self._row_of.get(int(label))
+        return QModelIndex() if row is None else self.index(row)
+
+    def label_at(self, row: int) -> int | None:
+        return self._rows[row][1] if 0 <= row < len(self._rows) else None
+
+    def is_header(self, row: int) -> bool:
+        return self._rows[row][1] is None
+
+    # -- Qt model --------------------------------------------------------------------------
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 (Qt's signature)
+        return 0 if parent.isValid() else len(self._rows)
+
+    def flags(self, index):
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        if self._rows[index.row()][1] is None:  # a header: shown, never selected
+            return Qt.ItemFlag.ItemIsEnabled
+        return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        group, label = self._rows[index.row()]
+        if role == GROUP_ROLE:
+            return group
+        if role == LABEL_ROLE:
+            return label
+        if label is None:  # a header
+            n = self._counts.get(group, 0)
+            if role == Qt.ItemDataRole.DisplayRole:
+                if group == NOT_WBC:
+                    return f"{TITLES[group]} (excluded from the count): {n}"
+                return f"{TITLES[group]}: {n}"
+            if role == COUNT_ROLE:
+                return n
+            return None
+        if role == Qt.ItemDataRole.DecorationRole:
+            return self._thumbs.get(label)
+        if role == STATUS_ROLE:
+            return str(self._value("review_status", label) or "suggested")
+        if role in (Qt.ItemDataRole.DisplayRole, CAPTION_ROLE):
+            return f"{label}{self._sure(label)}"
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(label)
+        return None
+
+    def _value(self, column: str, label: int):
+        value = self._info.get(column, {}).get(label)
+        return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
+
+    def _sure(self, label: int) -> str:
+        confidence = self._value("type_confidence", label)
+        return "" if confidence is None else f" {100 * float(confidence):.0f}%"
+
+    def _tooltip(self, label: int) -> str:
+        kind, suggested = self._value("cell_type", label), self._value("suggested_type", label)
+        status, by, at = (self._value(c, label) for c in ("review_status", "reviewed_by", "reviewed_at"))
+        lines = [f"cell {label}: {TITLES[group_of(kind)]}"]
+        if self._sure(label):
+            lines.append(f"classifier's confidence{self._sure(label)}")
+        if suggested and suggested != kind:
+            lines.append(f"suggested: {TITLES[group_of(suggested)]}")
+        status = status or "suggested"
+        lines.append(f"{status} by {by}" + (f" at {at}" if at else "") if by else status)
+        if self._value("touches_border", label):
+            lines.append("touches the image border")
+        return "\n".join(lines)
+
+    def refresh_labels(self, labels) -> None:
+        """Repaint these cells (their thumbnails arrived)."""
+        rows = [self._row_of[label] for label in labels if label in self._row_of]
+        if rows:
+            self.dataChanged.emit(
+                self.index(min(rows)), self.index(max(rows)), [Qt.ItemDataRole.DecorationRole]
+            )
+
+
+class CellDelegate(QStyledItemDelegate):
+    """Draws a header (group name and count across the view) or a cell's thumbnail, its status
+    border and mark, and its id and confidence."""
+
+    def __init__(self, view: QListView):
+        super().__init__(view)
+        self._view = view
+
+    def sizeHint(self, option, index) -> QSize:
+        if self._view.model().is_header(index.row()):  # a header: a whole row of the view
+            width = self._view.viewport().width() - 2 * self._view.spacing() - 2
+            return QSize(max(width, self._view.thumb + 2 * PAD), HEADER_HEIGHT)
+        return self._view.item_size
+
+    def paint(self, painter: QPainter, option, index) -> None:
+        painter.save()
+        try:
+            if index.data(LABEL_ROLE) is None:
+                self._paint_header(painter, option, index)
+            else:
+                self._paint_cell(painter, option, index)
+        finally:
+            painter.restore()
+
+    def _paint_header(self, painter, option, index) -> None:
+        rect = option.rect.adjusted(0, 3, 0, -1)
+        text = option.palette.text().color()
+        shade = QColor(text)
+        shade.setAlpha(40)  # a band in the theme's text colour: readable on dark and light themes
+        painter.fillRect(rect, shade)
+        font = QFont(option.font)
+        font.setBold(True)
+        painter.setFont(font)
+        painter.setPen(text)
+        painter.drawText(
+            rect.adjusted(6, 0, -6, 0),
+            Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
+            index.data(Qt.ItemDataRole.DisplayRole),
+        )
+
+    def _paint_cell(self, painter, option, index) -> None:
+        rect = option.rect
+        selected = bool(option.state & QStyle.StateFlag.State_Selected)
+        if selected:
+            painter.fillRect(rect, QColor(SELECTED_COLOUR))
+        side = self._view.thumb
+        thumb = QRect(rect.x() + PAD, rect.y() + PAD, side, side)
+        image = index.data(Qt.ItemDataRole.DecorationRole)
+        if image is None:  # being made
+            painter.fillRect(thumb, QColor("#3a3a3a"))
+            painter.setPen(QColor("#bbbbbb"))
+            painter.drawText(thumb, Qt.AlignmentFlag.AlignCenter, "…")
+        else:
+            painter.drawImage(thumb, image)
+        status = index.data(STATUS_ROLE)
+        colour = QColor(STATUS_COLOURS.get(status, STATUS_COLOURS["suggested"]))
+        pen = QPen(colour, 3)
+        pen.setJoinStyle(Qt.PenJoinStyle.MiterJoin)
+        painter.setPen(pen)
+        painter.drawRect(thumb.adjusted(-1, -1, 0, 0))
+        mark = STATUS_MARKS.get(status, "")
+        font = QFont(option.font)
+        if mark:
+            badge = QRect(thumb.x(), thumb.y(), 18, 18)
+            painter.fillRect(badge, colour)
+            font.setBold(True)
+            painter.setFont(font)
+            painter.setPen(QColor("white"))
+            painter.drawText(badge, Qt.AlignmentFlag.AlignCenter, mark)
+        font.setBold(False)
+        font.setPointSizeF(max(7.0, font.pointSizeF() - 1))
+        painter.setFont(font)
+        text_colour = option.palette.highlightedText() if selected else option.palette.text()
+        painter.setPen(text_colour.color())
+        caption = QRect(rect.x() + PAD, thumb.bottom() + 2, side, CAPTION)
+        painter.drawText(caption, Qt.AlignmentFlag.AlignCenter, index.data(CAPTION_ROLE))
+        if option.state & QStyle.StateFlag.State_HasFocus:
+            painter.setPen(QPen(option.palette.text().color(), 1, Qt.PenStyle.DotLine))
+            painter.drawRect(rect.adjusted(0, 0, -1, -1))
+
+
+class GalleryView(QListView):
+    """Thumbnails flowing left to right in rows; keys 1-5, U, X type the selection, Enter confirms."""
+
+    command = Signal(str)  # a cell type, or CONFIRM
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.set_thumb_size(THUMB)
+        self.setViewMode(QListView.ViewMode.ListMode)
+        self.setFlow(QListView.Flow.LeftToRight)
+        self.setWrapping(True)
+        self.setResizeMode(QListView.ResizeMode.Adjust)
+        self.setMovement(QListView.Movement.Static)
+        self.setUniformItemSizes(False)
+        self.setSpacing(2)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.verticalScrollBar().setSingleStep(24)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setMouseTracking(False)
+        self.setItemDelegate(CellDelegate(self))
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def set_thumb_size(self, side: int) -> None:
+        self.thumb = int(side)
+        self.item_size = QSize(self.thumb + 2 * PAD, self.thumb + 2 * PAD + CAPTION)
+        self.scheduleDelayedItemsLayout()
+
+    def _command_of(self, event) -> str | None:
+        shortcut = event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier
+        if shortcut != Qt.KeyboardModifier.NoModifier:
+            return None
+        if event.key() in CONFIRM_KEYS:
+            return CONFIRM
+        return KEY_TYPES.get(event.key())
+
+    def event(self, event) -> bool:
+        # the gallery's keys win over napari's shortcuts while the gallery has the focus
+        if event.type() == QEvent.Type.ShortcutOverride and self._command_of(event) is not None:
+            event.accept()
+            return True
+        return super().event(event)
+
+    def keyPressEvent(self, event) -> None:
+        command = self._command_of(event)
+        if command is None:
+            super().keyPressEvent(event)
+            return
+        event.accept()
+        self.command.emit(command)
+
+    def moveCursor(self, action, modifiers) -> QModelIndex:
+        """Arrows go from cell to cell over the headers: left/right in gallery order, up/down to
+        the cell above/below, across a header to the nearest cell of the next group."""
+        actions = QAbstractItemView.CursorAction
+        current = self.currentIndex()
+        row = current.row() if current.isValid() else -1
+        step = {
+            actions.MoveLeft: -1,
+            actions.MovePrevious: -1,
+            actions.MoveRight: 1,
+            actions.MoveNext: 1,
+        }.get(action)
+        if action == actions.MoveHome:
+            return self._cell_from(0, 1)
+        if action == actions.MoveEnd:
+            return self._cell_from(self.model().rowCount() - 1, -1)
+        if step is None:  # up, down, page up, page down: where Qt's geometry says
+            step = 1 if action in (actions.MoveDown, actions.MovePageDown) else -1
+            moved = super().moveCursor(action, modifiers)
+            if moved.isValid() and moved.row() != row:
+                if not self.model().is_header(moved.row()):
+                    return moved
+                row = moved.row()  # a header: on to the first cell past it
+        found = self._cell_from(row + step, step)
+        return found if found.isValid() else current
+
+    def _cell_from(self, row: int, step: int) -> QModelIndex:
+        """The first cell from ``row`` on, going ``step`` (+1 or -1)."""
+        model = self.model()
+        while 0 <= row < model.rowCount():
+            if not model.is_header(row):
+                return model.index(row)
+            row += step
+        return QModelIndex()
+
+    def visible_labels(self) -> list[int]:
+        """The cells on screen (rows flow top to bottom, so two binary searches find them)."""
+        model, height = self.model(), self.viewport().height()
+
+        def first(past) -> int:
+            lo, hi = 0, model.rowCount()
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if past(self.visualRect(model.index(mid))):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return lo
+
+        start = first(lambda rect: rect.bottom() < 0)
+        stop = first(lambda rect: rect.top() < height)
+        labels = (model.label_at(row) for row in range(start, stop))
+        return [label for label in labels if label is not None]
+
+    def is_visible(self, label: int) -> bool:
+        index = self.model().index_of(label)
+        return index.isValid() and self.visualRect(index).intersects(self.viewport().rect())
+
+
+class GalleryWidget(QWidget):
+    """The cells of a cells layer as thumbnails by type, for a reviewer to verify and sign off."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent=None):
+        super().__init__(parent)
+        self._viewer = viewer
+        self._layer: Labels | None = None
+        self._table: pd.DataFrame | None = None  # the reviewed table (the layer's features)
+        self._meta: dict = {}  # what the review file holds besides the table
+        self._review_file: Path | None = None
+        self._fresh = False  # the layer's pixels were replaced: the old review does not apply
+        self._set_aside = False  # the review file there is not this review's: keep a copy before saving
+        self._syncing = False  # True while the gallery itself moves the selection
+        self._writing = False  # True while the gallery itself writes the features
+        self._dirty = False  # a change not saved yet
+        self._models_seen: dict | None = None  # model name -> weights sha256, found once per layer
+        self.report: dict | None = None  # the files of the last sign-off
+        self.signoff_worker = None
+
+        self.layer_box = QComboBox()
+        self.layer_box.setToolTip("the cells layer to review (a segmentation with its measurements)")
+        self.differential = QLabel("no cells layer yet: run Segment white cells")
+        self.differential.setWordWrap(True)
+        self.differential.setToolTip(
+            "the differential count as it stands: count and percent per type; unidentified cells "
+            "apart, objects that are not a white cell excluded"
+        )
+        self.progress = QLabel("")
+        self.legend = QLabel(LEGEND)
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setToolTip(LEGEND_TIP)
+        font = self.legend.font()
+        font.setPointSizeF(max(7.0, font.pointSizeF() - 1))
+        self.legend.setFont(font)
+
+        self.thumbs = ThumbnailLoader(self, self._is_visible)
+        self.model = CellModel(self.thumbs, self)
+        self.view = GalleryView(self)
+        self.view.setModel(self.model)
+        self.view.setMinimumHeight(HEADER_HEIGHT + THUMB + 2 * PAD + CAPTION + 12)  # a row
+        self.size_box = QComboBox()
+        for side in SIZES:
+            self.size_box.addItem(f"{side} px", side)
+        self.size_box.setToolTip(
+            "thumbnail size: the same 20 um (or twice a cell's width) across, in more pixels"
+        )
+
+        self.reviewer = QLineEdit()
+        self.reviewer.setPlaceholderText("your name")
+        self.reviewer.setToolTip("who reviews: recorded with every change and with the sign-off")
+        self.signoff_button = QPushButton("Sign off")
+        self.signoff_button.setToolTip(
+            "record that the review is complete and write the report (CSV and HTML) beside the review"
+        )
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        layout = QVBoxLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("cells layer"))
+        row.addWidget(self.layer_box, 1)
+        layout.addLayout(row)
+        layout.addWidget(self.differential)
+        row = QHBoxLayout()
+        row.addWidget(self.progress, 1)
+        row.addWidget(QLabel("thumbnails"))
+        row.addWidget(self.size_box)
+        layout.addLayout(row)
+        layout.addWidget(self.legend)
+        layout.addWidget(self.view, 1)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("reviewer"))
+        row.addWidget(self.reviewer, 1)
+        row.addWidget(self.signoff_button)
+        layout.addLayout(row)
+        layout.addWidget(self.message)
+
+        self._save_timer = QTimer(self, singleShot=True, interval=SAVE_DELAY_MS)
+        self._save_timer.timeout.connect(self.save)
+        self.thumbs.ready.connect(self.model.refresh_labels)
+        self.thumbs.failed.connect(self._say)
+        self.view.command.connect(self._on_command)
+        self.view.selectionModel().currentChanged.connect(self._on_current_changed)
+        self.view.clicked.connect(self._on_current_changed)  # a click on the current cell centres it again
+        self.signoff_button.clicked.connect(self.sign_off)
+        self.reviewer.editingFinished.connect(self._on_reviewer)
+        self.layer_box.currentIndexChanged.connect(self._on_box)
+        self.size_box.currentIndexChanged.connect(self._on_size)
+        self._attached = False
+        self._attach()
+
+    def _viewer_connections(self):
+        events = self._viewer.layers.events
+        out = [
+            (e, self._refresh_layers)
+            for e in (events.inserted, events.removed, events.reordered, events.renamed)
+        ]
+        return [*out, (self._viewer.layers.selection.events.active, self._follow_active)]
+
+    def _attach(self) -> None:
+        """Follow the viewer's layers (again)."""
+        if self._attached:
+            return
+        self._attached = True
+        for emitter, slot in self._viewer_connections():
+            emitter.connect(slot)
+        self._refresh_layers()
+        active = self._viewer.layers.selection.active
+        if self._is_cells(active):
+            self.show_layer(active)
+
+    def detach(self) -> None:
+        """Save, then stop following the viewer (the widget was closed or taken out of its dock)."""
+        if not self._attached:
+            return
+        self._attached = False
+        for emitter, slot in self._viewer_connections():
+            emitter.disconnect(slot)
+        self._bind(None)
+
+    def event(self, event) -> bool:
+        # napari takes a removed widget out of its dock (no parent): stop following the viewer
+        if event.type() == QEvent.Type.ParentChange and hasattr(self, "_attached"):
+            if self.parent() is None:
+                self.detach()
+            else:
+                self._attach()
+        return super().event(event)
+
+    def closeEvent(self, event) -> None:
+        self.detach()
+        super().closeEvent(event)
+
+    def hideEvent(self, event) -> None:
+        self.save()  # e.g. the dock was hidden or tabbed away: write what is not saved yet
+        super().hideEvent(event)
+
+    # -- which layer -----------------------------------------------------------------------
+
+    def _is_cells(self, layer) -> bool:
+        return is_cells_layer(self._viewer.layers, layer) and "label" in layer.features.columns
+
+    def _cell_layers(self) -> list[Labels]:
+        return [layer for layer in self._viewer.layers if self._is_cells(layer)]
+
+    def _refresh_layers(self, _event=None) -> None:
+        layers = self._cell_layers()
+        self.layer_box.blockSignals(True)
+        try:
+            self.layer_box.clear()
+            for layer in layers:
+                self.layer_box.addItem(layer.name)
+            if self._layer in layers:
+                self.layer_box.setCurrentIndex(layers.index(self._layer))
+        finally:
+            self.layer_box.blockSignals(False)
+        if self._layer not in layers:
+            self._bind(layers[0] if layers else None)
+
+    def _on_box(self, index: int) -> None:
+        layers = self._cell_layers()
+        if 0 <= index < len(layers) and layers[index] != self._layer:
+            self._bind(layers[index])
+
+    def _follow_active(self, _event=None) -> None:
+        active = self._viewer.layers.selection.active
+        if self._is_cells(active) and active != self._layer:
+            self.show_layer(active)
+
+    def show_layer(self, layer: Labels) -> None:
+        """Review the cells of ``layer`` (a cells layer with its measurements)."""
+        layers = self._cell_layers()
+        if layer not in layers:
+            raise InputError(f"{layer.name!r} is not a cells layer with measurements and a nuclei layer")
+        self.layer_box.blockSignals(True)
+        self.layer_box.setCurrentIndex(layers.index(layer))
+        self.layer_box.blockSignals(False)
+        if layer != self._layer:
+            self._bind(layer)
+
+    @property
+    def layer(self) -> Labels | None:
+        return self._layer
+
+    def _bind(self, layer: Labels | None) -> None:
+        self.save()  # what the previous layer's review has not written yet
+        old = self._layer
+        if old is not None:
+            for emitter, slot in self._connections(old):
+                emitter.disconnect(slot)
+        self._layer, self._table, self._meta, self._review_file = layer, None, {}, None
+        self._fresh = self._set_aside = False
+        self._models_seen = None
+        self.report = None
+        self.thumbs.set_source(None, None, None, {})
+        self._say("")
+        if layer is None:
+            self.model.set_table(None)
+            self.differential.setText("no cells layer yet: run Segment white cells")
+            self.progress.setText("")
+            return
+        for emitter, slot in self._connections(layer):
+            emitter.connect(slot)
+        self._review_file = self._find_review_file(layer)
+        self._load()
+        self._set_source()
+
+    def _connections(self, layer):
+        nuclei = partner(self._viewer.layers, layer, "nuclei")
+        out = [
+            (layer.events.features, self._on_features),
+            (layer.events.selected_label, self._on_label_selected),
+            (layer.events.data, self._on_data_replaced),
+            (layer.events.paint, self._on_painted),
+        ]
+        if nuclei is not None:
+            out += [(nuclei.events.data, self._on_painted), (nuclei.events.paint, self._on_painted)]
+        return out
+
+    def _set_source(self) -> None:
+        """Give the thumbnail loader the pixels: the image, the cells and the nuclei."""
+        from ._save import source_image
+
+        layer = self._layer
+        nuclei = partner(self._viewer.layers, layer, "nuclei")
+        try:
+            image = source_image(self._viewer, layer)
+        except InputError as err:
+            self.thumbs.set_source(None, None, None, {})
+            self._say(f"no thumbnails: {err}")
+            return
+        self.thumbs.set_source(_level0(image), _level0(layer), _level0(nuclei), self._thumb_options())
+
+    def _thumb_options(self) -> dict:
+        """The thumbnails' scale (20 um with a pixel size, else twice the median cell width, as
+        the cells are now) and the cells' places, from the table (labels are not read whole)."""
+        options: dict = {"size": self.view.thumb}
+        pixel_size = (self._layer.metadata or {}).get("pixel_size")
+        if pixel_size:
+            options["pixel_size"] = float(pixel_size)
+        if self._table is not None and {"centroid_y", "centroid_x", "cell_area_px"} <= set(self._table):
+            columns = ["label", "centroid_y", "centroid_x", "cell_area_px", "cell_type"]
+            options["table"] = self._table[[c for c in columns if c in self._table]].copy()
+        return options
+
+    def _on_size(self, _index=None) -> None:
+        self.view.set_thumb_size(self.size_box.currentData())
+        if self._layer is not None:
+            self._set_source()  # made again at the new size
+
+    def _find_review_file(self, layer) -> Path | None:
+        """``<stem>_review.json`` beside the layer's cell TIFF (segment or slide outputs), else
+        beside its image; None when it has no file."""
+        from ..core.verification import review_path
+
+        meta = layer.metadata or {}
+        where = (meta.get("files") or {}).get("cells") or meta.get("source")
+        return review_path(where) if where else None
+
+    # -- the table -------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Start the review of the layer's table, resuming the saved review if there is one."""
+        from ..core.verification import apply_review, load_review, start_review
+
+        table = features_of(self._layer)
+        if table is None:
+            self.model.set_table(None)
+            self.differential.setText(f"{self._layer.name} has no cell measurements")
+            return
+        table = start_review(table)
+        path = self._review_file
+        if path is not None and path.is_file():
+            try:
+                review, self._meta = load_review(path)
+                table = apply_review(table, review)
+            except (OSError, ValueError) as err:
+                show_error(f"could not read the review {path}: {err}")
+                self._say(f"the saved review could not be read ({err}); starting afresh (it is kept)")
+                self._set_aside = True
+            else:
+                self._say(f"resumed the review saved in {path}")
+        reviewer = self._meta.get("reviewer") or (self._layer.metadata or {}).get("reviewer")
+        if reviewer:
+            self.reviewer.setText(str(reviewer))
+        self._show(table)
+
+    def _show(self, table: pd.DataFrame, keep: list[int] | None = None, current: int | None = None) -> None:
+        """Make ``table`` the layer's features and the gallery's items; select ``keep``."""
+        from ..core.measure import describe_counts
+
+        self._table = table.reset_index(drop=True)
+        self._writing = True
+        try:
+            set_features(self._layer, self._table)
+        finally:
+            self._writing = False
+        self.model.set_table(self._table)
+        if keep:
+            self.select_cells(keep, current=current)
+        self.differential.setText(describe_counts(self._layer.metadata["counts"]))  # set_features counted
+        n = len(self._table)
+        done = int((self._table["review_status"] != "suggested").sum()) if n else 0
+        self.progress.setText(f"reviewed {done} of {n}" + ("" if done == n else f" ({n - done} to go)"))
+
+    @property
+    def table(self) -> pd.DataFrame | None:
+        """The reviewed table (the layer's features without napari's columns)."""
+        return None if self._table is None else self._table.copy()
+
+    def _on_features(self, _event=None) -> None:
+        if not self._writing:  # another tool changed the table: take it after its event
+            QTimer.singleShot(0, self._adopt_features)
+
+    def _adopt_features(self) -> None:
+        """Follow a table another tool wrote (a new segmentation, edited cells, a type set
+        elsewhere), keeping the review of the cells that are still there."""
+        from ..core.verification import apply_review, start_review
+
+        if self._layer is None:
+            return
+        table = features_of(self._layer)
+        if table is None:
+            self._table = None
+            self.model.set_table(None)
+            return
+        kept = self.selected_cells()
+        if "review_status" not in table and self._table is not None and not self._fresh:
+            table = apply_review(start_review(table), self._table)
+            self._dirty = True
+            self._save_timer.start()
+        else:
+            table = start_review(table)
+            if self._fresh:  # new cells: the saved review and its sign-off were of others
+                self._set_aside, self._meta, self._models_seen = True, {}, None
+        self._fresh = False
+        self._show(table, keep=[label for label in kept if label in set(table["label"])])
+        self._set_source()  # the cells may have moved, or be new
+
+    def _on_data_replaced(self, _event=None) -> None:
+        self._fresh = True  # new cells: ids no longer name the reviewed ones
+        self._on_painted()
+
+    def _on_painted(self, _event=None) -> None:
+        self.thumbs.clear()
+        self.view.viewport().update()
+
+    # -- selection -------------------------------------------------------------------------
+
+    def selected_cells(self) -> list[int]:
+        """Ids of the selected thumbnails, in gallery order."""
+        rows = sorted(index.row() for index in self.view.selectionModel().selectedIndexes())
+        return [label for label in (self.model.label_at(row) for row in rows) if label is not None]
+
+    def select_cells(self, labels, current: int | None = None) -> None:
+        """Select these cells' thumbnails (``current``, default the first, gets the focus)."""
+        from qtpy.QtCore import QItemSelection, QItemSelectionModel
+
+        labels = [int(label) for label in labels]
+        selection = QItemSelection()
+        for label in labels:
+            index = self.model.index_of(label)
+            if index.isValid():
+                selection.select(index, index)
+        model = self.view.selectionModel()
+        focus = self.model.index_of(current if current is not None else (labels[0] if labels else -1))
+        if focus.isValid():
+            model.setCurrentIndex(focus, QItemSelectionModel.SelectionFlag.NoUpdate)
+            self.view.scrollTo(focus)
+        model.select(selection, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+
+    def _on_current_changed(self, current, _previous=None) -> None:
+        label = current.data(LABEL_ROLE) if current.isValid() else None
+        if label is None or self._layer is None or self._syncing:
+            return
+        self._syncing = True
+        try:
+            self._layer.selected_label = int(label)
+        finally:
+            self._syncing = False
+        self.centre_on(int(label))
+
+    def _on_label_selected(self, _event=None) -> None:
+        if self._syncing or self._layer is None:
+            return
+        label = int(self._layer.selected_label)
+        if not self.model.index_of(label).isValid() or label in self.selected_cells():
+            return
+        self._syncing = True
+        try:
+            self.select_cells([label])
+        finally:
+            self._syncing = False
+
+    def centre_on(self, label: int) -> None:
+        """Centre the viewer on cell ``label``, zooming when it would be cut or a dot."""
+        table = self._table
+        row = table.loc[table["label"] == label] if table is not None else None
+        if row is None or row.empty or "centroid_y" not in row:
+            return
+        centroid = (float(row["centroid_y"].iloc[0]), float(row["centroid_x"].iloc[0]))
+        camera = self._viewer.scene.camera
+        camera.center = tuple(float(v) for v in self._layer.data_to_world(centroid))
+        area = float(row["cell_area_px"].iloc[0]) if "cell_area_px" in row else 0.0
+        width = 2 * math.sqrt(max(area, 1.0) / math.pi) * float(np.min(np.abs(self._layer.scale[-2:])))
+        canvas = min(self._viewer.canvas.size)
+        shown = canvas / camera.zoom  # world units across the smaller side of the canvas
+        if not ZOOM_FIT * width <= shown <= ZOOM_MAX * width:
+            camera.zoom = canvas / (ZOOM_TO * width)
+
+    def _is_visible(self, label: int) -> bool:
+        return self.view.isVisible() and self.view.is_visible(label)
+
+    # -- review ----------------------------------------------------------------------------
+
+    def _on_command(self, command: str) -> None:
+        if command == CONFIRM:
+            self.confirm()
+        else:
+            self.set_type(command)
+
+    def set_type(self, cell_type: str) -> bool:
+        """Give the selected cells ``cell_type``; False (and a message) when nothing changed."""
+        from ..core.verification import set_type
+
+        return self._change(lambda table, labels, who: set_type(table, labels, cell_type, who))
+
+    def confirm(self) -> bool:
+        """Confirm the selected cells' types."""
+        from ..core.verification import confirm
+
+        return self._change(confirm)
+
+    def _change(self, change) -> bool:
+        labels = self.selected_cells()
+        if self.signoff_worker is not None:
+            self._say("wait a moment: the report of the sign-off is being written")
+            return False
+        if self._table is None or not labels:
+            self._say("select a cell first (click a thumbnail)")
+            return False
+        reviewer = self.reviewer.text().strip()
+        if not reviewer:
+            self._refuse("type your name in 'reviewer' first: every change records who made it")
+            self.reviewer.setFocus()
+            return False
+        try:
+            table = change(self._table, labels, reviewer)
+        except ValueError as err:
+            self._refuse(str(err))
+            return False
+        order = self.model.cell_order()
+        after = [label for label in order[order.index(labels[-1]) + 1 :] if label not in labels]
+        before = [label for label in order[: order.index(labels[0])] if label not in labels]
+        following = after[0] if after else (before[-1] if before else labels[0])
+        self._show(table, keep=[following])
+        self._say("")
+        if self._meta.get("signoff"):
+            self._meta["signoff"] = None
+            self._say("changed after the sign-off: sign off again")
+        self._dirty = True
+        self._save_timer.start()
+        return True
+
+    def _on_reviewer(self) -> None:
+        name = self.reviewer.text().strip()
+        if self._layer is not None and name:
+            self._layer.metadata = {**self._layer.metadata, "reviewer": name}
+
+    def save(self) -> Path | None:
+        """Write the review now if a change is not saved yet; the file (None if not written)."""
+        from ..core.verification import save_review
+
+        self._save_timer.stop()
+        if not self._dirty or self._table is None:
+            return None
+        path = self._review_file
+        if path is None:
+            self._say("the review is kept in the layer only: its image has no file to save it beside")
+            self._dirty = False
+            return None
+        try:
+            if self._set_aside and path.exists():
+                kept = _keep_aside(path)
+                self._say(f"the earlier review there is kept as {kept.name}")
+            self._set_aside = False
+            save_review(path, self._table, self._review_meta())
+        except (OSError, ValueError) as err:
+            show_error(f"could not save the review to {path}: {err}")
+            self._say(f"not saved: {err}")
+            return None
+        self._dirty = False
+        return path
+
+    def _review_meta(self) -> dict:
+        meta = dict(self._meta)
+        layer_meta = self._layer.metadata or {}
+        meta["image"] = layer_meta.get("source")
+        meta["reviewer"] = self.reviewer.text().strip()
+        if "models" not in meta:
+            meta["models"] = self._models()
+        self._meta = meta
+        return meta
+
+    def _models(self) -> dict[str, str | None]:
+        """Model name -> weights sha256 of what segmented and typed the cells."""
+        from ..core.celltypes import CLASSIFIER
+        from ..core.verification import weights_sha256
+
+        if self._models_seen is not None:
+            return self._models_seen
+        models = {}
+        model = (self._layer.metadata or {}).get("model")
+        if model:
+            models[model] = weights_sha256(model)
+        if self._table is not None and any(c.startswith("p_") for c in self._table.columns):
+            models[CLASSIFIER] = weights_sha256(CLASSIFIER)
+        self._models_seen = models
+        return models
+
+    # -- sign-off --------------------------------------------------------------------------
+
+    def sign_off(self, _checked=None):
+        """Sign the review off and write the report; returns the worker (None when refused)."""
+        from ..core.verification import SignOffRefused, sign_off
+
+        if self.signoff_worker is not None:
+            return None
+        if self._table is None:
+            self._refuse("sign-off refused: no cells layer to review (run Segment white cells)")
+            return None
+        try:
+            record = sign_off(self._table, self.reviewer.text(), self._models())
+        except SignOffRefused as err:
+            self._refuse(str(err))
+            return None
+        if self._review_file is None:
+            self._refuse("sign-off refused: the image has no file, so the report has no folder to go in")
+            return None
+        if self.thumbs.source is None:
+            self._refuse("sign-off refused: the image is not in the viewer, so the report has no thumbnails")
+            return None
+        folder, stem = self._review_file.parent, self._review_file.name.removesuffix("_review.json")
+        image, cells, nuclei, options = self.thumbs.source
+        options = {**options, "size": THUMB}  # the report's page has room for 96 px
+        meta = {**self._review_meta(), "pixel_size": (self._layer.metadata or {}).get("pixel_size")}
+        table = self._table.copy()
+        worker = _report_job(image, cells, nuclei, options, folder, stem, table, record, meta)
+        worker.returned.connect(lambda paths: self._signed(record, paths))
+        worker.errored.connect(self._report_failed)
+        worker.finished.connect(self._report_finished)
+        self.signoff_worker = worker
+        self.signoff_button.setEnabled(False)
+        self._say(f"signing off: writing the report into {folder}")
+        worker.start()
+        return worker
+
+    def _signed(self, record: dict, paths: dict) -> None:
+        self.report = {key: Path(path) for key, path in paths.items()}
+        self._meta["signoff"] = record
+        self._meta["report"] = {key: str(path) for key, path in self.report.items()}
+        self._dirty = True
+        self.save()
+        page = self.report.get("html") or next(iter(self.report.values()), None)
+        text = f"signed off by {record.get('reviewer')}; report: {page}"
+        self._say(text)
+        show_info(text)
+
+    def _report_failed(self, err: Exception) -> None:
+        log.error("report failed", exc_info=err)
+        self._refuse(f"the sign-off was not recorded: the report could not be written: {err}")
+
+    def _report_finished(self) -> None:
+        self.signoff_worker = None
+        self.signoff_button.setEnabled(True)
+
+    # -- messages --------------------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        self.message.setStyleSheet("")
+        self.message.setText(text)
+
+    def _refuse(self, text: str) -> None:
+        self.message.setStyleSheet("color: #ff6b6b;")
+        self.message.setText(text)
+        show_warning(text)
