@@ -73,10 +73,42 @@ def test_merge_touching_cells_into_the_smaller_id(scene):
     assert np.count_nonzero(out.cells == 2) == np.count_nonzero(np.isin(cells, [2, 3]))
     assert np.count_nonzero(out.nuclei == 2) == np.count_nonzero(np.isin(nuclei, [2, 3]))
     assert_valid(out.cells, out.nuclei)
-    with pytest.raises(ValueError, match="do not touch"):
-        edit.merge_cells(cells, nuclei, [2, 4])
     with pytest.raises(ValueError, match="two different"):
         edit.merge_cells(cells, nuclei, [2, 2])
+
+
+def test_merging_cells_that_do_not_touch_is_refused_and_says_how_far_apart(scene):
+    cells, nuclei = scene
+    before = cells.copy(), nuclei.copy()
+    # cell 2 ends at row 24, cell 4 starts at row 50: 25 rows of background between them
+    with pytest.raises(ValueError, match=r"cells 2, 4 do not touch \(a gap of 25 px\): not merged"):
+        edit.merge_cells(cells, nuclei, [4, 2], inplace=True)
+    assert np.array_equal(cells, before[0]) and np.array_equal(nuclei, before[1])  # nothing changed
+
+
+def test_only_the_pieces_of_one_cell_merge_not_cells_that_merely_touch():
+    """Two round cells side by side touch over a few pixels (8 here; 13 px between the two
+    white cells of the sample field, 130 and 170 px wide); the halves of one cell share a border
+    as long as the cell is wide."""
+    cells = np.zeros((100, 180), np.uint32)
+    cells[disk((50, 50), 40, shape=cells.shape)] = 1  # columns 11..89
+    cells[disk((50, 130), 40, shape=cells.shape)] = 2  # columns 91..169
+    cells[46:54, 90] = 1  # cell 1 reaches cell 2 along 8 rows
+    nuclei = np.where(np.isin(cells, [1, 2]) & (np.arange(180) % 40 < 10), cells, 0).astype(np.uint32)
+    before = cells.copy(), nuclei.copy()
+    with pytest.raises(ValueError, match=r"cells 1 and 2 barely touch \(8 px of border in common"):
+        edit.merge_cells(cells, nuclei, [1, 2], inplace=True)
+    assert np.array_equal(cells, before[0]) and np.array_equal(nuclei, before[1])
+    out = edit.merge_cells(cells, nuclei, [1, 2], min_contact=0)  # a caller may allow it
+    assert set(np.unique(out.cells)) == {0, 1}
+
+    halves = np.where((cells == 2) & (np.arange(180) >= 130), 3, cells).astype(np.uint32)
+    out = edit.merge_cells(halves, edit.clip_nuclei(halves, nuclei), [2, 3])  # 79 px in common
+    assert out.ids == [2] and np.array_equal(out.cells == 2, cells == 2)
+    assert_valid(out.cells, out.nuclei)
+    # three pieces: merged when each holds to the others, refused when one merely touches them
+    with pytest.raises(ValueError, match=r"cells 1 and 2\+3 barely touch \(8 px"):
+        edit.merge_cells(halves, edit.clip_nuclei(halves, nuclei), [3, 1, 2])
 
 
 def test_split_by_two_clicks_cuts_at_the_waist(scene):
@@ -95,6 +127,28 @@ def test_split_by_two_clicks_cuts_at_the_waist(scene):
         edit.split_cell(cells, nuclei, 1, [(30, 30), (70, 5)])
     with pytest.raises(ValueError, match="two different points"):
         edit.split_cell(cells, nuclei, 1, [(30, 30), (30.2, 30.1)])
+
+
+def test_split_of_a_round_cell_cuts_between_the_points_or_is_refused():
+    """No waist to follow: the cut lies halfway between the points, never a sliver at one of them."""
+    cells = np.zeros((80, 80), np.uint32)
+    cells[disk((40, 40), 20, shape=cells.shape)] = 1  # 1245 px
+    nuclei = np.where(np.hypot(*np.mgrid[-40:40, -40:40]) < 8, cells, 0).astype(np.uint32)
+    # one point at the centre, one 3 px inside the edge: flooding from the centre gave the
+    # second point a 9-px "cell"; halfway (x = 48.5) it gets the cap beyond, about a quarter
+    out = edit.split_cell(cells, nuclei, 1, [(40, 40), (40, 57)])
+    small = np.count_nonzero(out.cells == 2)
+    assert 0.2 * 1245 < small < 0.3 * 1245
+    assert set(np.flatnonzero((out.cells == 2).any(0))) == set(range(49, 60))  # x = 49 .. the edge
+    assert_valid(out.cells, out.nuclei)
+    # two points in the same half: as the cut lies halfway, the piece beyond is a sliver: refused
+    before = cells.copy(), nuclei.copy()
+    with pytest.raises(ValueError, match=r"piece at point 2 would be \d+ px, \d% of cell 1, too small"):
+        edit.split_cell(cells, nuclei, 1, [(40, 50), (40, 58)], inplace=True)
+    assert np.array_equal(cells, before[0]) and np.array_equal(nuclei, before[1])
+    # a caller may allow it
+    out = edit.split_cell(cells, nuclei, 1, [(40, 50), (40, 58)], min_fraction=0)
+    assert 0 < np.count_nonzero(out.cells == 2) < 0.2 * 1245
 
 
 @pytest.mark.parametrize("line", [[(0, 44), (79, 44)], [(5, 30), (55, 58)], [(0, 40), (30, 46), (79, 42)]])
@@ -231,3 +285,39 @@ def test_edited_cells_and_table_follow_the_edits(scene):
     assert (counts["n_lymphocyte"], counts["n_neutrophil"], counts["n_monocyte"]) == (1, 1, 0)
     assert counts["pct_neutrophil"] == counts["pct_lymphocyte"] == 50.0
     assert "cell_area_um2" in table
+
+
+def test_a_pair_saved_again_unchanged_is_found_not_written(scene, tmp_path):
+    """Saving a corrected field twice: the second save finds the first (same sha256 of the
+    image, the instance maps and the table); any change makes it a new pair."""
+    from napari_wbc.core.dataset import find_saved_pair, read_manifest, save_training_pair
+
+    cells, nuclei = scene
+    image = np.random.default_rng(1).integers(0, 255, (*cells.shape, 3), dtype=np.uint8)
+    table = edit.set_type(edit.remeasure(None, cells, nuclei), 2, "neutrophil")
+    root = tmp_path / "training"
+    assert find_saved_pair(root, image, cells, nuclei, table=table) is None  # no folder yet
+    first = save_training_pair(
+        root, image, cells, nuclei, {"source": "smear.png", "pixel_size_um": 0.1}, table=table
+    )
+    assert first == "smear"
+    assert find_saved_pair(root, image, cells, nuclei, table=table, pixel_size=0.1) == first
+    changed_cell = cells.copy()
+    changed_cell[30, 30] = 0  # one pixel less of cell 1
+    changed_image = image.copy()
+    changed_image[0, 0] = 255 - changed_image[0, 0]
+    for what in (
+        (image, changed_cell, edit.clip_nuclei(changed_cell, nuclei), {"table": table}),
+        (changed_image, cells, nuclei, {"table": table}),
+        (image, cells, nuclei, {"table": edit.set_type(table, 3, "monocyte")}),  # a type set since
+        (image, cells, nuclei, {}),  # without the table
+        (image, cells, nuclei, {"table": table, "region": (0, 0, 40, 70)}),  # a part of it
+    ):
+        *maps, kwargs = what
+        assert find_saved_pair(root, *maps, **kwargs, pixel_size=0.1) is None
+    crop = (0, 0, 40, 70)
+    part = save_training_pair(root, image, cells, nuclei, {"source": "smear.png"}, region=crop)
+    assert find_saved_pair(root, image, cells, nuclei, region=crop) == part == "smear_y0_x0"
+    assert [r["stem"] for r in read_manifest(root)] == ["smear", "smear_y0_x0"]
+    (root / "images" / "smear.png").unlink()  # a pair removed from the folder is not there to find
+    assert find_saved_pair(root, image, cells, nuclei, table=table, pixel_size=0.1) is None

@@ -92,9 +92,19 @@ def test_delete_and_merge(setup, qtbot, notifications):
     assert list(features.index) == [1, 3]
     assert features.loc[1, "cell_area_px"] == 800 and cells_layer.selected_label == 1
     assert widget.edited == {1, 2} and bool(features.loc[1, "edited"]) and not features.loc[3, "edited"]
-    widget.ids.value = "1, 3"  # not touching
+
+    # cells that do not touch: refused, said in a notification and the status, nothing changed
+    before = np.asarray(cells_layer.data).copy(), np.asarray(nuclei_layer.data).copy()
+    widget.ids.value = "1, 3"  # 1 ends at row 24, 3 starts at row 40: 15 rows apart
     widget.merge_button.clicked.emit()
-    assert "do not touch" in notifications[-1][1]
+    _settle(qtbot, widget)
+    message = "cells 1, 3 do not touch (a gap of 15 px): not merged"
+    assert notifications[-1][0] == "error" and notifications[-1][1].startswith(message)
+    assert widget.status.value.startswith(message)
+    cells, nuclei, features = _state(cells_layer, nuclei_layer)
+    assert np.array_equal(cells, before[0]) and np.array_equal(nuclei, before[1])
+    assert list(features.index) == [1, 3] and widget.edited == {1, 2}
+    assert widget.ids.value == "1, 3"  # kept, to correct
 
 
 def test_split_with_points_and_with_a_line(setup, qtbot):
@@ -118,6 +128,26 @@ def test_split_with_points_and_with_a_line(setup, qtbot):
     assert list(features.index) == [1, 2, 3, 4, 5]
     assert {int(cells[15, 8]), int(cells[15, 22])} == {1, 5}
     assert widget.edited == {1, 3, 4, 5}
+
+
+def test_a_split_that_leaves_a_sliver_is_refused(setup, qtbot, notifications):
+    _, cells_layer, nuclei_layer, widget = setup
+    before = np.asarray(cells_layer.data).copy(), np.asarray(nuclei_layer.data).copy()
+    points = widget.add_drawing("points")
+    points.data = np.array([[15, 19], [15, 23]])  # both near the right edge of cell 1 (columns 5..24)
+    widget.split_button.clicked.emit()
+    _settle(qtbot, widget)
+    errors = [m for s, m in notifications if s == "error"]
+    assert len(errors) == 1 and "of cell 1, too small for a white cell" in errors[0]
+    assert "draw a line across it" in errors[0] and "too small" in widget.status.value
+    assert np.array_equal(cells_layer.data, before[0]) and np.array_equal(nuclei_layer.data, before[1])
+    assert list(cells_layer.features["label"]) == [1, 2, 3] and widget.edited == set()
+    assert len(points.data) == 2  # the points stay, to move
+    points.data = np.array([[15, 8], [15, 21]])  # apart: the square is cut halfway between them
+    widget.split_button.clicked.emit()
+    _settle(qtbot, widget)
+    cells, _, features = _state(cells_layer, nuclei_layer)
+    assert list(features.index) == [1, 2, 3, 4] and min(features["cell_area_px"]) >= 0.2 * 400
 
 
 def test_new_cell_from_a_polygon_or_a_mask_and_its_nucleus(setup, qtbot):
@@ -237,8 +267,20 @@ def test_save_as_training_data(setup, qtbot, tmp_path, notifications):
     assert record["weights_sha256"] == sha256(resolve_weights("mifnet") / "model.safetensors")
     assert record["n_cells"] == 2 and record["shape"] == [80, 100] and "date" in record
     assert ("info", f"saved smear to {folder} (2 cells edited)") in notifications
-    widget.save_button.clicked.emit()  # a second save never overwrites the first
+    # saving again, unchanged: said, not written a second time
+    files = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    widget.save_button.clicked.emit()
+    message = f"already saved as smear in {folder}, unchanged since: not saved again"
+    assert notifications[-1] == ("info", message) and widget.status.value == message
+    assert [r["stem"] for r in read_manifest(folder)] == ["smear"]
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == files
+    # a type set since: a new pair, beside the first (which is never overwritten)
+    widget.ids.value = "3"
+    widget.cell_type.value = "monocyte"
+    widget.type_button.clicked.emit()
+    widget.save_button.clicked.emit()
     assert [r["stem"] for r in read_manifest(folder)] == ["smear", "smear-2"]
+    assert notifications[-1] == ("info", f"saved smear-2 to {folder} (2 cells edited)")
     assert validate_training_folder(folder) == []
 
 
@@ -275,3 +317,74 @@ def test_save_the_visible_part(make_napari_viewer_proxy, qtbot, tmp_path):
     assert record["shape"] == [y1 - y0, x1 - x0] and record["shape"] != [80, 100]
     assert record["stem"] == f"smear_y{y0}_x{x0}"
     assert validate_training_folder(tmp_path / "training") == []
+
+
+def test_a_short_dock_scrolls_to_every_control(make_napari_viewer_proxy, qtbot):
+    """With other docks on a small screen the widget shrinks to DOCK_MIN_HEIGHT, and scrolls."""
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_wbc._widgets._layers import DOCK_MIN_HEIGHT
+
+    viewer = make_napari_viewer_proxy()
+    widget = CorrectWidget(viewer)
+    scroll = widget.native.findChild(QScrollArea)
+    assert widget.native.minimumSizeHint().height() == DOCK_MIN_HEIGHT < scroll.sizeHint().height()
+    widget.native.resize(420, DOCK_MIN_HEIGHT)
+    widget.native.show()
+    bar = scroll.verticalScrollBar()
+    qtbot.waitUntil(lambda: bar.maximum() > 0, timeout=5_000)
+
+    def shown(button) -> bool:
+        top = button.native.mapTo(scroll.viewport(), QPoint(0, 0)).y()
+        return 0 <= top and top + button.native.height() <= scroll.viewport().height()
+
+    assert shown(widget.delete_button) and not shown(widget.save_button)
+    scroll.ensureWidgetVisible(widget.save_button.native)
+    assert shown(widget.save_button) and bar.value() > 0
+    widget.native.close()
+
+
+def test_the_traps_on_the_segmented_sample_field(
+    make_napari_viewer_proxy, qtbot, trained_model, tmp_path, notifications
+):
+    """As a user met them, on the sample field: its two white cells touch over 13 px (merging
+    them made one 'cell'), two clicks near the edge of a cell cut off a sliver, and a second
+    save wrote the same pair again. Each is refused or said, and nothing changes."""
+    from napari_wbc._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer_proxy()
+    viewer.open_sample("napari-wbc", "two_cells")
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment)
+    assert segment.run() is not None
+    qtbot.waitUntil(lambda: segment.worker is None, timeout=120_000)
+    widget = CorrectWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    cells_layer = viewer.layers["BloodImage_00034 cells"]
+    nuclei_layer = viewer.layers["BloodImage_00034 nuclei"]
+    assert widget.layer.value == cells_layer
+    before = np.asarray(cells_layer.data).copy(), np.asarray(nuclei_layer.data).copy()
+    assert set(np.unique(before[0])) == {0, 1, 2}
+
+    widget.ids.value = "1, 2"
+    widget.merge_button.clicked.emit()
+    assert notifications[-1][0] == "error"
+    assert notifications[-1][1].startswith("cells 1 and 2 barely touch (13 px of border in common")
+
+    points = widget.add_drawing("points")
+    ys, xs = np.nonzero(before[0] == 1)
+    y = int(np.median(ys[xs == xs.max()]))
+    points.data = np.array([[y, xs.max() - 12], [y, xs.max() - 2]])  # both within 12 px of its edge
+    widget.split_button.clicked.emit()
+    assert notifications[-1][0] == "error"
+    assert notifications[-1][1].startswith("not split: the piece at point 2 would be")
+    _settle(qtbot, widget)
+    assert np.array_equal(cells_layer.data, before[0]) and np.array_equal(nuclei_layer.data, before[1])
+    assert widget.edited == set()
+
+    widget.folder.value = tmp_path / "training"
+    widget.save_button.clicked.emit()
+    widget.save_button.clicked.emit()
+    assert notifications[-1][1].startswith("already saved as BloodImage_00034 in ")
+    assert [r["stem"] for r in read_manifest(tmp_path / "training")] == ["BloodImage_00034"]

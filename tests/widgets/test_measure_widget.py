@@ -67,6 +67,10 @@ def test_table_shows_one_row_per_cell(setup):
     assert headers[-2:] == ["centroid_y", "centroid_x"]
     assert sorted(headers) == sorted(table.columns)  # all measurements, no napari `index` column
     assert widget.summary.value == "3 white cells (2 complete)"
+    # small as the table may get (docked with others), it shows its header and three rows
+    rows = sum(widget.table.rowHeight(r) for r in range(3))
+    header = widget.table.horizontalHeader().height()
+    assert header + rows <= widget.table.minimumHeight() <= header + rows + 10
     # a person reads plain names, with what each means (and its unit) on hover
     shown = {
         widget.table.horizontalHeaderItem(c).data(COLUMN_ROLE): widget.table.horizontalHeaderItem(c)

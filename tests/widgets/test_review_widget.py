@@ -8,6 +8,7 @@ import tifffile
 from PIL import Image
 from qtpy.QtCore import Qt
 
+from napari_wbc._widgets._layers import REVIEW_OPACITY
 from napari_wbc._widgets.review import ReviewWidget
 from napari_wbc.core.measure import measure_cells
 from napari_wbc.core.review import AGREE, FN, FP, TP_CYTOPLASM, TP_NUCLEUS
@@ -96,6 +97,10 @@ def test_review_colours_metrics_and_cells(setup, qtbot, notifications):
     assert colours[0][3] == 0  # agreement on background is transparent
     np.testing.assert_allclose(colours[1:], [YELLOW, BLUE, GREEN, RED])
     assert "false positive" in widget.legend.value and "#ffff00" in widget.legend.value
+    assert widget.legend.value.count("<br>") == 1  # two lines; what each colour means on hover
+    assert "in the reference, missed" in widget.legend.tooltip
+    # faint, so that the stain under the colours stays readable; filled, as in the papers' figures
+    assert review.opacity == REVIEW_OPACITY <= 0.5 and review.contour == 0
 
     # whole cell: predicted 700 px, reference 510, overlap 360
     assert _metric(widget, 0, 0) == f"{100 * 360 / 700:.2f}"  # precision

@@ -89,6 +89,42 @@ def test_segment_sample_field(viewer, qtbot, trained_model, notifications, datas
     assert table.summary.value.startswith(f"{len(ids)} white cells")
 
 
+def _shows_whole(viewer, layer) -> bool:
+    """The camera shows all of ``layer``, and fills the canvas with it (not a speck in the middle)."""
+    h, w = viewer.canvas.size
+    cy, cx = viewer.camera.center[-2:]
+    zoom = viewer.camera.zoom
+    (y0, x0), (y1, x1) = layer.extent.world[:, -2:]
+    seen = cy - h / 2 / zoom <= y0 and cy + h / 2 / zoom >= y1 and cx - w / 2 / zoom <= x0
+    return seen and cx + w / 2 / zoom >= x1 and zoom >= 0.9 * min(h / (y1 - y0), w / (x1 - x0))
+
+
+def test_first_result_is_shown_whole_and_in_outlines(make_napari_viewer_proxy, qtbot, trained_model):
+    """After an image's first segmentation the whole image is in view, though the view was
+    fitted before the docks narrowed the canvas, and stays so while the docks settle, until the
+    user moves it. Cells and nuclei are outlines over the stain."""
+    viewer = make_napari_viewer_proxy(show=True)  # drawn: the canvas has its real size
+    viewer.window._qt_window.resize(1920, 1080)
+    image = viewer.open_sample("napari-wbc", "two_cells")[0]
+    viewer.camera.zoom *= 3  # zoomed into a corner, as a view fitted before the docks may look
+    viewer.camera.center = (0, 0)
+    assert not _shows_whole(viewer, image)
+    widget = _widget(viewer)
+    _run(qtbot, widget)
+    assert _shows_whole(viewer, image)
+    viewer.window._qt_window.resize(1300, 800)  # the canvas shrinks further (a dock added, say)
+    qtbot.waitUntil(lambda: viewer.canvas.size[1] < 900, timeout=5_000)
+    qtbot.waitUntil(lambda: _shows_whole(viewer, image), timeout=5_000)
+    cells, nuclei = viewer.layers[f"{SAMPLE} cells"], viewer.layers[f"{SAMPLE} nuclei"]
+    assert (cells.contour, cells.opacity) == (2, 1.0)
+    assert (nuclei.contour, nuclei.opacity) == (1, 1.0)
+    viewer.camera.zoom *= 4  # the user zooms into a cell: from now on the view is theirs
+    view, size = (viewer.camera.center, viewer.camera.zoom), viewer.canvas.size
+    viewer.window._qt_window.resize(1600, 950)  # (the view followed the canvas until now)
+    qtbot.waitUntil(lambda: viewer.canvas.size != size, timeout=5_000)
+    assert (viewer.camera.center, viewer.camera.zoom) == view
+
+
 def test_running_again_updates_the_layers(viewer, qtbot, trained_model, notifications):
     image = viewer.open_sample("napari-wbc", "two_cells")[0]
     widget = _widget(viewer)
@@ -109,10 +145,17 @@ def test_running_again_updates_the_layers(viewer, qtbot, trained_model, notifica
     assert cells_layer.features.equals(first_features)
     for name in (f"{SAMPLE} cells", f"{SAMPLE} nuclei"):
         assert tuple(viewer.layers[name].scale) == (0.5, 0.5)
+    # a later run keeps the user's view and display settings: zoomed into a cell, nuclei filled
+    viewer.layers[f"{SAMPLE} nuclei"].contour = 0  # layer controls: contour 0
+    viewer.camera.zoom *= 4
+    viewer.camera.center = tuple(0.5 * np.mean(np.argwhere(first == 1), axis=0))
+    view = (viewer.camera.center, viewer.camera.zoom)
     # flip-averaged: the same cells, outlines a little different, still in the same layer
     widget.flip_average.value = True
     _run(qtbot, widget)
     assert _errors(notifications) == []
+    assert (viewer.camera.center, viewer.camera.zoom) == view
+    assert viewer.layers[f"{SAMPLE} nuclei"].contour == 0 and viewer.layers[f"{SAMPLE} cells"].contour == 2
     assert viewer.layers[f"{SAMPLE} cells"].unique_id == first_id
     tta = np.asarray(viewer.layers[f"{SAMPLE} cells"].data)
     assert len(np.unique(tta)) == len(np.unique(first))
@@ -245,3 +288,36 @@ def test_image_choice_follows_the_active_layer(viewer):
     assert widget.image.value == other
     viewer.layers.selection.active = viewer.layers["not an image"]
     assert widget.image.value == other  # labels are not offered
+
+
+# A 1080-px screen leaves about 1000 px to a window (a desktop panel, the title bar), of which
+# napari's menu and status bars take some 60 and each dock's title bar and splitter some 26.
+DOCKS = {  # display name: the most height (px) its widget may ask for
+    "Segment white cells": 200,  # whole (its options folded): the count in its status stays in view
+    "Cell measurements": 180,  # the table's header and three rows
+    "Review against a reference": 160,  # these two scroll below DOCK_MIN_HEIGHT
+    "Correct cells": 160,
+}
+
+
+def test_the_docks_fit_a_1080p_screen(make_napari_viewer_proxy, qtbot):
+    from napari_wbc._widgets._layers import DOCK_MIN_HEIGHT
+
+    viewer = make_napari_viewer_proxy(show=True)
+    window = viewer.window._qt_window
+    widgets = {name: viewer.window.add_plugin_dock_widget("napari-wbc", name)[1] for name in DOCKS}
+    heights = {name: widget.native.minimumSizeHint().height() for name, widget in widgets.items()}
+    for name, most in DOCKS.items():
+        assert heights[name] <= most, f"{name} asks for {heights[name]} px"
+    assert heights["Correct cells"] == heights["Review against a reference"] == DOCK_MIN_HEIGHT
+    assert sum(sorted(heights.values())[-3:]) <= 560  # any three docks: well under 1000 - 60 - 3 * 26
+    # all four docked: the window still fits the screen, with room for the canvas
+    assert window.minimumSizeHint().height() <= 1000
+    window.resize(1920, 1000)
+    qtbot.waitUntil(lambda: window.height() == 1000 and viewer.canvas.size[0] > 800, timeout=5_000)
+    # the folded options of Segment: there, and one click away
+    segment = widgets["Segment white cells"]
+    assert not segment.settings.expanded and not segment.device.native.isVisible()
+    segment.settings.toggle.clicked.emit()
+    qtbot.waitUntil(lambda: segment.device.native.isVisible(), timeout=5_000)
+    assert segment.settings.expanded and segment.settings.toggle.text.startswith("▾")

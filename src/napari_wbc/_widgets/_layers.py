@@ -7,6 +7,14 @@ widget names them) and ``"<stem>_cells"`` with ``"<stem>_nuclei"`` (the TIFF pai
 whose values are 0, 1 and 2 is a class map (the layout of the datasets). The review of a
 cells layer is the layer ``"<image> review"``; its metadata holds the reference it was
 made against, so that edits can bring it up to date.
+
+How results are drawn: cells and nuclei as outlines (``contour``), so that the stain
+inside them, the chromatin and granules a hematologist judges, stays in view; napari's
+layer controls fill them (contour 0), and a new run keeps that choice. The review's
+TP/FP/FN colours are faint (``REVIEW_OPACITY``) for the same reason.
+
+The docks stay small (:func:`scroll_form`, :class:`Options`): each scrolls rather than
+asking for more height than the screen has, and settings one rarely changes are folded away.
 """
 
 from __future__ import annotations
@@ -14,7 +22,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from magicgui.widgets import Container, PushButton
 from napari.layers import Labels
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import QFrame, QScrollArea
 
 from ..core.io import InputError
 
@@ -23,7 +34,11 @@ if TYPE_CHECKING:
 
 KINDS = ("cells", "nuclei")
 NAPARI_ONLY_COLUMNS = ("index",)
-REVIEW_OPACITY = 0.7
+# outlines (px thick on screen at zoom 1), opaque so a thin line stays visible; the nucleus
+# thinner than its cell, so the two nested outlines (same id, same colour) are told apart
+CELLS_STYLE = {"contour": 2, "opacity": 1.0}
+NUCLEI_STYLE = {"contour": 1, "opacity": 1.0}
+REVIEW_OPACITY = 0.4  # the stain shows through the TP/FP/FN colours
 
 
 def split_name(name: str) -> tuple[str, str, str] | None:
@@ -179,3 +194,73 @@ def show_review(viewer, cells, result, reference: dict, table: pd.DataFrame | No
         "matches": result.cells,
     }
     return layer
+
+
+# -- compact docks ---------------------------------------------------------------------------
+
+# A 1080-px screen leaves about 960 px to napari's dock area (less a panel, the window's title,
+# napari's menu and status bars); each dock adds its title bar and a splitter (about 26 px).
+# At 150 px five docks fit (5 x 176 = 880) and scroll; three fit at their full height.
+DOCK_MIN_HEIGHT = 150
+
+
+class _FormScroll(QScrollArea):
+    """A vertical scroll area around a form: as tall as the form when there is room, down to
+    ``min_height`` when there is not (then it scrolls); never narrower than the form."""
+
+    def __init__(self, form, min_height: int):
+        super().__init__()
+        self._min_height = min_height
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(form)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name); Qt's own caps it at 24 lines and caches it
+        hint = self.widget().sizeHint()
+        return QSize(hint.width() + self.verticalScrollBar().sizeHint().width(), hint.height())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        width = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(width, min(self._min_height, self.sizeHint().height()))
+
+
+def side_by_side(*widgets, labels: bool = False) -> Container:
+    """``widgets`` side by side, without margins of their own (with their labels if ``labels``)."""
+    out = Container(widgets=widgets, layout="horizontal", labels=labels)
+    out.margins = (0, 0, 0, 0)
+    return out
+
+
+def scroll_form(outer: Container, widgets, min_height: int = DOCK_MIN_HEIGHT) -> Container:
+    """Lay ``widgets`` out as a labelled form in a scroll area that fills ``outer`` (a dock's
+    widget, otherwise empty); returns the form."""
+    form = Container(widgets=widgets)
+    outer.margins = (0, 0, 0, 0)
+    outer.native.layout().addWidget(_FormScroll(form.native, min_height))
+    return form
+
+
+class Options(Container):
+    """Settings one rarely changes, folded under a button (folded at first)."""
+
+    def __init__(self, widgets, title: str = "options", tooltip: str = ""):
+        self._title = title
+        self.body = Container(widgets=widgets)
+        self.toggle = PushButton(text=f"▸ {title}", tooltip=tooltip or f"show or hide the {title}")
+        self.toggle.native.setFlat(True)
+        self.toggle.native.setStyleSheet("text-align: left")
+        super().__init__(widgets=[self.toggle, self.body], labels=False)
+        self.margins = (0, 0, 0, 0)
+        self.body.native.setHidden(True)
+        self.toggle.changed.connect(lambda _value=None: self.expand(not self.expanded))
+
+    @property
+    def expanded(self) -> bool:
+        return not self.body.native.isHidden()
+
+    def expand(self, value: bool = True) -> None:
+        self.body.native.setHidden(not value)
+        self.toggle.text = f"{'▾' if value else '▸'} {self._title}"
+        for widget in (self.body.native, self.native):  # the scroll area around asks for the new height
+            widget.updateGeometry()

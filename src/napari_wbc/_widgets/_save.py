@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from napari.layers import Image
 
 from ..core.io import InputError
 from ._layers import features_of, image_name, partner
-
-log = logging.getLogger(__name__)
 
 
 def source_image(viewer, cells) -> Image:
@@ -38,22 +36,17 @@ def visible_region(image: Image) -> tuple[int, int, int, int]:
     return max(0, int(y0)), max(0, int(x0)), min(h, int(y1) + 1), min(w, int(x1) + 1)
 
 
-def weights_sha256(model: str | None) -> str | None:
-    from ..models import MissingWeightsError, resolve_weights, sha256
-
-    if not model:
-        return None
-    try:
-        return sha256(resolve_weights(model) / "model.safetensors")
-    except (MissingWeightsError, OSError) as err:
-        log.info("no sha256 for model %s: %s", model, err)
-        return None
+class Saved(NamedTuple):
+    stem: str
+    new: bool  # False: the folder held this very pair already (``stem``); nothing was written
 
 
-def save_training_data(viewer, cells, folder: str | Path, edited, visible_only: bool = False) -> str:
-    """Write the image and the corrected cells/nuclei of ``cells`` into ``folder``; the new stem."""
+def save_training_data(viewer, cells, folder: str | Path, edited, visible_only: bool = False) -> Saved:
+    """Write the image and the corrected cells/nuclei of ``cells`` into ``folder`` as a new pair,
+    unless the folder holds the same pair already (image, maps and table unchanged since)."""
     from .. import __version__
-    from ..core.dataset import save_training_pair
+    from ..core.dataset import find_saved_pair, save_training_pair
+    from ..models import weights_sha256
 
     nuclei = partner(viewer.layers, cells, "nuclei")
     if nuclei is None:
@@ -62,6 +55,10 @@ def save_training_data(viewer, cells, folder: str | Path, edited, visible_only: 
     meta = cells.metadata or {}
     table = features_of(cells)
     region = visible_region(image) if visible_only else None
+    maps = (image.data, np.asarray(cells.data), np.asarray(nuclei.data))
+    same = find_saved_pair(folder, *maps, region=region, table=table, pixel_size=meta.get("pixel_size"))
+    if same is not None:
+        return Saved(same, new=False)
     reviews = (
         viewer.layers[f"{image_name(cells)} review"].metadata
         if f"{image_name(cells)} review" in viewer.layers
@@ -78,12 +75,4 @@ def save_training_data(viewer, cells, folder: str | Path, edited, visible_only: 
         "reference": reviews.get("reference"),
         "tool": f"napari-wbc {__version__}",
     }
-    return save_training_pair(
-        folder,
-        image.data,
-        np.asarray(cells.data),
-        np.asarray(nuclei.data),
-        provenance=provenance,
-        region=region,
-        table=table,
-    )
+    return Saved(save_training_pair(folder, *maps, provenance=provenance, region=region, table=table), True)

@@ -211,7 +211,7 @@ class SlideSegmentMixin:
 
     def _update_slide_layers(self, layer, model, out: Path, result, table) -> None:
         from .._slide_layers import label_levels
-        from ._layers import set_features
+        from ._layers import CELLS_STYLE, NUCLEI_STYLE, set_features
 
         meta = {
             "source_layer": layer.name,
@@ -227,10 +227,10 @@ class SlideSegmentMixin:
             },
         }
         nuclei = self._upsert_multiscale(
-            f"{layer.name} nuclei", label_levels(result.nuclei), layer, opacity=0.6
+            f"{layer.name} nuclei", label_levels(result.nuclei), layer, **NUCLEI_STYLE
         )
         cells = self._upsert_multiscale(
-            f"{layer.name} cells", label_levels(result.cells), layer, contour=2, opacity=1.0
+            f"{layer.name} cells", label_levels(result.cells), layer, **CELLS_STYLE
         )
         cells.editable = nuclei.editable = False  # lazy views of the written files
         set_features(cells, table)

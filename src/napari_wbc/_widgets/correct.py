@@ -11,6 +11,12 @@ into the layers through ``data_setitem``, so napari's undo (Ctrl+Z, per layer) u
 them too. An :class:`~._tracker.EditTracker` keeps nuclei inside their cells and the
 measurements, counts and review in step, and counts the edited cells, which "Save as
 training data" writes into the training folder's manifest.
+
+An edit that would make a cell no reviewer means is refused, said in a notification and the
+status line, and changes nothing: merging cells that do not touch or merely touch (two cells,
+not the pieces of one), a split that leaves a sliver. Saving a field the folder holds
+unchanged already says so ("already saved as <stem>") instead of writing it again. The
+controls scroll when the dock is short (:func:`._layers.scroll_form`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from qtpy.QtWidgets import QFileDialog, QSizePolicy
 
 from ..core.io import InputError
 from . import _drawing as drawing
-from ._layers import features_of, image_name, is_cells_layer, set_features
+from ._layers import features_of, image_name, is_cells_layer, scroll_form, set_features, side_by_side
 from ._tracker import EditTracker, write_changes
 
 if TYPE_CHECKING:
@@ -47,18 +53,17 @@ TIPS = {
     "ids": "the cells to act on, e.g. '3, 7'; follows the selected label; Ctrl+click a cell to add it",
     "drawing": "points (split), a line (cut), a polygon or a painted mask (new cell, nucleus); "
     "the + buttons add a layer to draw in",
-    "split": "split the cell under the first point into one piece per point, or cut the cell "
-    "(the first id, else the one crossed most) along the last line/path of the drawing",
+    "merge": "merge the cells in 'cell ids': the pieces of one cell, which share a long border",
+    "split": "split the cell under the first point into one piece per point (at the waist between "
+    "them, else halfway), or cut the cell (the first id, else the one crossed most) along the last "
+    "line/path of the drawing",
     "new": "add a cell with the next free id where the drawing covers background",
     "nucleus": "replace / add to / remove from the nucleus of the first cell id (else the cell under "
     "the drawing) with the drawing",
-    "folder": "training folder (images/, labels/, manifest.jsonl); created if needed",
+    "folder": "training folder (images/, labels/, manifest.jsonl); created if needed; a field saved "
+    "there unchanged is not saved again",
     "visible": "save only the part of the image shown on the canvas",
 }
-
-
-def _row(*widgets) -> Container:
-    return Container(widgets=widgets, layout="horizontal", labels=False)
 
 
 class CorrectWidget(Container):
@@ -72,7 +77,7 @@ class CorrectWidget(Container):
         self.layer = ComboBox(label="cells layer", choices=self._cell_layers)
         self.ids = LineEdit(label="cell ids", tooltip=TIPS["ids"])
         self.delete_button = PushButton(text="Delete")
-        self.merge_button = PushButton(text="Merge")
+        self.merge_button = PushButton(text="Merge", tooltip=TIPS["merge"])
         self.drawing = ComboBox(label="drawing", choices=self._drawing_layers, tooltip=TIPS["drawing"])
         self.points_button = PushButton(text="+ points")
         self.shapes_button = PushButton(text="+ shapes")
@@ -88,21 +93,22 @@ class CorrectWidget(Container):
         self.visible_only = CheckBox(text="visible part only", tooltip=TIPS["visible"])
         self.save_button = PushButton(text="Save as training data")
         self.status = Label(value="")
-        self.extend(
+        self.status.native.setWordWrap(True)  # long messages must not widen the dock
+        self.form = scroll_form(
+            self,
             [
                 self.layer,
                 self.ids,
-                _row(self.delete_button, self.merge_button),
+                side_by_side(self.delete_button, self.merge_button),
                 self.drawing,
-                _row(self.points_button, self.shapes_button, self.mask_button),
-                _row(self.split_button, self.new_button),
-                _row(self.nucleus_button, self.nucleus_mode),
-                _row(self.cell_type, self.type_button),
-                self.reviewed,
+                side_by_side(self.points_button, self.shapes_button, self.mask_button),
+                side_by_side(self.split_button, self.new_button),
+                side_by_side(self.nucleus_button, self.nucleus_mode),
+                side_by_side(self.cell_type, self.type_button, self.reviewed, labels=True),
                 self.folder,
-                _row(self.visible_only, self.save_button),
+                side_by_side(self.visible_only, self.save_button),
                 self.status,
-            ]
+            ],
         )
         self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 
@@ -229,7 +235,8 @@ class CorrectWidget(Container):
         try:
             cells_layer, nuclei_layer = self._layers()
             result = op(np.asarray(cells_layer.data), np.asarray(nuclei_layer.data))
-        except ValueError as err:  # InputError, or an edit that cannot be done
+        except ValueError as err:  # InputError, or an edit that cannot be done: nothing changed
+            self.status.value = str(err)
             show_error(str(err))
             return None
         write_changes(cells_layer, result.cells)
@@ -334,13 +341,19 @@ class CorrectWidget(Container):
     # -- saving ----------------------------------------------------------------------------
 
     def save(self, folder) -> str:
-        """Save the image and the corrected labels into ``folder``; returns the new pair's stem."""
+        """Save the image and the corrected labels into ``folder``; returns the pair's stem (an
+        earlier pair's when the folder holds this one already: nothing is written then)."""
         from ._save import save_training_data
 
         cells, _ = self._layers()
         edited = self.tracker.edited_now()
-        stem = save_training_data(self._viewer, cells, folder, edited, self.visible_only.value)
-        show_info(f"saved {stem} to {folder} ({len(edited)} cells edited)")
+        stem, new = save_training_data(self._viewer, cells, folder, edited, self.visible_only.value)
+        if new:
+            message = f"saved {stem} to {folder} ({len(edited)} cells edited)"
+        else:
+            message = f"already saved as {stem} in {folder}, unchanged since: not saved again"
+        self.status.value = message
+        show_info(message)
         return stem
 
     def _ask_save(self, _value=None) -> None:

@@ -1,7 +1,8 @@
 """Measurement table: a view over the cells layer's ``features`` (one row per cell).
 
 The labels layer owns the numbers; this widget only shows them, with the white-cell
-count above. Selection is synced both ways: clicking a row selects that cell in the
+count above (the table asks for little height: its header and three rows, and takes what
+the other docks leave). Selection is synced both ways: clicking a row selects that cell in the
 layer and centres the camera on it; selecting a label in the layer selects its row. The
 table follows the cells layer picked in its combo box, the active layer when that is a
 cells layer, and the layer's ``features`` events (a new segmentation run). Export CSV
@@ -27,6 +28,7 @@ from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QSizePolicy, QTableWi
 
 from ..core.columns import COMPLETE, explain, plain_name
 from ..core.io import InputError
+from ._layers import side_by_side
 
 if TYPE_CHECKING:
     import napari
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 LABEL_ROLE = Qt.ItemDataRole.UserRole  # on a table item: its cell id
 COLUMN_ROLE = Qt.ItemDataRole.UserRole  # on a header item: the column's name in the table and CSV
 NAPARI_ONLY_COLUMNS = ("index",)  # napari's label -> row key, equal to `label`
+TABLE_MIN_ROWS = 3  # the table needs no more height than its header and these; it takes what is left
 
 
 # after the cell id: the review's verdict (sort by IoU for the cells to fix), the user's marks, the NCR
@@ -70,7 +73,7 @@ class MeasureWidget(Container):
     """Per-cell measurements of a cells layer, with counts, selection sync and CSV export."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
+        super().__init__(labels=False)
         self._viewer = viewer
         self._layer: Labels | None = None
         self._syncing = False  # True while the widget itself changes the selection
@@ -86,13 +89,19 @@ class MeasureWidget(Container):
             "left out), then the differential: count and percent per type; " + COMPLETE
         )
         self.export_button = PushButton(text="Export CSV…", tooltip="save this table as a CSV file")
-        self.extend([self.layer, self.summary, self.export_button])
+        # one row for the layer and the export: the table gets the height
+        self.append(side_by_side(self.layer, self.export_button, labels=True))
+        self.append(self.summary)
+        self.margins = (4, 4, 4, 4)
         self.table = QTableWidget()
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(200)
+        row_height = self.table.fontMetrics().height() + 6
+        self.table.verticalHeader().setDefaultSectionSize(row_height)
+        header = row_height + 6  # its own height is known once styled and filled; a little more than a row
+        self.table.setMinimumHeight(header + TABLE_MIN_ROWS * row_height + 2 * self.table.frameWidth())
         self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.native.layout().addWidget(self.table)
 

@@ -11,6 +11,8 @@ match columns (status, IoU, NCR predicted and reference) joined into the cells l
 features, so the measurement table can be sorted by IoU. Missed reference cells have no
 predicted cell; the "missed cells" list moves the view to them. The widget follows the
 review layer's metadata, so the correction tool's updates after each edit show here too.
+The review layer is faint (the stain shows through) and the controls scroll when the dock
+is short.
 """
 
 from __future__ import annotations
@@ -35,7 +37,17 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.io import InputError
-from ._layers import features_of, keep_columns, labels_of, partner, show_review, split_name
+from ..core.review import legend_text
+from ._layers import (
+    features_of,
+    keep_columns,
+    labels_of,
+    partner,
+    scroll_form,
+    show_review,
+    side_by_side,
+    split_name,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -56,14 +68,21 @@ TIPS = {
 
 
 def legend_html() -> str:
-    """The review colours as coloured squares, one line each."""
-    from ..core.review import COLORS, LEGEND
+    """The review colours as coloured squares with short names, two to a line (the full
+    meaning is the legend's tooltip, :func:`napari_wbc.core.review.legend_text`)."""
+    from ..core.review import COLORS, FN, FP, TP_CYTOPLASM, TP_NUCLEUS
 
-    lines = [
-        f'<span style="color:#{r:02x}{g:02x}{b:02x}">&#9632;</span> {LEGEND[code]}'
+    short = {
+        TP_CYTOPLASM: "TP cytoplasm",
+        TP_NUCLEUS: "TP nucleus",
+        FP: "false positive",
+        FN: "false negative",
+    }
+    items = [
+        f'<span style="color:#{r:02x}{g:02x}{b:02x}">&#9632;</span> {short[code]}'
         for code, (r, g, b) in COLORS.items()
     ]
-    return "<br>".join(lines)
+    return "<br>".join("&nbsp;&nbsp;".join(items[i : i + 2]) for i in range(0, len(items), 2))
 
 
 def _metrics_table() -> QTableWidget:
@@ -106,32 +125,31 @@ class ReviewWidget(Container):
         self._syncing = False
         self.prediction = ComboBox(label="prediction", choices=self._pred_layers, tooltip=TIPS["prediction"])
         self.reference = ComboBox(label="reference", choices=self._ref_layers, tooltip=TIPS["reference"])
-        self.open_button = PushButton(text="Open reference file…", tooltip=TIPS["open"])
+        self.open_button = PushButton(text="Open…", tooltip=TIPS["open"])
         self.min_iou = FloatSpinBox(
             label="match IoU", value=0.5, min=0.05, max=1.0, step=0.05, tooltip=TIPS["min_iou"]
         )
         self.run_button = PushButton(text="Review", tooltip=TIPS["run"])
-        self.legend = Label(value=legend_html())
+        self.legend = Label(value=legend_html(), tooltip=legend_text())
         self.summary = Label(value="")
         self.missed = ComboBox(label="missed cells", choices=[], tooltip=TIPS["missed"])
         self.status = Label(value="")
-        self.extend(
+        self.form = scroll_form(
+            self,
             [
                 self.prediction,
-                self.reference,
-                self.open_button,
-                self.min_iou,
-                self.run_button,
+                side_by_side(self.reference, self.open_button, labels=True),
+                side_by_side(self.min_iou, self.run_button, labels=True),
                 self.status,
                 self.legend,
                 self.summary,
                 self.missed,
-            ]
+            ],
         )
         for label in (self.status, self.summary):
             label.native.setWordWrap(True)  # long layer names must not widen the dock
         self.metrics = _metrics_table()
-        self.native.layout().insertWidget(self.index(self.summary) + 1, self.metrics)
+        self.form.native.layout().insertWidget(self.form.index(self.summary) + 1, self.metrics)
         self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 
         self.run_button.changed.connect(self.run)

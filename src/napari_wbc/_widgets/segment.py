@@ -4,9 +4,14 @@ The work is :func:`napari_wbc.core.inference.segment`, the same generator the CL
 run in a ``thread_worker`` so the viewer stays responsive: each yielded step moves the
 progress bars, Cancel asks the worker to stop at the next step. The result goes into two
 labels layers, ``"<image> cells"`` and ``"<image> nuclei"`` (nucleus pixels carry their
-cell's id), which a second run updates instead of duplicating. The cells layer owns the
-measurements (``features``, one row per cell) and the counts (``metadata["counts"]``);
-the measurement table widget is docked to show them.
+cell's id), drawn as outlines over the stain (:data:`._layers.CELLS_STYLE`), which a second
+run updates instead of duplicating (keeping the user's display settings). The cells layer
+owns the measurements (``features``, one row per cell) and the counts
+(``metadata["counts"]``); the measurement table widget is docked to show them. After an
+image's first segmentation the view shows the whole image (the docks have narrowed the
+canvas since it was opened); a later run keeps the user's view. Settings one rarely changes
+(device, pixel size, flip-average, single-cell crops, cell types) are folded under "options",
+so that the widget stays short.
 
 A whole slide (an image layer opened from a slide file) runs tile by tile from the file
 instead: see :mod:`._slide_segment`.
@@ -33,11 +38,12 @@ from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QSizePolicy
 
 from ..core.io import GRAYSCALE_WARNING, MAX_MEGAPIXELS, PIXEL_SIZE_RANGE, InputError, is_grayscale, to_rgb8
 from ..models import DEFAULT_MODEL, MissingWeightsError
+from ._layers import CELLS_STYLE, NUCLEI_STYLE, Options, side_by_side, upsert_labels
 from ._slide_segment import SegmentationError, SlideSegmentMixin, slide_path
 
 if TYPE_CHECKING:
@@ -47,6 +53,7 @@ log = logging.getLogger(__name__)
 
 PLUGIN = "napari-wbc"
 MEASURE_WIDGET = "Cell measurements"  # display name in napari.yaml
+FIT_SETTLE_MS = 3000  # after the first result the view follows the canvas this long (docks settling)
 
 TIPS = {
     "image": "RGB smear field to segment",
@@ -206,20 +213,21 @@ class SegmentWidget(SlideSegmentMixin, Container):
         self._cancel = threading.Event()  # asks a slide run to stop between tiles
         self.run_button = PushButton(text="Segment", tooltip=TIPS["run"])
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=TIPS["cancel"])
-        self.progress_bar = ProgressBar(label="progress", min=0, max=3, value=0)
+        self.progress_bar = ProgressBar(min=0, max=3, value=0, tooltip="progress of the run")
         self.status = Label(value="" if models else "no trained model found: see `napari-wbc train`")
+        self.status.native.setWordWrap(True)  # long messages must not widen the dock
+        self.settings = Options(
+            [self.device, self.pixel_size, self.flip_average, self.single_cell, self.typing],
+            tooltip="device, pixel size, flip-average, single-cell crops, cell types",
+        )
+        # compact by folding the options away (not by scrolling): the count in the status stays in view
         self.extend(
             [
                 self.image,
                 self.model,
-                self.device,
-                self.pixel_size,
-                self.flip_average,
-                self.single_cell,
-                self.typing,
+                self.settings,
                 self.output,
-                self.run_button,
-                self.cancel_button,
+                side_by_side(self.run_button, self.cancel_button),
                 self.progress_bar,
                 self.status,
             ]
@@ -344,21 +352,6 @@ class SegmentWidget(SlideSegmentMixin, Container):
 
     # -- results ---------------------------------------------------------------------------
 
-    def _upsert_labels(self, name: str, data: np.ndarray, like, **style) -> Labels:
-        """Update the labels layer called ``name``, or add it with ``style``; aligned with ``like``."""
-        align = {"scale": like.scale, "translate": like.translate, "units": like.units}
-        layers = self._viewer.layers
-        if name in layers and isinstance(layers[name], Labels):
-            target = layers[name]  # keep the user's display settings
-            target.data = data
-            for key, value in align.items():
-                setattr(target, key, value)
-            return target
-        target = self._viewer.add_labels(data, name=name, **align)
-        for key, value in style.items():
-            setattr(target, key, value)
-        return target
-
     def _show_result(self, layer, model, pixel_size, result, table) -> None:
         self._guarded(layer, "", self._update_layers, layer, model, pixel_size, result, table)
 
@@ -377,8 +370,10 @@ class SegmentWidget(SlideSegmentMixin, Container):
 
         counts = count_summary(table)
         features = table.assign(index=table["label"])  # napari maps label -> row by `index`
-        nuclei = self._upsert_labels(f"{layer.name} nuclei", result.nuclei, layer, opacity=0.6)
-        cells = self._upsert_labels(f"{layer.name} cells", result.cells, layer, contour=2, opacity=1.0)
+        first = f"{layer.name} cells" not in self._viewer.layers
+        # a layer there already keeps the user's display settings (e.g. filled: contour 0)
+        nuclei = upsert_labels(self._viewer, f"{layer.name} nuclei", result.nuclei, layer, **NUCLEI_STYLE)
+        cells = upsert_labels(self._viewer, f"{layer.name} cells", result.cells, layer, **CELLS_STYLE)
         cells.features = features
         meta = {
             "counts": counts,
@@ -391,6 +386,28 @@ class SegmentWidget(SlideSegmentMixin, Container):
         nuclei.metadata = {**nuclei.metadata, "source_layer": layer.name, "model": model}
         self.status.value = describe_counts(counts)
         self._show_measurements(cells)
+        if first:
+            self._fit(layer)
+
+    def _fit(self, layer) -> None:
+        """Show the whole of ``layer``: now, and again as the docks settle (the table docked
+        with the first result narrows the canvas), until the user moves the view.
+
+        Only after an image's first segmentation: a later run keeps the view the user chose.
+        """
+        viewer = self._viewer
+        camera = viewer.camera
+        viewer.reset_view(layers=[layer])
+        fitted = [(tuple(camera.center), camera.zoom)]
+
+        def refit(_event=None) -> None:
+            if (tuple(camera.center), camera.zoom) != fitted[0] or layer not in viewer.layers:
+                return  # the user moved the view: theirs from now on
+            viewer.reset_view(layers=[layer])
+            fitted[0] = (tuple(camera.center), camera.zoom)
+
+        viewer.canvas.events.size.connect(refit)
+        QTimer.singleShot(FIT_SETTLE_MS, lambda: viewer.canvas.events.size.disconnect(refit))
 
     def _show_measurements(self, cells: Labels) -> None:
         try:

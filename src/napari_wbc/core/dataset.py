@@ -6,6 +6,7 @@ in train/val/test). Folders without ``split.csv`` put every pair in ``train``.
 
 Corrected labels are added as training pairs by :func:`save_training_pair` (safe with
 concurrent savers: one folder lock), with a line each in ``manifest.jsonl``;
+:func:`find_saved_pair` finds the pair a save would only repeat (same files, by sha256);
 :func:`check_training_folder` and :func:`repair_training_folder` (``napari-wbc dataset
 check DIR [--repair]``) find and remove what interrupted saves left.
 """
@@ -227,36 +228,13 @@ def save_training_pair(
     import datetime
     import json
 
-    from PIL import Image
-
-    from .edit import check_invariants
-    from .io import to_rgb8
-    from .review import classes_from_instances
-
     root = Path(root)
     provenance = dict(provenance or {})
-    if region is not None:
-        y0, x0, y1, x1 = (int(v) for v in region)
-        image, cells, nuclei = (a[y0:y1, x0:x1] for a in (image, cells, nuclei))
-        region = [y0, x0, y1, x1]
-    image = to_rgb8(np.asarray(image))
-    cells, nuclei = np.asarray(cells).astype(np.uint32), np.asarray(nuclei).astype(np.uint32)
-    if cells.shape != image.shape[:2]:
-        raise ValueError(f"labels {cells.shape} and image {image.shape[:2]} differ in shape")
-    problems = check_invariants(cells, nuclei, connected=False)
-    if problems:
-        raise ValueError("the labels are not consistent, so they were not saved: " + "; ".join(problems))
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    classes = classes_from_instances(cells, nuclei)
-    px = provenance.get("pixel_size_um")
-    writers = {
-        "cells": labels_tiff_writer(cells, px),
-        "nuclei": labels_tiff_writer(nuclei, px),
-        "table": None if table is None else lambda p: table.to_csv(p, index=False),
-        "label": lambda p: Image.fromarray(classes, "L").save(p, format="PNG"),
-        "image": lambda p: Image.fromarray(image, "RGB").save(p, format="PNG"),
-    }
+    writers, region, cells = _pair_writers(
+        image, cells, nuclei, region, table, provenance.get("pixel_size_um")
+    )
     for sub in SUBFOLDERS:
         (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -306,6 +284,79 @@ def save_training_pair(
             for tmp in temps.values():
                 tmp.unlink(missing_ok=True)
     return stem
+
+
+def _pair_writers(image, cells, nuclei, region=None, table=None, pixel_size=None):
+    """What saving a pair writes: ``kind -> write(path)`` for each of :func:`_pair_files`
+    (None: no table), the region as ``[y0, x0, y1, x1]`` (or None) and the cells map, both
+    as saved. A ValueError says why maps that do not fit the image or each other are not saved."""
+    from PIL import Image
+
+    from .edit import check_invariants
+    from .io import to_rgb8
+    from .review import classes_from_instances
+
+    if region is not None:
+        y0, x0, y1, x1 = (int(v) for v in region)
+        image, cells, nuclei = (a[y0:y1, x0:x1] for a in (image, cells, nuclei))
+        region = [y0, x0, y1, x1]
+    image = to_rgb8(np.asarray(image))
+    cells, nuclei = np.asarray(cells).astype(np.uint32), np.asarray(nuclei).astype(np.uint32)
+    if cells.shape != image.shape[:2]:
+        raise ValueError(f"labels {cells.shape} and image {image.shape[:2]} differ in shape")
+    problems = check_invariants(cells, nuclei, connected=False)
+    if problems:
+        raise ValueError("the labels are not consistent, so they were not saved: " + "; ".join(problems))
+    classes = classes_from_instances(cells, nuclei)
+    writers = {
+        "cells": labels_tiff_writer(cells, pixel_size),
+        "nuclei": labels_tiff_writer(nuclei, pixel_size),
+        "table": None if table is None else lambda p: table.to_csv(p, index=False),
+        "label": lambda p: Image.fromarray(classes, "L").save(p, format="PNG"),
+        "image": lambda p: Image.fromarray(image, "RGB").save(p, format="PNG"),
+    }
+    return writers, region, cells
+
+
+# a pair is saved already when these files are: the image, its corrected maps, and the table
+# with the cell types (a table changed since, e.g. a type set, is saved again)
+SAME_PAIR = ("image", "cells", "nuclei", "table")
+
+
+def find_saved_pair(
+    root: str | Path,
+    image: np.ndarray,
+    cells: np.ndarray,
+    nuclei: np.ndarray,
+    *,
+    region: tuple[int, int, int, int] | None = None,
+    table=None,
+    pixel_size: float | None = None,
+) -> str | None:
+    """The stem of a complete pair in ``root`` that holds exactly what :func:`save_training_pair`
+    would write for these arguments (the manifest's sha256 of the image, the instance maps and
+    the table, or no table, all equal), the latest if several; None when there is none. So a
+    field saved again unchanged can be said to be saved, rather than written a second time."""
+    import tempfile
+
+    root = Path(root)
+    records = [r for r in read_manifest(root) if r.get("sha256")]
+    if not records or not (root / "images").is_dir() or not (root / "labels").is_dir():
+        return None
+    writers, _, _ = _pair_writers(image, cells, nuclei, region, table, pixel_size)
+    digests = {}
+    with tempfile.TemporaryDirectory(prefix="napari-wbc-") as tmp:
+        for kind, name in _pair_files("pair").items():
+            if kind in SAME_PAIR and writers[kind] is not None:
+                path = Path(tmp) / Path(name).name
+                writers[kind](path)
+                digests[kind] = _sha256(path)
+    complete = {pair.stem for pair in list_pairs(root)}
+    for record in reversed(records):
+        recorded = record["sha256"]
+        if record.get("stem") in complete and all(recorded.get(k) == digests.get(k) for k in SAME_PAIR):
+            return record["stem"]
+    return None
 
 
 def _undo(root: Path, files: dict[str, str], placed: list[str], old_splits: bytes | None) -> None:

@@ -10,9 +10,15 @@ changed, for the caller to re-measure and select. Given maps that satisfy
 
 Splitting, for a widget to drive: :func:`split_cell` takes two or more clicked seed
 points and floods the cell from them (marker watershed on its distance transform: the
-cut falls on the waist between touching cells; the first seed's piece keeps the id);
+cut falls on the waist between touching cells; where there is no waist, as in a round
+blob, each point takes the part nearest to it; the first seed's piece keeps the id), and
+refuses a split that leaves a piece too small for a white cell (under
+``MIN_SPLIT_FRACTION`` of it: a click near the edge of a cell);
 :func:`cut_cell` takes a drawn polyline that crosses the cell (the largest piece keeps
-the id). New pieces get the next free ids.
+the id). New pieces get the next free ids. :func:`merge_cells` joins the pieces of one
+cell: it refuses cells that do not touch (and says how far apart they are) and cells that
+merely touch (a short shared border, ``MIN_CONTACT``), which are two cells. A refused edit
+raises ValueError with what to do and changes nothing.
 
 Per-cell type and reviewed flag live in the measurement table (``cell_type``,
 ``reviewed``); :func:`remeasure` recomputes it after an edit and keeps those columns.
@@ -28,6 +34,14 @@ from scipy import ndimage
 
 EIGHT = np.ones((3, 3), bool)
 USER_COLUMNS = {"cell_type": None, "reviewed": False}  # column -> value for a new cell
+# a clicked split leaving a piece below this fraction of the cell is refused: touching white
+# cells are of a size (a small lymphocyte beside a monocyte is about 1:4), while a click near the
+# edge of one round cell would cut off a sliver; a drawn line (cut_cell) cuts anything off
+MIN_SPLIT_FRACTION = 0.2
+WAIST = 0.8  # a split follows a waist at most this deep (relative to the pieces' middles)
+# merged pieces must share a border this long, relative to the narrower one's width: halves of one
+# cell share about their width (0.7 to 1.4 of it); two round cells that touch, a few pixels
+MIN_CONTACT = 0.25
 
 
 class Edited(NamedTuple):
@@ -70,8 +84,14 @@ def delete_cell(cells, nuclei, cell_id: int, *, inplace=False) -> Edited:
     return Edited(cells, nuclei, [int(cell_id)])
 
 
-def merge_cells(cells, nuclei, cell_ids, *, inplace=False) -> Edited:
-    """Merge touching cells into the smallest of their ids (nuclei follow)."""
+def merge_cells(cells, nuclei, cell_ids, *, inplace=False, min_contact: float = MIN_CONTACT) -> Edited:
+    """Merge the pieces of one cell into the smallest of their ids (nuclei follow).
+
+    Refused (ValueError, nothing changed) unless the pieces hold together by borders they
+    share: each joined to the others by a border at least ``min_contact`` times as long as
+    the narrower piece is wide (its equivalent diameter). Cells that do not touch, and
+    separate cells that merely touch, are not one cell.
+    """
     ids = sorted({int(i) for i in cell_ids})
     if len(ids) < 2:
         raise ValueError("pick at least two different cells to merge")
@@ -79,11 +99,56 @@ def merge_cells(cells, nuclei, cell_ids, *, inplace=False) -> Edited:
     for i in ids:
         _need(cells, i)
     union = np.isin(cells, ids)
-    if ndimage.label(union, structure=EIGHT)[1] != 1:
-        raise ValueError(f"cells {ids} do not touch; draw the missing part first, then merge")
+    parts, n = ndimage.label(union, structure=EIGHT)
+    listed = ", ".join(map(str, ids))
+    if n != 1:
+        raise ValueError(
+            f"cells {listed} do not touch (a gap of {_gap(parts)} px): not merged; "
+            "draw the missing part first (New cell, or the brush), then merge"
+        )
+    groups, longest = _held_together(cells, ids, min_contact)
+    if len(groups) > 1:
+        names = ["+".join(map(str, g)) for g in groups]  # 2+3: pieces that do hold together
+        apart = f"{', '.join(names[:-1])} and {names[-1]}"
+        raise ValueError(
+            f"cells {apart} barely touch ({longest} px of border in common; pieces of one cell "
+            "share a border about as long as they are wide): not merged, they look like separate "
+            "cells. If they are one, paint the missing part with the brush first, then merge"
+        )
     cells[union] = ids[0]
     nuclei[np.isin(nuclei, ids)] = ids[0]
     return Edited(cells, nuclei, ids[:1])
+
+
+def _held_together(cells: np.ndarray, ids: list[int], min_contact: float) -> tuple[list[list[int]], int]:
+    """``ids`` in groups held together by long shared borders (one group: they all are), and
+    the longest border (4-adjacent pixel pairs) between two groups."""
+    sl = ndimage.find_objects(np.isin(cells, ids).astype(np.uint8))[0]
+    box = cells[sl]
+    pairs = []
+    for a, b in ((box[:-1], box[1:]), (box[:, :-1], box[:, 1:])):
+        across = (a != b) & np.isin(a, ids) & np.isin(b, ids)
+        pairs.append(np.stack([np.minimum(a[across], b[across]), np.maximum(a[across], b[across])]))
+    found, border = np.unique(np.concatenate(pairs, axis=1), axis=1, return_counts=True)
+    width = {i: 2 * np.sqrt(np.count_nonzero(box == i) / np.pi) for i in ids}
+    group = {i: {i} for i in ids}
+    borders = list(zip(found.T.tolist(), border.tolist(), strict=True))
+    for (a, b), length in borders:
+        if length >= min_contact * min(width[a], width[b]) and group[a] is not group[b]:
+            joined = group[a] | group[b]
+            for i in joined:
+                group[i] = joined
+    groups = sorted({tuple(sorted(g)) for g in group.values()})
+    longest = max([n for (a, b), n in borders if group[a] is not group[b]], default=0)
+    return [list(g) for g in groups], int(longest)
+
+
+def _gap(parts: np.ndarray) -> int:
+    """Background pixels between object 1 of ``parts`` and the nearest other object (rounded)."""
+    sl = ndimage.find_objects((parts > 0).astype(np.uint8))[0]  # the objects' box holds the gap
+    parts = parts[sl]
+    distance = ndimage.distance_transform_edt(parts != 1)
+    return max(1, int(round(float(distance[parts > 1].min()))) - 1)
 
 
 def _assign_pieces(cells, nuclei, cell_id, sl, pieces, keep: int) -> list[int]:
@@ -106,8 +171,28 @@ def _assign_pieces(cells, nuclei, cell_id, sl, pieces, keep: int) -> list[int]:
     return ids
 
 
-def split_cell(cells, nuclei, cell_id: int, seeds, *, inplace=False) -> Edited:
-    """Split a cell into one piece per seed point (y, x); the first seed's piece keeps the id."""
+def _cut_at_waist(pieces: np.ndarray, depth: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the cuts between ``pieces`` run through a waist: the cell is clearly narrower
+    there (``depth``: distance to the background) than in the middle of every piece."""
+    outside = np.iinfo(np.int32).max
+    low = ndimage.minimum_filter(np.where(mask, pieces, outside), size=3)
+    high = ndimage.maximum_filter(pieces, size=3)
+    cut = mask & (low != high)
+    if not cut.any():
+        return False
+    middle = ndimage.maximum(depth, pieces, index=np.arange(1, int(pieces.max()) + 1))
+    return float(depth[cut].max()) < WAIST * float(np.min(middle))
+
+
+def split_cell(
+    cells, nuclei, cell_id: int, seeds, *, inplace=False, min_fraction: float = MIN_SPLIT_FRACTION
+) -> Edited:
+    """Split a cell into one piece per seed point (y, x); the first seed's piece keeps the id.
+
+    The cut follows the waist between the points, or where there is none, lies halfway
+    between them. Refused (ValueError, nothing changed) when a piece would still be smaller
+    than ``min_fraction`` of the cell: too small for a white cell, the mark of a mis-placed click.
+    """
     from skimage.segmentation import watershed
 
     cells, nuclei = _start(cells, nuclei, inplace)
@@ -125,7 +210,21 @@ def split_cell(cells, nuclei, cell_id: int, seeds, *, inplace=False) -> Edited:
     for k, (y, x) in enumerate(points, start=1):
         markers[y - sl[0].start, x - sl[1].start] = k
     # 8-connected flooding reaches every pixel of an 8-connected cell, and each piece stays one object
-    pieces = watershed(-ndimage.distance_transform_edt(local), markers, mask=local, connectivity=2)
+    depth = ndimage.distance_transform_edt(local)
+    pieces = watershed(-depth, markers, mask=local, connectivity=2)
+    if not _cut_at_waist(pieces, depth, local):
+        # no waist (a round or flat blob): flooding from the deepest point would leave a sliver
+        # at the other; each point takes the part of the cell nearest to it instead
+        pieces = watershed(ndimage.distance_transform_edt(markers == 0), markers, mask=local, connectivity=2)
+    sizes = np.bincount(pieces[local], minlength=len(points) + 1)[1:]
+    total = int(local.sum())
+    if sizes.min() < min_fraction * total:
+        k = int(sizes.argmin())
+        raise ValueError(
+            f"not split: the piece at point {k + 1} would be {sizes[k]} px, {100 * sizes[k] / total:.0f}% "
+            f"of cell {cell_id}, too small for a white cell. Put each point at the centre of one "
+            "cell; to cut off a small part, draw a line across it"
+        )
     return Edited(cells, nuclei, _assign_pieces(cells, nuclei, cell_id, sl, pieces, keep=1))
 
 
