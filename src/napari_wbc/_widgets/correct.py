@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # "not a white cell" leaves the object out of the count (and back in when given a type)
 CELL_TYPES = (
     ("—", None),
-    *((name, name) for name in (*DATASET_TYPES, "other", UNIDENTIFIED)),
+    *((name, name) for name in (*DATASET_TYPES, UNIDENTIFIED)),
     ("not a white cell", NOT_WBC),
 )
 TIPS = {
