@@ -14,6 +14,10 @@ Per image of a split, the default segmenter runs as a user would run it; then:
   frame and glare spots painted in (``add_artefacts``), and what the segmenter then finds
   in them is learned as well: matched cells as positives, the rest as negatives.
 
+Type corrections folders (:mod:`.corrections`: the cells a reviewer typed, with their crops
+and masks) are a second source (:func:`correction_examples`): every cell in force is an
+example of the type the reviewer gave it, at the scale its field was segmented at.
+
 Each example is stored as a crop ``BIG_CONTEXT`` times the cell's side (``BIG`` px, for
 augmentation) and as the crop the classifier sees at inference (its ``CROP``, ``CONTEXT``).
 """
@@ -138,7 +142,39 @@ class _Examples:
             "target": (0,),
             "source": (0,),
         }
-        return {k: np.concatenate(v) if v else np.zeros(empty[k]) for k, v in self.parts.items()}
+        kinds = {"size": np.float32, "target": np.int64, "source": str}
+        return {
+            k: np.concatenate(v) if v else np.zeros(empty[k], kinds.get(k, np.uint8))
+            for k, v in self.parts.items()
+        }
+
+
+def correction_examples(roots, split: str, crop: int = 64, context: float = 1.5) -> dict[str, np.ndarray]:
+    """Classifier examples from type corrections folders: each cell in force in ``split``,
+    cut from its saved crop and mask as :func:`.celltypes.cell_crops` cuts it from a field;
+    ``source`` is ``<folder>/<field stem>:corrected:<id>``."""
+    from PIL import Image
+
+    from .corrections import read_corrections
+
+    examples = _Examples(crop, context)
+    for root in map(Path, roots):
+        for record in read_corrections(root, split):
+            files = record["files"]
+            rgb = np.asarray(Image.open(root / files["crop"]).convert("RGB"))
+            mask = np.asarray(Image.open(root / files["mask"]))
+            cells, nuclei = (mask > 0).astype(np.uint32), (mask == 2).astype(np.uint32)
+            stem = Path(str(record.get("source") or record.get("field"))).stem
+            examples.add(
+                rgb,
+                cells,
+                nuclei,
+                [1],
+                CLASSES.index(record["cell_type"]),
+                float(record.get("scale", 1.0)),
+                f"{root.name}/{stem}:corrected:{record['id']}",
+            )
+    return examples.arrays()
 
 
 def collect_examples(

@@ -1,0 +1,318 @@
+"""Cell types a reviewer set, saved as training data for the cell-type classifier.
+
+A type corrections folder (any folder; e.g. ``type_corrections/`` beside the outputs) holds
+per saved cell what the classifier's input is made of:
+
+* ``crops/<id>.png``: the field around the cell at the field's own resolution, a square
+  ``SAVE_CONTEXT`` times the cell's larger side centred on its box (cut at the field's
+  edge): more than the classifier's crop (1.5x) and its augmentation crop (2.2x), so
+  :func:`.celltypes.cell_crops` cuts from it what it would cut from the field;
+* ``masks/<id>.png``: uint8, the crop's size: 1 this cell's cytoplasm, 2 its nucleus, 0
+  elsewhere (neighbours too), the masks of the classifier's 5-channel input;
+* ``manifest.jsonl``: a JSON line per saved cell: ``id``, ``kind`` ("type_correction"),
+  ``date``, the caller's provenance (``source`` image, ``model`` and ``weights_sha256`` of
+  the segmenter, ``classifier`` and ``classifier_sha256``, ...), ``field`` (sha256 of the
+  field's pixels, 16 hex), ``label`` (the cell's id in the field), ``origin`` (y, x of the
+  crop in the field), ``cell_type`` (the reviewer's: one of the five types or ``not_wbc``),
+  ``suggested_type`` (the classifier's), ``review_status``, ``reviewed_by``, ``reviewed_at``,
+  ``scale`` (the segmenter's resampling of the field, for the classifier's size cue),
+  ``split``, ``files`` and their ``sha256``, and ``supersedes`` (the id of the record of the
+  same cell, same outline, that this one retypes).
+
+:func:`save_type_corrections` saves the reviewed cells of a field (status confirmed,
+reclassified or excluded, i.e. every type a person gave or checked, not only the changed
+ones, so the classifier is not taught only its mistakes). A field's cells all go to one
+split: the 2nd, 12th, 22nd... field saved is held out for validation (``val``), so a
+fine-tune can be validated once two fields are saved. Nothing is overwritten: a cell saved
+again with the same outline and type is skipped, with another type it gets a new record
+that supersedes the old. Saves take turns on the folder's lock (:func:`.dataset.folder_lock`)
+and write every file to a fresh temporary name renamed into place (masks, then crops, then
+the manifest lines of the whole save in one rename), so a killed save leaves at most files
+no record names, which the trainer ignores and :func:`validate_corrections` lists.
+:func:`read_corrections` gives the records in force (superseded ones dropped), which
+:func:`.celltype_data.correction_examples` turns into training examples.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import (
+    CELL_TYPES,
+    MANIFEST,
+    NOT_WBC,
+    _replace_with,
+    _safe_stem,
+    _sha256,
+    _write_temp,
+    folder_lock,
+    read_manifest,
+)
+from .io import InputError
+
+KIND = "type_correction"
+SAVE_CONTEXT = 2.5  # crop side / the cell's larger side
+SAVED_STATUSES = ("confirmed", "reclassified", "excluded")
+TRAINABLE = (*CELL_TYPES, NOT_WBC)  # the classifier's classes (models.celltype.CLASSES)
+VAL_EVERY = 10  # the 2nd, 12th, 22nd... field saved is held out for validation
+FOLDERS = ("crops", "masks")
+
+
+def is_corrections_folder(root: str | Path) -> bool:
+    """Whether ``root`` is a type corrections folder (crops/, masks/ and a manifest)."""
+    root = Path(root)
+    return (root / "crops").is_dir() and (root / "masks").is_dir() and (root / MANIFEST).is_file()
+
+
+def _reviewed_rows(table) -> list[tuple[int, str, dict]]:
+    """(label, type, review fields) of every row a person reviewed, with a type to learn."""
+    import pandas as pd
+
+    if "label" not in table or "cell_type" not in table:
+        raise InputError("the table needs 'label' and 'cell_type' columns (the cells layer's features)")
+    if "review_status" in table:
+        reviewed = table["review_status"].astype(str).isin(SAVED_STATUSES)
+    elif "reviewed" in table:
+        reviewed = table["reviewed"].fillna(False).astype(bool)
+    else:
+        raise InputError("the table has no review (no 'review_status' column): review the cells first")
+    rows = []
+    for _, row in table[reviewed].iterrows():
+        kind = str(row["cell_type"])
+        if kind not in TRAINABLE:  # unidentified: nothing to learn
+            continue
+        review = {
+            k: "" if pd.isna(row.get(k)) else str(row.get(k))
+            for k in ("suggested_type", "review_status", "reviewed_by", "reviewed_at")
+        }
+        rows.append((int(row["label"]), kind, review))
+    return rows
+
+
+def _estimated_scale(cells: np.ndarray, nuclei: np.ndarray) -> float:
+    """The factor the segmenter would resample this field by (its first pass measures the
+    white cells' width the same way): the size cue's scale when the caller does not know it."""
+    from .inference import scale_for_cells, typical_cell_width
+    from .review import classes_from_instances
+
+    width = typical_cell_width(classes_from_instances(cells, nuclei))
+    return 1.0 if width is None else float(scale_for_cells(width, None, None))
+
+
+def _field_split(records: list[dict], field: str) -> str:
+    for record in records:
+        if record.get("field") == field:
+            return record.get("split", "train")
+    fields = list(dict.fromkeys(r.get("field") for r in records))
+    return "val" if len(fields) % VAL_EVERY == 1 else "train"
+
+
+def _fresh_id(root: Path, base: str, used: set[str]) -> str:
+    k = 1
+    while True:
+        cid = base if k == 1 else f"{base}-{k}"
+        taken = cid in used or any(os.path.lexists(root / f"{d}/{cid}.png") for d in FOLDERS)
+        if not taken:
+            return cid
+        k += 1
+
+
+def save_type_corrections(
+    root: str | Path,
+    image: np.ndarray,
+    cells: np.ndarray,
+    nuclei: np.ndarray,
+    table,
+    provenance: dict | None = None,
+    scale: float | None = None,
+) -> dict:
+    """Save the reviewed cells of one field into the corrections folder ``root``.
+
+    ``image`` (a field, RGB), ``cells`` and ``nuclei`` (instance maps, nucleus id = cell
+    id), ``table`` the measurement table with the review columns (``label``,
+    ``cell_type``, ``review_status``, ``suggested_type``, ``reviewed_by``, ``reviewed_at``;
+    a table with only the older ``reviewed`` flag works too), ``provenance`` what the
+    records should say of where the cells come from (``source`` image path, ``model``,
+    ``weights_sha256``, ``classifier``, ``classifier_sha256``, ...), ``scale`` the
+    segmenter's resampling of the field (None: estimated from the cells as the segmenter
+    measures them). Returns ``{"saved": [ids], "unchanged": n, "split": split}``.
+    Raises :class:`.io.InputError` (nothing saved) for maps that do not fit the image or each other, or a
+    table that names cells the maps lack.
+    """
+    from PIL import Image
+    from scipy import ndimage
+
+    from .edit import check_invariants
+    from .io import to_rgb8
+
+    root = Path(root)
+    provenance = dict(provenance or {})
+    image = to_rgb8(np.asarray(image))
+    cells, nuclei = np.asarray(cells), np.asarray(nuclei)
+    if cells.shape != image.shape[:2]:
+        raise InputError(f"labels {cells.shape} and image {image.shape[:2]} differ in shape")
+    problems = check_invariants(cells, nuclei, connected=False)
+    if problems:
+        raise InputError("the labels are not consistent, so nothing was saved: " + "; ".join(problems))
+    rows = _reviewed_rows(table)
+    boxes = ndimage.find_objects(cells.astype(np.int64))
+    missing = [lab for lab, _, _ in rows if lab < 1 or lab > len(boxes) or boxes[lab - 1] is None]
+    if missing:
+        raise InputError(f"the table names cells the labels lack ({missing[:5]}): is it this field's table?")
+    field = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
+    scale = float(scale) if scale is not None else _estimated_scale(cells, nuclei)
+    h, w = image.shape[:2]
+    items = []  # (label, type, review, crop, mask, origin, mask sha256)
+    for label, kind, review in rows:
+        sl = boxes[label - 1]
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        side = int(np.ceil(SAVE_CONTEXT * max(y1 - y0, x1 - x0)))
+        top, left = int(round((y0 + y1 - side) / 2)), int(round((x0 + x1 - side) / 2))
+        wy0, wx0, wy1, wx1 = max(0, top), max(0, left), min(h, top + side), min(w, left + side)
+        window = (slice(wy0, wy1), slice(wx0, wx1))
+        mask = np.where(cells[window] == label, 1, 0).astype(np.uint8)
+        mask[(nuclei[window] == label) & (mask > 0)] = 2
+        digest = hashlib.sha256(mask.tobytes() + str(mask.shape).encode()).hexdigest()[:16]
+        items.append((label, kind, review, image[window], mask, [wy0, wx0], digest))
+
+    for sub in FOLDERS:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    base = _safe_stem(provenance.get("source") or f"field-{field}")
+    result = {"saved": [], "unchanged": 0, "split": None}
+    with folder_lock(root):
+        records = read_manifest(root)
+        current = {r.get("id"): r for r in current_records(records)}
+        by_cell = {(r.get("field"), r.get("label"), r.get("mask_digest")): r for r in current.values()}
+        split = _field_split(records, field)
+        result["split"] = split
+        used = {r.get("id") for r in records}
+        new_records, temps, placed = [], {}, []
+        date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        for label, kind, review, crop, mask, origin, digest in items:
+            earlier = by_cell.get((field, label, digest))
+            if earlier is not None and earlier.get("cell_type") == kind:
+                result["unchanged"] += 1
+                continue
+            cid = _fresh_id(root, f"{base}_{label}", used)
+            used.add(cid)
+            files = {"mask": f"masks/{cid}.png", "crop": f"crops/{cid}.png"}
+            record = {
+                "id": cid,
+                "kind": KIND,
+                "date": date,
+                **provenance,
+                "field": field,
+                "label": label,
+                "origin": origin,
+                "cell_type": kind,
+                **review,
+                "scale": scale,
+                "split": split,
+                "files": files,
+                "sha256": {},
+                "mask_digest": digest,
+            }
+            if earlier is not None:
+                record["supersedes"] = earlier["id"]
+            new_records.append((record, crop, mask))
+        try:
+            for record, crop, mask in new_records:
+                files = record["files"]
+                for part, array, mode in (("mask", mask, "L"), ("crop", crop, "RGB")):
+                    tmp, record["sha256"][part] = _write_temp(
+                        root / files[part],
+                        lambda p, a=array, m=mode: Image.fromarray(a, m).save(p, format="PNG"),
+                    )
+                    temps[files[part]] = tmp
+            for part in ("mask", "crop"):  # a crop with no mask is never in place
+                for record, _, _ in new_records:
+                    rel = record["files"][part]
+                    os.replace(temps.pop(rel), root / rel)
+                    placed.append(rel)
+            if new_records:
+                old = (root / MANIFEST).read_bytes() if (root / MANIFEST).exists() else b""
+                if old and not old.endswith(b"\n"):
+                    old += b"\n"
+                lines = b"".join(json.dumps(r, default=str).encode() + b"\n" for r, _, _ in new_records)
+                _replace_with(root / MANIFEST, old + lines)
+            elif not (root / MANIFEST).exists():
+                _replace_with(root / MANIFEST, b"")  # the folder is a corrections folder from now on
+        except BaseException:
+            for rel in placed:  # fresh ids: nothing else is lost
+                (root / rel).unlink(missing_ok=True)
+            raise
+        finally:
+            for tmp in temps.values():
+                tmp.unlink(missing_ok=True)
+    result["saved"] = [r["id"] for r, _, _ in new_records]
+    return result
+
+
+def current_records(records: list[dict]) -> list[dict]:
+    """The type correction records in force: every one that no later record supersedes."""
+    records = [r for r in records if r.get("kind") == KIND]
+    superseded = {r.get("supersedes") for r in records if r.get("supersedes")}
+    return [r for r in records if r.get("id") not in superseded]
+
+
+def read_corrections(root: str | Path, split: str | None = None) -> list[dict]:
+    """The records in force in a corrections folder (optionally of one split), oldest first."""
+    records = current_records(read_manifest(root))
+    return [r for r in records if split is None or r.get("split") == split]
+
+
+def validate_corrections(root: str | Path) -> list[str]:
+    """Problems of a corrections folder, one line each (empty: valid): every record names a
+    crop and a mask that are the files it saved (sha256), of one size, with the cell in the
+    mask, a type the classifier learns, a split, a unique id; files that no record names
+    (an interrupted save) and temporary files are listed too."""
+    from PIL import Image
+
+    from .batch import TMP
+
+    root = Path(root)
+    problems, seen, named = [], set(), set()
+    for record in (r for r in read_manifest(root) if r.get("kind") == KIND):
+        cid = record.get("id")
+        if cid in seen:
+            problems.append(f"manifest names {cid!r} more than once")
+        seen.add(cid)
+        if record.get("cell_type") not in TRAINABLE:
+            problems.append(f"{cid}: type {record.get('cell_type')!r} is none the classifier learns")
+        if record.get("split") not in ("train", "val", "test"):
+            problems.append(f"{cid}: split {record.get('split')!r}")
+        files = record.get("files") or {}
+        named |= set(files.values())
+        if set(files) != {"crop", "mask"}:
+            problems.append(f"{cid}: needs a crop and a mask, has {sorted(files)}")
+            continue
+        missing = [f for f in files.values() if not (root / f).is_file()]
+        if missing:
+            problems.append(f"{cid}: missing {missing}")
+            continue
+        for part, rel in files.items():
+            if (record.get("sha256") or {}).get(part) != _sha256(root / rel):
+                problems.append(f"{cid}: {rel} is not the file saved with it (changed since)")
+        try:
+            crop, mask = (np.asarray(Image.open(root / files[k])) for k in ("crop", "mask"))
+        except OSError as err:
+            problems.append(f"{cid}: {err}")
+            continue
+        if crop.ndim != 3 or crop.shape[:2] != mask.shape:
+            problems.append(f"{cid}: crop {crop.shape} and mask {mask.shape} do not match")
+        elif not (mask > 0).any() or mask.max() > 2:
+            problems.append(f"{cid}: the mask holds no cell (values 1 cytoplasm, 2 nucleus)")
+    for sub in FOLDERS:
+        for path in sorted((root / sub).iterdir()) if (root / sub).is_dir() else []:
+            rel = f"{sub}/{path.name}"
+            if path.name.startswith(".") and path.name.endswith(TMP):
+                problems.append(f"{rel}: temporary file of an interrupted save")
+            elif rel not in named:
+                problems.append(f"{rel}: named by no record (an interrupted save)")
+    return problems
