@@ -342,6 +342,17 @@ def test_signoff_is_refused_until_every_cell_is_reviewed(field, qtbot, notificat
     assert saved["meta"]["signoff"]["reviewer"] == REVIEWER
     assert saved["meta"]["signoff"]["counts"]["white_cells"] == counts["white_cells"]
     assert saved["meta"]["models"]["mifnet"]  # the weights' sha256
+    # the reviewed cells are classifier training data now, with where they came from
+    from napari_wbc._widgets.gallery import corrections_folder
+    from napari_wbc.core.corrections import read_corrections, validate_corrections
+
+    records = read_corrections(corrections_folder())
+    assert validate_corrections(corrections_folder()) == []
+    assert sorted(gallery.corrections["saved"]) == sorted(r["id"] for r in records)
+    learnable = features[features["cell_type"] != UNIDENTIFIED]
+    assert len(records) == len(learnable) and {r["reviewed_by"] for r in records} == {REVIEWER}
+    assert {r["source"] for r in records} == {saved["meta"]["image"]}
+    assert "saved as training data" in gallery.message.text()
 
 
 def test_a_review_resumes_after_closing(field, qtbot, segmented, tmp_path):

@@ -59,6 +59,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.celltypes import CLASSIFIER
 from ..core.dataset import CELL_TYPES, NOT_WBC, UNIDENTIFIED
 from ..core.io import InputError
 from ._layers import features_of, is_cells_layer, partner, set_features
@@ -158,13 +159,39 @@ def _thumbnail_job(image, cells, nuclei, labels, options):
     return thumbnails(image, cells, nuclei, labels, **options)
 
 
+def corrections_folder() -> Path:
+    """Where signed-off reviews leave their cells as classifier training data (the Train
+    widget's data folder for fine-tuning the classifier)."""
+    from .._paths import user_data_dir
+
+    return user_data_dir() / "type_corrections"
+
+
 @thread_worker(ignore_errors=True)
 def _report_job(image, cells, nuclei, options, folder, stem, table, record, meta):
+    """The report, then the reviewed cells saved as training data: ``(report paths, what
+    save_type_corrections saved, or None for a slide, whose cells need a region saver)``."""
+    from ..core.corrections import save_type_corrections
     from ..core.verification import thumbnails, write_report
 
     labels = [int(label) for label in table["label"]]
     thumbs = dict(zip(labels, thumbnails(image, cells, nuclei, labels, **options), strict=True))
-    return write_report(folder, stem, table, thumbs, record, meta)
+    paths = write_report(folder, stem, table, thumbs, record, meta)
+    if not all(isinstance(a, np.ndarray) for a in (image, cells, nuclei)):
+        return paths, None
+    models = record.get("models") or {}
+    classifier = next((m for m in models if m == CLASSIFIER), None)
+    model = next((m for m in models if m != CLASSIFIER), None)
+    provenance = {
+        "source": meta.get("image"),
+        "model": model,
+        "weights_sha256": models.get(model),
+        "classifier": classifier,
+        "classifier_sha256": models.get(classifier),
+        "signed_off": record.get("time"),
+    }
+    saved = save_type_corrections(corrections_folder(), image, cells, nuclei, table, provenance)
+    return paths, saved
 
 
 def _keep_aside(path: Path) -> Path:
@@ -625,6 +652,7 @@ class GalleryWidget(QWidget):
         self._dirty = False  # a change not saved yet
         self._models_seen: dict | None = None  # model name -> weights sha256, found once per layer
         self.report: dict | None = None  # the files of the last sign-off
+        self.corrections: dict | None = None  # what it saved as training data
         self.signoff_worker = None
 
         self.layer_box = QComboBox()
@@ -1116,8 +1144,7 @@ class GalleryWidget(QWidget):
 
     def _models(self) -> dict[str, str | None]:
         """Model name -> weights sha256 of what segmented and typed the cells."""
-        from ..core.celltypes import CLASSIFIER
-        from ..core.verification import weights_sha256
+        from ..models import weights_sha256
 
         if self._models_seen is not None:
             return self._models_seen
@@ -1158,7 +1185,7 @@ class GalleryWidget(QWidget):
         meta = {**self._review_meta(), "pixel_size": (self._layer.metadata or {}).get("pixel_size")}
         table = self._table.copy()
         worker = _report_job(image, cells, nuclei, options, folder, stem, table, record, meta)
-        worker.returned.connect(lambda paths: self._signed(record, paths))
+        worker.returned.connect(lambda out: self._signed(record, *out))
         worker.errored.connect(self._report_failed)
         worker.finished.connect(self._report_finished)
         self.signoff_worker = worker
@@ -1167,14 +1194,20 @@ class GalleryWidget(QWidget):
         worker.start()
         return worker
 
-    def _signed(self, record: dict, paths: dict) -> None:
+    def _signed(self, record: dict, paths: dict, corrections: dict | None = None) -> None:
         self.report = {key: Path(path) for key, path in paths.items()}
+        self.corrections = corrections
         self._meta["signoff"] = record
         self._meta["report"] = {key: str(path) for key, path in self.report.items()}
         self._dirty = True
         self.save()
         page = self.report.get("html") or next(iter(self.report.values()), None)
         text = f"signed off by {record.get('reviewer')}; report: {page}"
+        if corrections and corrections.get("saved"):
+            text += (
+                f"; {len(corrections['saved'])} reviewed cells saved as training data in "
+                f"{corrections_folder()} (Train widget: fine-tune the classifier from it)"
+            )
         self._say(text)
         show_info(text)
 
