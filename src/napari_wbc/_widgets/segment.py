@@ -57,7 +57,7 @@ FIT_SETTLE_MS = 3000  # after the first result the view follows the canvas this 
 
 TIPS = {
     "image": "RGB smear field to segment",
-    "model": "trained network (shipped, or trained with `napari-wbc train`)",
+    "model": "trained network (shipped, or trained in the Fine-tune a model widget or `napari-wbc train`)",
     "device": "where the network runs; auto picks a GPU when there is one",
     "pixel_size": "micrometres per pixel; 0 = take it from the file, else unknown. "
     "With a pixel size the image is resampled to the model's scale and "
@@ -214,7 +214,9 @@ class SegmentWidget(SlideSegmentMixin, Container):
         self.run_button = PushButton(text="Segment", tooltip=TIPS["run"])
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=TIPS["cancel"])
         self.progress_bar = ProgressBar(min=0, max=3, value=0, tooltip="progress of the run")
-        self.status = Label(value="" if models else "no trained model found: see `napari-wbc train`")
+        self.status = Label(
+            value="" if models else "no trained model found: train one in the Fine-tune a model widget"
+        )
         self.status.native.setWordWrap(True)  # long messages must not widen the dock
         self.settings = Options(
             [self.device, self.pixel_size, self.flip_average, self.single_cell, self.typing],

@@ -168,8 +168,9 @@ def resolve_weights(model: str | None = None, weights: str | Path | None = None)
             if (root / name / "config.json").is_file() and (root / name / "model.safetensors").is_file():
                 read_spec(root / name)
         raise MissingWeightsError(
-            f"model {name!r} has no trained weights yet; train it with "
-            f"`napari-wbc train --model {name} --data DATASET_DIR --out {user_model_dir() / name}` "
+            f"model {name!r} has no trained weights yet; train it in napari (Plugins > napari WBC > "
+            f"Fine-tune a model: start from {name!r}) or with "
+            f"`napari-wbc train --model {name} --data DATASET_DIR --out {user_model_dir() / name}`, "
             f"or pick one of {sorted(found) or 'none'}"
         )
     return found[name]
