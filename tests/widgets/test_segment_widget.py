@@ -297,6 +297,7 @@ DOCKS = {  # display name: the most height (px) its widget may ask for
     "Cell measurements": 180,  # the table's header and three rows
     "Review against a reference": 160,  # these two scroll below DOCK_MIN_HEIGHT
     "Correct cells": 160,
+    "Fine-tune a model": 160,  # its settings folded, its loss plot in the scrolling form
 }
 
 
@@ -309,9 +310,10 @@ def test_the_docks_fit_a_1080p_screen(make_napari_viewer_proxy, qtbot):
     heights = {name: widget.native.minimumSizeHint().height() for name, widget in widgets.items()}
     for name, most in DOCKS.items():
         assert heights[name] <= most, f"{name} asks for {heights[name]} px"
-    assert heights["Correct cells"] == heights["Review against a reference"] == DOCK_MIN_HEIGHT
+    for name in ("Correct cells", "Review against a reference", "Fine-tune a model"):
+        assert heights[name] == DOCK_MIN_HEIGHT, name
     assert sum(sorted(heights.values())[-3:]) <= 560  # any three docks: well under 1000 - 60 - 3 * 26
-    # all four docked: the window still fits the screen, with room for the canvas
+    # all five docked: the window still fits the screen
     assert window.minimumSizeHint().height() <= 1000
     window.resize(1920, 1000)
     qtbot.waitUntil(lambda: window.height() == 1000 and viewer.canvas.size[0] > 800, timeout=5_000)

@@ -52,6 +52,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from ..core.io import InputError
 from ..models import DEFAULT_MODEL
+from ._layers import Options, scroll_form, side_by_side
 from ._plot import LossPlot
 
 if TYPE_CHECKING:
@@ -282,7 +283,13 @@ class TrainWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=TIPS["cancel"])
         self.progress_bar = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(value="")
-        self.extend(
+        # the recipe's numbers are filled in per kind of run: folded, the dock stays short
+        self.settings = Options(
+            [self.steps, self.batch_size, self.patch, self.lr, self.val_every, self.device],
+            title="training settings",
+        )
+        self.form = scroll_form(
+            self,
             [
                 self.folders,
                 self.add_button,
@@ -291,20 +298,14 @@ class TrainWidget(Container):
                 self.init,
                 self.plan,
                 self.model_name,
-                self.steps,
-                self.batch_size,
-                self.patch,
-                self.lr,
-                self.val_every,
-                self.device,
-                self.run_button,
-                self.cancel_button,
+                self.settings,
+                side_by_side(self.run_button, self.cancel_button),
                 self.progress_bar,
                 self.status,
-            ]
+            ],
         )
         self.plot = LossPlot()
-        self.native.layout().addWidget(self.plot)
+        self.form.native.layout().addWidget(self.plot)  # scrolls with the form
         self._classifier_run = False
 
         self.add_button.changed.connect(self._ask_folder)
