@@ -3,11 +3,11 @@ classifier's input cut from them, no overwrite, superseding, concurrent savers, 
 fine-tune from them with `napari-wbc train --model celltype --init`."""
 
 import json
-import multiprocessing
 
 import numpy as np
 import pandas as pd
 import pytest
+from concurrency import run_together
 from scipy import ndimage
 
 from napari_wbc.cli import main
@@ -212,17 +212,7 @@ def test_concurrent_savers_do_not_clash(tmp_path):
     from PIL import Image
 
     savers, rounds = 3, 6
-    ctx = multiprocessing.get_context("fork")
-    start, results = ctx.Barrier(savers), ctx.Queue()
-    procs = [
-        ctx.Process(target=saver_process, args=(tmp_path, s, rounds, start, results)) for s in range(savers)
-    ]
-    for p in procs:
-        p.start()
-    saved = [item for _ in procs for item in results.get(timeout=120)]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    saved = run_together(saver_process, tmp_path, savers, rounds)
     assert [ids for _, _, ids, _ in saved if isinstance(ids, str)] == []
     ids = [i for _, _, got, _ in saved for i in got]
     assert len(ids) == len(set(ids)) == savers * rounds  # the same source stem, distinct ids

@@ -2,7 +2,6 @@
 and concurrent saves, planted links, check and repair."""
 
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from concurrency import run_together
 
 from napari_wbc.cli import main
 from napari_wbc.core.dataset import (
@@ -241,17 +241,7 @@ def saver_process(root, saver, rounds, start, results):
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_concurrent_saves_never_mix_up_pairs(tmp_path, method):
     savers, rounds = 3, 16
-    ctx = multiprocessing.get_context(method)
-    start, results = ctx.Barrier(savers), ctx.Queue()
-    procs = [
-        ctx.Process(target=saver_process, args=(tmp_path, s, rounds, start, results)) for s in range(savers)
-    ]
-    for p in procs:
-        p.start()
-    saved = [item for _ in procs for item in results.get(timeout=120)]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    saved = run_together(saver_process, tmp_path, savers, rounds, method)
     errors = [stem for *_, stem in saved if stem.startswith("error")]
     assert errors == []
     stems = [stem for *_, stem in saved]
