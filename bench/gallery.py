@@ -63,26 +63,18 @@ def _wait(app, done, timeout: float = TIMEOUT) -> float:
     return time.perf_counter() - start
 
 
-def _drain(steps):
-    try:
-        while True:
-            next(steps)
-    except StopIteration as done:
-        return done.value
-
-
 def segment_field(path: Path):
     """(rgb, cells, nuclei, table) of a field, as the Segment widget makes them."""
     from PIL import Image
 
     from napari_wbc.core.celltypes import load_classifier
-    from napari_wbc.core.inference import segment
+    from napari_wbc.core.inference import run, segment
     from napari_wbc.core.measure import measure_cells
     from napari_wbc.models import load_model
 
     rgb = np.asarray(Image.open(path).convert("RGB"))
     net, spec = load_model("mifnet", device="cpu")
-    result = _drain(segment(rgb, net, spec, "cpu", None, classifier=load_classifier("classifier", "cpu")))
+    result = run(segment(rgb, net, spec, "cpu", None, classifier=load_classifier("classifier", "cpu")))
     table = measure_cells(result.cells, result.nuclei, None, types=result.types, type_probs=result.type_probs)
     return rgb, result.cells, result.nuclei, table
 

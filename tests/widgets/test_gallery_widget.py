@@ -24,26 +24,18 @@ REVIEWER = "A. Hematologist"
 TIMEOUT_MS = 60_000
 
 
-def _drain(steps):
-    try:
-        while True:
-            next(steps)
-    except StopIteration as done:
-        return done.value
-
-
 @pytest.fixture(scope="module")
 def segmented(datasets, trained_model):
     """The field segmented and typed once, as the Segment widget does: (path, cells, nuclei, table)."""
     from napari_wbc.core.celltypes import load_classifier
-    from napari_wbc.core.inference import segment
+    from napari_wbc.core.inference import run, segment
     from napari_wbc.core.measure import measure_cells
     from napari_wbc.models import load_model
 
     path = datasets / "bccd" / "images" / f"{FIELD}.jpg"
     rgb = np.asarray(Image.open(path).convert("RGB"))
     net, spec = load_model(trained_model, device="cpu")
-    result = _drain(segment(rgb, net, spec, "cpu", None, classifier=load_classifier("classifier", "cpu")))
+    result = run(segment(rgb, net, spec, "cpu", None, classifier=load_classifier("classifier", "cpu")))
     table = measure_cells(result.cells, result.nuclei, None, types=result.types, type_probs=result.type_probs)
     return path, result.cells, result.nuclei, table
 
