@@ -143,6 +143,53 @@ def test_saved_corrections_are_valid_carry_provenance_and_give_the_classifiers_i
     assert 0.3 < read_corrections(folder, "val")[0]["scale"] <= 1.0  # estimated as the segmenter does
 
 
+def test_a_slide_saves_its_cells_read_around_each_one(tmp_path, fields):
+    """A slide's lazy image and labels (read only around the reviewed cells) give the records a
+    field in memory gives: the same crops, masks and places."""
+    import zarr
+
+    from napari_wbc.core.measure import measure_cells
+    from napari_wbc.core.slide import Slide
+
+    image, cells, nuclei, table, kind, n_white = reviewed_field(fields[0])
+    places = measure_cells(cells, nuclei)[["label", "centroid_y", "centroid_x", "cell_area_px"]]
+    table = table.merge(places, on="label")
+    lazy = []
+    for labels in (cells, nuclei):
+        array = zarr.create_array(store={}, shape=labels.shape, dtype=np.uint32, chunks=(64, 64))
+        array[:] = labels
+        lazy.append([array])  # napari's multiscale: a list of levels
+    source = {**PROVENANCE, "source": "slide.ome.tif"}
+    field = save_type_corrections(tmp_path / "field", image, cells, nuclei, table, source, scale=0.7)
+    slide = save_type_corrections(tmp_path / "slide", Slide.from_array(image, 0.1), *lazy, table, source, 0.7)
+    assert len(slide["saved"]) == len(field["saved"]) == n_white + 2
+    assert validate_corrections(tmp_path / "slide") == []
+    for a, b in zip(read_corrections(tmp_path / "field"), read_corrections(tmp_path / "slide"), strict=True):
+        assert (a["label"], a["origin"], a["cell_type"], a["scale"]) == (
+            b["label"],
+            b["origin"],
+            b["cell_type"],
+            0.7,
+        )
+        assert a["sha256"] == b["sha256"]  # the same crop and mask files
+    # the slide stands for the field: saved again, nothing new; the scale estimated from its table
+    again = save_type_corrections(tmp_path / "slide", Slide.from_array(image, 0.1), *lazy, table, source)
+    assert again == {"saved": [], "unchanged": n_white + 2, "split": "train"}
+    fresh = save_type_corrections(tmp_path / "other", Slide.from_array(image, 0.1), *lazy, table, source)
+    assert (
+        0.3 < read_corrections(tmp_path / "other")[0]["scale"] <= 1.0 and len(fresh["saved"]) == n_white + 2
+    )
+    # a table of other cells is refused before anything is written
+    with pytest.raises(InputError, match="the table names cells the labels lack"):
+        save_type_corrections(
+            tmp_path / "bad",
+            Slide.from_array(image, 0.1),
+            *lazy,
+            table.assign(centroid_y=1.0, centroid_x=1.0),
+        )
+    assert not (tmp_path / "bad").exists()
+
+
 def test_nothing_is_overwritten_and_a_retyped_cell_supersedes(tmp_path, fields):
     folder = tmp_path / "tc"
     image, cells, nuclei, table, kind, n_white = reviewed_field(fields[0])

@@ -545,6 +545,32 @@ def test_damaged_field_results_are_refused_and_damaged_tables_left_out(tmp_path,
         )
 
 
+def test_a_review_of_another_segmentation_is_not_applied_and_left_as_it_is(tmp_path, notifications):
+    from napari_wbc.core.verification import review_path, save_review, set_type
+
+    cells, _, table = _field_result(tmp_path, review=False)
+    path = review_path(tmp_path / "f_cells.tif")
+    other = np.zeros_like(cells)  # another segmentation, with the same ids
+    other[10:30, 10:35], other[25:50, 45:70] = 1, 2
+    reviewed = set_type(table, [2], "monocyte", "Dr. R")
+    save_review(path, reviewed, {"reviewer": "Dr. R"}, other)
+    before = path.read_bytes()
+    (_, nuclei_kwargs, _), (_, kwargs, _) = read_smears(str(tmp_path / "f_cells.tif"))
+    features = kwargs["features"]  # the cells open with their table, without that review
+    assert list(features["cell_type"]) == ["neutrophil", "lymphocyte"] and "review_status" not in features
+    assert len(notifications) == 1
+    severity, message = notifications[0]
+    assert severity == "info" and str(path) in message and "another segmentation" in message
+    assert "move or delete f_review.json" in message
+    assert path.read_bytes() == before
+    # the review of these labels, as the gallery and the writer save it, is applied
+    notifications.clear()
+    save_review(path, reviewed, {"reviewer": "Dr. R"}, cells)
+    (_, _, _), (_, kwargs, _) = read_smears(str(tmp_path / "f_cells.tif"))
+    assert list(kwargs["features"]["review_status"]) == ["suggested", "reclassified"]
+    assert notifications == [] and kwargs["metadata"]["reviewer"] == "Dr. R"
+
+
 def test_segment_output_opens_with_its_table(tmp_path, datasets, trained_model, notifications):
     import pandas as pd
 

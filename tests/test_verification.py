@@ -251,6 +251,84 @@ def test_review_file_round_trip_and_apply_onto_a_remeasured_table(tmp_path, fiel
     assert list(merged["cell_type"]) == ["eosinophil", "basophil"]
 
 
+def test_reopen_undoes_a_review():
+    reviewed = v.set_type(v.confirm(small_table(), [5], "Ann"), [1], "eosinophil", "Ann")
+    back = v.reopen(reviewed, [1, 5]).set_index("label")
+    assert list(back.loc[[1, 5], "cell_type"]) == ["neutrophil", "monocyte"]  # the suggestions again
+    assert list(back.loc[[1, 5], "review_status"]) == ["suggested", "suggested"]
+    assert list(back.loc[[1, 5], "reviewed_by"]) == ["", ""] and not back.loc[[1, 5], "reviewed"].any()
+
+
+def test_a_review_file_applies_only_to_the_labels_it_is_of(tmp_path, field):
+    import zarr
+
+    _, cells, nuclei, table = field
+    reviewed = v.set_type(table, [1], "eosinophil", "Ann")
+    path = v.save_review(v.review_path(tmp_path, FIELD), reviewed, {"reviewer": "Ann"}, cells)
+    doc = json.loads(path.read_text())
+    assert doc["labels"]["kind"] == "pixels" and doc["labels"]["shape"] == list(cells.shape)
+    assert "labels" not in doc["meta"]
+    # the same labels (in another integer type, as a TIFF reads them back): applied
+    merged, meta = v.open_review(path, table, cells.astype(np.int64))
+    assert merged.set_index("label").loc[1, "cell_type"] == "eosinophil" and meta["reviewer"] == "Ann"
+    # another segmentation, even with the same ids: refused in one message; the file is kept
+    before = path.read_bytes()
+    other = cells.copy()
+    other[other == 2] = 0
+    other[:5, :5] = 2
+    for labels in (other, cells[:, :-1]):
+        with pytest.raises(v.ReviewMismatch) as refused:
+            v.open_review(path, table, labels)
+        message = str(refused.value)
+        assert str(path) in message and "another segmentation" in message
+        assert f"move or delete {path.name}" in message
+    assert path.read_bytes() == before
+    # a slide's lazy labels: the fingerprint of its cells' ids and areas
+    lazy = zarr.create_array(store={}, shape=cells.shape, dtype=np.uint32, chunks=(128, 128))
+    lazy[:] = cells
+    v.save_review(path, reviewed, {}, [lazy])
+    assert json.loads(path.read_text())["labels"]["kind"] == "cells"
+    assert v.open_review(path, table, [lazy])[0].set_index("label").loc[1, "cell_type"] == "eosinophil"
+    with pytest.raises(v.ReviewMismatch):
+        v.open_review(path, table.assign(cell_area_px=table["cell_area_px"] + 1), [lazy])
+    # saved again without labels: no fingerprint (never the one the meta carried)
+    v.save_review(path, reviewed, {**meta, "labels": {"kind": "pixels", "sha256": "0" * 64}})
+    assert "labels" not in json.loads(path.read_text())
+
+
+def test_a_review_file_from_before_fingerprints_still_opens(tmp_path, field):
+    _, cells, nuclei, table = field
+    path = v.save_review(v.review_path(tmp_path, FIELD), v.set_type(table, [2], "monocyte", "Ann"))
+    assert "labels" not in json.loads(path.read_text())  # as versions before fingerprints wrote it
+    merged, _ = v.open_review(path, table, cells)
+    assert merged.set_index("label").loc[2, "cell_type"] == "monocyte"
+    # ... unless it names cells these labels do not have
+    with pytest.raises(v.ReviewMismatch, match="another segmentation"):
+        v.open_review(path, table[table["label"] == 1], cells)
+
+
+def test_the_report_refuses_a_review_of_another_segmentation(tmp_path, field):
+    from napari_wbc.core.batch import write_csv, write_labels_tiff
+
+    image, cells, nuclei, table = field
+    write_labels_tiff(tmp_path / f"{FIELD}_cells.tif", cells, None)
+    write_labels_tiff(tmp_path / f"{FIELD}_nuclei.tif", nuclei, None)
+    write_csv(tmp_path / f"{FIELD}_cells.csv", table)
+    path = v.review_path(tmp_path, FIELD)
+    v.save_review(path, v.confirm(table, [1, 2], "Ann"), {}, np.roll(cells, 7, axis=1))
+    before = path.read_bytes()
+    with pytest.raises(v.ReviewMismatch, match=f"move or delete {path.name}"):
+        v.report_output(tmp_path, FIELD, reviewer="Ann")
+    assert path.read_bytes() == before and not list(tmp_path.glob("*_report*"))
+    # its own labels' review is applied and signed off, the record saved with the fingerprint
+    v.save_review(path, v.confirm(table, [1, 2], "Ann"), {}, cells)
+    done = v.report_output(tmp_path, FIELD, reviewer="Ann")
+    assert done["record"]["reviewer"] == "Ann" and done["refused"] is None
+    doc = json.loads(path.read_text())
+    assert doc["meta"]["signoff"]["reviewer"] == "Ann"
+    assert doc["labels"] == v.labels_fingerprint(cells)
+
+
 def test_load_review_refuses_other_files_in_one_line(tmp_path):
     with pytest.raises(InputError, match="no such review file"):
         v.load_review(tmp_path / "none_review.json")

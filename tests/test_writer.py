@@ -88,7 +88,7 @@ def test_a_review_saved_from_napari_opens_again_as_it_was(
     from napari_wbc._widgets._layers import CELLS_STYLE, NUCLEI_STYLE, features_of, image_name, is_cells_layer
     from napari_wbc.core.measure import count_summary
     from napari_wbc.core.slide import slide_pixel_size
-    from napari_wbc.core.verification import REVIEW_COLUMNS, load_review, weights_sha256
+    from napari_wbc.core.verification import REVIEW_COLUMNS, labels_fingerprint, load_review, weights_sha256
 
     viewer = make_napari_viewer()
     cells, nuclei = _show(viewer, field, trained_model)
@@ -108,6 +108,7 @@ def test_a_review_saved_from_napari_opens_again_as_it_was(
     saved, meta = load_review(tmp_path / f"{FIELD}_review.json")
     assert list(saved["review_status"]) == list(table["review_status"])
     assert meta["reviewer"] == REVIEWER and meta["image"] == str(field[0])
+    assert meta["labels"] == labels_fingerprint(np.asarray(cells.data))  # what the review is of
     assert meta["pixel_size"] == PIXEL_SIZE
     assert (
         meta["models"] == {trained_model: weights_sha256(trained_model)}

@@ -26,7 +26,9 @@ Segment widget makes them, so that the other widgets pair them: the pixel size o
 in their metadata, their scale that of the image they came from (its pixel size in um when
 its file records one, else pixels: a pixel size given with ``--pixel-size`` or in the widget
 does not move the labels off the image). The cells layer gets the table as its features,
-the saved review applied to it (:func:`napari_wbc.core.verification.apply_review`), and,
+the saved review applied to it (:func:`napari_wbc.core.verification.open_review`: only when
+it is the review of these labels; a review of another segmentation is said and left as it
+is), and,
 from the review or the folder's ``summary.csv``, the image and model it came from; its
 ``metadata["files"]`` says where the result's files are (as for a slide), which is where the
 gallery finds and keeps the review. The image itself is not opened with it. A table or
@@ -343,7 +345,7 @@ def result_layer_data(cells_path: str | Path, opened: str | Path | None = None) 
     if table is None and not notes:
         notes.append(f"no {files['table'].name} beside it; the cells open without their measurements")
     origin = _origin(cells_path.parent, stem)
-    review = _review(files["review"], table, notes)
+    review = _review(files["review"], table, cells, notes)
     if review is not None:
         table, meta = review
         models = [name for name in meta.get("models") or {} if name]
@@ -383,10 +385,11 @@ def layer_data(path: str | Path) -> LayerData:
     return smear_layer_data(path)
 
 
-def _review(path: Path, table, notes: list[str]):
+def _review(path: Path, table, cells: np.ndarray, notes: list[str]):
     """``(table with the review in ``path`` applied, the review's meta)``, or None when there
-    is no review file; a review that cannot be read is said in ``notes``."""
-    from .core.verification import apply_review, load_review
+    is no review file; a review that cannot be read, or is of other labels than ``cells``, is
+    said in ``notes`` (and the file left as it is)."""
+    from .core.verification import ReviewMismatch, open_review
 
     if not os.path.isfile(path):
         return None
@@ -394,8 +397,11 @@ def _review(path: Path, table, notes: list[str]):
         notes.append(f"{path.name} is not applied: the cells have no table to apply it to")
         return None
     try:
-        saved, meta = load_review(path)
-        return apply_review(table, saved), dict(meta or {})
+        table, meta = open_review(path, table, cells)
+        return table, dict(meta or {})
+    except ReviewMismatch as err:
+        notes.append(str(err))
+        return None
     except (InputError, ValueError, KeyError, OSError) as err:
         notes.append(f"{path.name} cannot be read ({err}); the cells open without their review")
         return None

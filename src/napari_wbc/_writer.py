@@ -11,7 +11,7 @@ the chosen folder, for ``<stem>`` = the chosen name without ``.tif`` and without
 - ``<stem>_cells.csv``: the cells layer's features, the measurement table (measured from
   the labels when the layer has none);
 - ``<stem>_review.json``: the review (:func:`napari_wbc.core.verification.save_review`),
-  when the table has the review columns.
+  when the table has the review columns, with the fingerprint of the cells it is of.
 
 :mod:`._reader` opens them again as ``"<stem> cells"`` / ``"<stem> nuclei"`` with the table
 and the review, and ``napari-wbc compare`` reads them. A single selected layer brings its
@@ -66,7 +66,7 @@ def write_result(path: str, layer_data: Sequence[LayerData]) -> list[str]:
     }
     own = set()
     if review:
-        writes[files["review"]] = _review_writer(table, cells[1])
+        writes[files["review"]] = _review_writer(table, cells[1], labels[0])
         own = {_current_review(cells[1])}  # the gallery's file of this very review
     # a review file of earlier cells, which this table has no review for, goes with them
     stale = [] if review or not os.path.lexists(files["review"]) else [files["review"]]
@@ -187,11 +187,13 @@ def _has_review(table) -> bool:
     return all(column in table.columns for column in REVIEW_COLUMNS)
 
 
-def _review_writer(table, cells_meta: dict) -> Callable[[Path], None]:
-    """A writer of the review file. Its meta (reviewer, sign-off, report...) is that of the
-    review the layer has now: the file the gallery keeps beside the layer's cells TIFF or image
-    (``metadata["files"]["cells"]`` or ``["source"]``), completed with what the layer knows
-    (the image, the pixel size, the model and its weights' sha256, the reviewer)."""
+def _review_writer(table, cells_meta: dict, cells: np.ndarray) -> Callable[[Path], None]:
+    """A writer of the review file, with the fingerprint of the cell labels written with it
+    (``cells``: :func:`napari_wbc.core.verification.labels_fingerprint`). Its meta (reviewer,
+    sign-off, report...) is that of the review the layer has now: the file the gallery keeps
+    beside the layer's cells TIFF or image (``metadata["files"]["cells"]`` or ``["source"]``),
+    completed with what the layer knows (the image, the pixel size, the model and its weights'
+    sha256, the reviewer)."""
     from .core.io import InputError
     from .core.verification import load_review, save_review
     from .models import weights_sha256
@@ -212,7 +214,7 @@ def _review_writer(table, cells_meta: dict) -> Callable[[Path], None]:
         "reviewer": metadata.get("reviewer"),
     }
     meta.update({key: value for key, value in known.items() if value and not meta.get(key)})
-    return lambda p: save_review(p, table, meta)
+    return lambda p: save_review(p, table, meta, cells)
 
 
 def _current_review(cells_meta: dict) -> Path | None:

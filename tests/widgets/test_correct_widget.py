@@ -16,6 +16,7 @@ pytestmark = pytest.mark.gui
 
 TIMEOUT_MS = 30_000
 SCALE = (0.5, 0.5)
+REVIEWER = "Dr. C. Orrect"
 
 
 def _labels():
@@ -211,6 +212,7 @@ def test_type_and_reviewed_survive_edits(setup, qtbot):
     _, cells_layer, nuclei_layer, widget = setup
     cells_layer.selected_label = 3
     assert widget.ids.value == "3" and not widget.reviewed.value
+    widget.reviewer.value = REVIEWER
     widget.cell_type.value = "neutrophil"
     widget.type_button.clicked.emit()
     widget.reviewed.value = True
@@ -224,6 +226,83 @@ def test_type_and_reviewed_survive_edits(setup, qtbot):
     assert features.loc[3, "cell_type"] == "neutrophil" and bool(features.loc[3, "reviewed"])
     cells_layer.selected_label = 3
     assert widget.reviewed.value  # the check box shows the selected cell's flag
+
+
+def test_a_type_set_here_is_a_review_decision_that_the_gallery_follows(setup, qtbot, tmp_path, notifications):
+    from napari_wbc._widgets.gallery import STATUS_ROLE, GalleryWidget
+    from napari_wbc.core.measure import count_summary, describe_counts
+    from napari_wbc.core.verification import load_review
+
+    viewer, cells_layer, _, widget = setup
+    source = str(tmp_path / "smear.png")  # the review is kept beside the image
+    viewer.layers["smear"].metadata = {"source": source}
+    cells_layer.metadata = {**cells_layer.metadata, "source": source}
+    table = cells_layer.features.drop(columns="index")
+    cells_layer.features = table.assign(
+        cell_type=["neutrophil", "lymphocyte", "monocyte"], type_confidence=0.9, index=table["label"]
+    )
+    gallery = GalleryWidget(viewer)
+    viewer.window.add_dock_widget(gallery, name="gallery")
+    assert gallery.layer == cells_layer
+
+    def row(label):
+        return cells_layer.features.set_index("label").loc[label]
+
+    def status(label):
+        return gallery.model.index_of(label).data(STATUS_ROLE)
+
+    # no reviewer name: refused, nothing changes
+    widget.ids.value = "1"
+    widget.cell_type.value = "lymphocyte"
+    assert not widget.set_type()
+    assert "reviewer" in widget.status.value and row(1)["cell_type"] == "neutrophil"
+    assert any("error" in s and "reviewer" in m for s, m in notifications)
+    # a type other than the suggestion: reclassified, the suggestion kept, who and when
+    widget.reviewer.value = REVIEWER
+    assert cells_layer.metadata["reviewer"] == REVIEWER  # shared with the gallery
+    assert widget.set_type()
+    first = row(1)
+    assert (first["cell_type"], first["suggested_type"], first["review_status"]) == (
+        "lymphocyte",
+        "neutrophil",
+        "reclassified",
+    )
+    assert first["reviewed_by"] == REVIEWER and first["reviewed_at"].endswith("Z") and first["reviewed"]
+    assert widget.reviewed.value  # the box shows the cell's review
+    # the suggested type: confirmed; 'not a white cell': excluded (out of the count)
+    widget.ids.value = "2"
+    assert widget.set_type()
+    widget.ids.value = "3"
+    widget.cell_type.value = "not_wbc"
+    assert widget.set_type()
+    assert [row(i)["review_status"] for i in (1, 2, 3)] == ["reclassified", "confirmed", "excluded"]
+    # the gallery follows: statuses, groups, the live differential, progress; and saves the review
+    qtbot.waitUntil(lambda: status(3) == "excluded", timeout=TIMEOUT_MS)
+    assert [status(i) for i in (1, 2)] == ["reclassified", "confirmed"]
+    assert gallery.model.groups() == {"lymphocyte": [1, 2], "not_wbc": [3]}
+    counts = count_summary(cells_layer.features)
+    assert counts["n_lymphocyte"] == 2 and counts["excluded"] == 1
+    assert gallery.differential.text() == describe_counts(counts)
+    assert gallery.progress.text() == "reviewed 3 of 3"
+    review = tmp_path / "smear_review.json"
+    qtbot.waitUntil(review.is_file, timeout=TIMEOUT_MS)
+    saved = load_review(review)[0].set_index("label")
+    assert list(saved["review_status"]) == ["reclassified", "confirmed", "excluded"]
+    assert saved.loc[1, "suggested_type"] == "neutrophil" and saved.loc[1, "reviewed_by"] == REVIEWER
+    # unticking 'reviewed' undoes the review: the suggestion back; ticking confirms
+    widget.ids.value = "1"
+    widget.reviewed.value = False
+    assert (row(1)["cell_type"], row(1)["review_status"], row(1)["reviewed_by"]) == (
+        "neutrophil",
+        "suggested",
+        "",
+    )
+    qtbot.waitUntil(lambda: status(1) == "suggested", timeout=TIMEOUT_MS)
+    assert gallery.progress.text() == "reviewed 2 of 3 (1 to go)"
+    widget.reviewed.value = True
+    assert (row(1)["cell_type"], row(1)["review_status"]) == ("neutrophil", "confirmed")
+    qtbot.waitUntil(lambda: status(1) == "confirmed", timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: load_review(review)[0].set_index("label").loc[1, "review_status"] == "confirmed")
 
 
 def test_edits_update_the_review(setup, qtbot):
@@ -276,6 +355,7 @@ def test_save_as_training_data(setup, qtbot, tmp_path, notifications):
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == files
     # a type set since: a new pair, beside the first (which is never overwritten)
     widget.ids.value = "3"
+    widget.reviewer.value = REVIEWER
     widget.cell_type.value = "monocyte"
     widget.type_button.clicked.emit()
     widget.save_button.clicked.emit()

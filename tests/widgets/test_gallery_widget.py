@@ -329,7 +329,7 @@ def test_signoff_is_refused_until_every_cell_is_reviewed(field, qtbot, notificat
     )
     assert total.loc["excluded (not a white cell)", "count"] == (features["cell_type"] == NOT_WBC).sum()
     page = gallery.report["html"].read_text()
-    assert page.count("data:image/png;base64,") == len(table)  # every cell's thumbnail
+    assert page.count('src="data:image/') == len(table)  # every cell's thumbnail
     saved = json.loads((tmp_path / f"{FIELD}_review.json").read_text())
     assert saved["meta"]["signoff"]["reviewer"] == REVIEWER
     assert saved["meta"]["signoff"]["counts"]["white_cells"] == counts["white_cells"]
@@ -411,3 +411,135 @@ def test_an_unreadable_review_is_kept(make_napari_viewer_proxy, segmented, tmp_p
     assert kept.read_text() == '{"format": "napari-wbc review", "cells": [{"label": "x"'
     assert sum(cell["reviewed_by"] == REVIEWER for cell in json.loads(damaged.read_text())["cells"]) == 1
     assert _features(layer)["review_status"].ne("suggested").sum() == 1
+
+
+def _open_field(viewer, segmented, tmp_path):
+    """The field (a copy in tmp_path, where its review goes) and its cells and nuclei layers."""
+    path, cells, nuclei, table = segmented
+    copy = tmp_path / path.name
+    shutil.copy(path, copy)
+    image = viewer.open(copy, plugin="napari-wbc")[0]
+    return _add_layers(viewer, image, cells, nuclei, table)
+
+
+def test_a_review_of_another_segmentation_is_refused_and_kept(
+    make_napari_viewer_proxy, segmented, tmp_path, notifications, qtbot
+):
+    from napari_wbc.core.verification import labels_fingerprint, load_review, save_review, set_type
+
+    _, cells, nuclei, table = segmented
+    review = tmp_path / f"{FIELD}_review.json"
+    other = np.roll(cells, 9, axis=1)  # another segmentation of the field, with the same ids
+    save_review(
+        review, set_type(table, table["label"][:1], "basophil", "Someone"), {"reviewer": "Someone"}, other
+    )
+    before = review.read_bytes()
+    viewer = make_napari_viewer_proxy(show=True)
+    layer = _open_field(viewer, segmented, tmp_path)
+    gallery = GalleryWidget(viewer)
+    viewer.window.add_dock_widget(gallery, name="Cell gallery")
+    said = [m for s, m in notifications if str(review) in m]
+    assert len(said) == 1 and "another segmentation" in said[0] and f"move or delete {review.name}" in said[0]
+    assert gallery.message.text() == said[0]
+    assert set(_features(layer)["review_status"]) == {"suggested"}  # not applied
+    assert gallery.reviewer.text() != "Someone"
+    # no change is taken and nothing is written over the file while it is there
+    gallery.reviewer.setText(REVIEWER)
+    gallery.select_cells(gallery.model.cell_order()[:1])
+    _key(qtbot, gallery, Qt.Key.Key_Return)
+    assert (
+        set(_features(layer)["review_status"]) == {"suggested"}
+        and "another segmentation" in gallery.message.text()
+    )
+    assert gallery.sign_off() is None and gallery.save() is None
+    viewer.window.remove_dock_widget(gallery)
+    assert review.read_bytes() == before and sorted(p.name for p in tmp_path.glob("*.json")) == [review.name]
+    # moved away: a new review of these cells starts, saved with their fingerprint
+    review.rename(tmp_path / "elsewhere.json")
+    gallery = GalleryWidget(viewer)
+    viewer.window.add_dock_widget(gallery, name="Cell gallery")
+    gallery.reviewer.setText(REVIEWER)
+    gallery.select_cells(gallery.model.cell_order()[:1])
+    _key(qtbot, gallery, Qt.Key.Key_Return)
+    assert gallery.save() == review
+    assert load_review(review)[1]["labels"] == labels_fingerprint(cells)
+
+
+def test_a_review_from_before_fingerprints_still_resumes(make_napari_viewer_proxy, segmented, tmp_path):
+    from napari_wbc.core.verification import save_review, set_type
+
+    _, cells, nuclei, table = segmented
+    first = int(table["label"].iloc[0])
+    review = tmp_path / f"{FIELD}_review.json"
+    save_review(
+        review, set_type(table, [first], "basophil", "Someone"), {"reviewer": "Someone"}
+    )  # no fingerprint
+    viewer = make_napari_viewer_proxy(show=True)
+    layer = _open_field(viewer, segmented, tmp_path)
+    gallery = GalleryWidget(viewer)
+    viewer.window.add_dock_widget(gallery, name="Cell gallery")
+    assert "resumed the review" in gallery.message.text()
+    assert (
+        _features(layer).loc[first, "cell_type"] == "basophil" and _status(gallery, first) == "reclassified"
+    )
+    assert gallery.reviewer.text() == "Someone"
+
+
+def test_signing_off_a_slide_keeps_its_reviewed_cells_as_training_data(
+    make_napari_viewer_proxy, segmented, tmp_path, qtbot, monkeypatch
+):
+    """The gallery on a slide's lazy multiscale layers: sign-off saves the reviewed cells, read
+    around each cell, as a field's would be saved."""
+    import dask.array as da
+
+    from napari_wbc._widgets.gallery import corrections_folder
+    from napari_wbc.core.corrections import read_corrections, save_type_corrections, validate_corrections
+    from napari_wbc.core.verification import load_review
+
+    monkeypatch.setenv("NAPARI_WBC_HOME", str(tmp_path / "home"))  # a corrections folder of its own
+    path, cells, nuclei, table = segmented
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+
+    def levels(array):
+        return [da.from_array(array, chunks=128), da.from_array(array[::2, ::2], chunks=128)]
+
+    viewer = make_napari_viewer_proxy(show=True)
+    slide = str(tmp_path / "slide.ome.tif")
+    viewer.add_image(levels(rgb), name="slide", rgb=True, multiscale=True, metadata={"source": slide})
+    viewer.add_labels(levels(nuclei), name="slide nuclei", multiscale=True)
+    meta = {"source_layer": "slide", "source": slide, "model": "mifnet", "pixel_size": None}
+    meta["files"] = {"cells": str(tmp_path / "slide_cells.tif")}
+    layer = viewer.add_labels(
+        levels(cells),
+        name="slide cells",
+        multiscale=True,
+        features=table.assign(index=table["label"]),
+        metadata=meta,
+    )
+    gallery = GalleryWidget(viewer)
+    viewer.window.add_dock_widget(gallery, name="Cell gallery")
+    assert gallery.layer == layer
+    gallery.reviewer.setText(REVIEWER)
+    gallery.select_cells(gallery.model.cell_order())
+    _key(qtbot, gallery, Qt.Key.Key_Return)
+    unidentified = gallery.model.groups().get(UNIDENTIFIED, [])
+    if unidentified:
+        gallery.select_cells(unidentified)
+        _key(qtbot, gallery, Qt.Key.Key_1)
+    assert gallery.sign_off() is not None
+    qtbot.waitUntil(lambda: gallery.signoff_worker is None, timeout=TIMEOUT_MS)
+    assert gallery.report is not None, gallery.message.text()
+    assert gallery.report["html"] == tmp_path / "slide_report.html"
+    assert load_review(tmp_path / "slide_review.json")[1]["labels"]["kind"] == "cells"
+    folder = corrections_folder()
+    records = read_corrections(folder)
+    assert validate_corrections(folder) == [] and "saved as training data" in gallery.message.text()
+    assert sorted(gallery.corrections["saved"]) == sorted(r["id"] for r in records)
+    assert len(records) == len(table) and {r["reviewed_by"] for r in records} == {REVIEWER}
+    assert {(r["source"], r["model"], r["classifier"]) for r in records} == {(slide, "mifnet", "celltype")}
+    # the same crops and masks as the field in memory gives
+    reviewed = _features(layer).reset_index()
+    field = save_type_corrections(tmp_path / "field", rgb, cells, nuclei, reviewed, {}, records[0]["scale"])
+    expect = {r["label"]: r["sha256"] for r in read_corrections(tmp_path / "field")}
+    assert len(field["saved"]) == len(records)
+    assert {r["label"]: r["sha256"] for r in records} == expect

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_wbc._widgets.measure import COLUMN_ROLE, MeasureWidget
+from napari_wbc._widgets.measure import COLUMN_ROLE, LABEL_ROLE, MeasureWidget
 from napari_wbc.core.measure import measure_cells
 
 pytestmark = pytest.mark.gui
@@ -175,3 +175,107 @@ def test_export_without_cells_layer_is_refused(make_napari_viewer_proxy, notific
     widget.export_button.clicked.emit()
     assert [s for s, _ in notifications] == ["error"]
     assert not list(tmp_path.iterdir())
+
+
+# -- a reclassification updates the rows it changed, in place -----------------------------------
+
+KEPT = Qt.ItemDataRole.UserRole + 7  # a mark on an item: still there after an update in place
+
+
+def _typed(table):
+    return table.assign(cell_type=["neutrophil", "lymphocyte", "monocyte"], type_confidence=[0.9, 0.8, 0.7])
+
+
+def _rows(widget):
+    """label -> {column: what the row shows}."""
+    names = _headers(widget)
+    return {
+        widget.table.item(r, 0).data(LABEL_ROLE): {
+            name: widget.table.item(r, c).data(Qt.ItemDataRole.DisplayRole) for c, name in enumerate(names)
+        }
+        for r in range(widget.table.rowCount())
+    }
+
+
+def _mark_items(widget):
+    for r in range(widget.table.rowCount()):
+        for c in range(widget.table.columnCount()):
+            widget.table.item(r, c).setData(KEPT, True)
+
+
+def _all_marked(widget):
+    return all(
+        widget.table.item(r, c).data(KEPT)
+        for r in range(widget.table.rowCount())
+        for c in range(widget.table.columnCount())
+    )
+
+
+def test_a_reclassification_updates_its_row_in_place_and_keeps_the_sort(setup):
+    from napari_wbc._widgets._layers import features_of, set_features
+    from napari_wbc.core.measure import count_summary, describe_counts
+    from napari_wbc.core.verification import set_type, start_review
+
+    _, layer, table, widget = setup
+    set_features(layer, start_review(_typed(table)))  # new columns: the table is rebuilt
+    assert "review_status" in _headers(widget)
+    widget.table.sortItems(_headers(widget).index("cell_type"), Qt.SortOrder.AscendingOrder)
+    assert _column(widget, "cell_type") == ["lymphocyte", "monocyte", "neutrophil"]
+    layer.selected_label = 3
+    before = _rows(widget)
+    _mark_items(widget)
+
+    set_features(layer, set_type(features_of(layer), [1], "basophil", "Ann"))  # as the gallery and Correct do
+    after = _rows(widget)
+    changed = {name for name in after[1] if after[1][name] != before[1][name]}
+    assert changed == {"cell_type", "review_status", "reviewed", "reviewed_by", "reviewed_at"}
+    assert after[1]["cell_type"] == "basophil" and after[1]["review_status"] == "reclassified"
+    assert after[1]["reviewed_by"] == "Ann" and after[1]["reviewed"] == "yes"
+    assert after[2] == before[2] and after[3] == before[3]  # the other rows as they were
+    assert _column(widget, "cell_type") == ["basophil", "lymphocyte", "monocyte"]  # still sorted
+    assert _column(widget, "label") == [1, 2, 3]
+    assert _all_marked(widget)  # updated in place, not rebuilt
+    assert widget.selected_cell() == 3  # the selection stays on its cell
+    assert widget.summary.value == describe_counts(count_summary(layer.features))
+
+    # the sort order holds the other way round too, and a cell that leaves the count
+    widget.table.sortItems(_headers(widget).index("cell_type"), Qt.SortOrder.DescendingOrder)
+    set_features(layer, set_type(features_of(layer), [3], "not_wbc", "Ann"))
+    assert _column(widget, "cell_type") == ["not_wbc", "lymphocyte", "basophil"]
+    assert _rows(widget)[3]["review_status"] == "excluded" and _all_marked(widget)
+    assert widget.summary.value == describe_counts(count_summary(layer.features))
+
+    # other cells (a new segmentation, an edit): rebuilt
+    set_features(layer, features_of(layer).iloc[:2])
+    assert widget.table.rowCount() == 2 and not _all_marked(widget)
+
+
+def test_the_gallery_keys_update_the_docked_table_in_place(setup, qtbot):
+    from napari_wbc._widgets.gallery import GalleryWidget
+
+    viewer, layer, table, widget = setup
+    cells, nuclei = _cells_and_nuclei()
+    viewer.add_image(np.full((*cells.shape, 3), 200, np.uint8), name="smear", scale=SCALE)
+    viewer.add_labels(nuclei, name="smear nuclei", scale=SCALE)
+    layer.features = _typed(table).assign(index=table["label"])
+    gallery = GalleryWidget(viewer)
+    viewer.window.add_dock_widget(gallery, name="Cell gallery")
+    assert gallery.model.cell_order() == [1, 2, 3]
+    assert set(_column(widget, "review_status")) == {"suggested"}
+    widget.table.sortItems(_headers(widget).index("label"), Qt.SortOrder.DescendingOrder)
+    before = _rows(widget)
+    _mark_items(widget)
+
+    gallery.reviewer.setText("Ann")
+    gallery.select_cells([2])
+    qtbot.keyClick(gallery.view, Qt.Key.Key_4)  # eosinophil
+    after = _rows(widget)
+    assert after[2]["cell_type"] == "eosinophil" and after[2]["review_status"] == "reclassified"
+    assert after[1] == before[1] and after[3] == before[3]
+    assert _column(widget, "label") == [3, 2, 1] and _all_marked(widget)
+    gallery.select_cells([1])
+    qtbot.keyClick(gallery.view, Qt.Key.Key_Return)  # confirmed as it is
+    after = _rows(widget)
+    assert after[1]["cell_type"] == "neutrophil" and after[1]["review_status"] == "confirmed"
+    assert after[3] == before[3] and _all_marked(widget)
+    assert widget.summary.value == gallery.differential.text()

@@ -183,6 +183,51 @@ def test_typing_can_be_switched_off(viewer, qtbot, trained_model, notifications)
     assert "%" not in widget.status.value
 
 
+def test_a_fine_tuned_classifier_is_offered_and_used(
+    viewer, qtbot, trained_model, notifications, monkeypatch, tmp_path
+):
+    import dataclasses
+
+    from napari_wbc._widgets.segment import TunedClassifier
+    from napari_wbc.models import SHIPPED, load_model, save_model, sha256, user_model_dir
+
+    def offered():
+        box = widget.typing.native
+        return [(box.itemText(i), box.itemData(i)) for i in range(box.count())]
+
+    monkeypatch.setenv("NAPARI_WBC_HOME", str(tmp_path / "home"))
+    viewer.open_sample("napari-wbc", "two_cells")
+    widget = _widget(viewer)
+    assert [label for label, _ in offered()] == [
+        "cell-type classifier (shipped)",
+        "the model's own (wcsegnet)",
+        "off",
+    ]
+    # a classifier fine-tuned meanwhile, where the Train widget saves it (float32: other weights'
+    # sha256); it calls every white cell unidentified, so the cells say which classifier typed them
+    net, spec = load_model("celltype", device="cpu")  # cached: the shipped spec is left alone
+    spec = dataclasses.replace(spec, extra={**spec.extra, "unidentified_below": 1.01})
+    folder = save_model(net, spec, user_model_dir() / "celltype-ft-test")
+    assert sha256(folder / "model.safetensors") != sha256(SHIPPED / "celltype" / "model.safetensors")
+    widget.typing.reset_choices()  # as when the box is opened, or when the Train widget finishes
+    tuned = TunedClassifier("celltype-ft-test", str(folder))
+    assert ("celltype-ft-test (fine-tuned)", tuned) in offered()
+    widget.typing.value = tuned
+    _run(qtbot, widget)
+    assert _errors(notifications) == []
+    cells = viewer.layers[f"{SAMPLE} cells"]
+    kinds = set(cells.features["cell_type"])
+    assert "unidentified" in kinds and kinds <= {"unidentified", "not_wbc"}
+    assert cells.metadata["classifier"] == "celltype-ft-test"
+    assert cells.metadata["classifier_sha256"] == sha256(folder / "model.safetensors")
+    # the shipped one again: its name and weights are recorded instead
+    widget.typing.value = "classifier"
+    _run(qtbot, widget)
+    assert set(cells.features["cell_type"]) - {"unidentified", "not_wbc"}
+    assert cells.metadata["classifier"] == "celltype"
+    assert cells.metadata["classifier_sha256"] == sha256(SHIPPED / "celltype" / "model.safetensors")
+
+
 def test_cancel_leaves_no_result(viewer, qtbot, trained_model, notifications):
     viewer.open_sample("napari-wbc", "two_cells")
     widget = _widget(viewer)

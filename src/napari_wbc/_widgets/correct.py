@@ -6,7 +6,12 @@ background only). The buttons add what a cell editor needs, each a function of
 :mod:`napari_wbc.core.edit` applied to the cells in "cell ids" (the selected label;
 Ctrl+click on a cell adds it): delete, merge, split (two or more points clicked inside
 the cell, or a line drawn across it), new cell (a drawn polygon or a painted mask), the
-nucleus (replace, add to or remove from it with a drawing), type, reviewed. Edits go
+nucleus (replace, add to or remove from it with a drawing), type, reviewed. A type set here
+or a tick in "reviewed" is a review decision like one in the Cell gallery, made through the
+same functions (:func:`napari_wbc.core.verification.set_type`, ``confirm``; unticking is
+``reopen``): the table gets the review status, keeps the classifier's suggestion and records
+the reviewer (the "reviewer" box, shared with the gallery through the layer) and the time;
+the gallery and the differential follow. Edits go
 into the layers through ``data_setitem``, so napari's undo (Ctrl+Z, per layer) undoes
 them too. An :class:`~._tracker.EditTracker` keeps nuclei inside their cells and the
 measurements, counts and review in step, and counts the edited cells, which "Save as
@@ -63,6 +68,11 @@ TIPS = {
     "folder": "training folder (images/, labels/, manifest.jsonl); created if needed; a field saved "
     "there unchanged is not saved again",
     "visible": "save only the part of the image shown on the canvas",
+    "reviewer": "who reviews: recorded with every type set or confirmed here, as in the Cell gallery",
+    "type": "give the cells in 'cell ids' this type: a review decision (confirmed when it is the "
+    "classifier's suggestion, else reclassified; 'not a white cell' excludes them from the count)",
+    "reviewed": "tick: confirm the type of the cells in 'cell ids' (reviewed by you); untick: undo "
+    "their review (back to the classifier's suggestion)",
 }
 
 
@@ -86,9 +96,11 @@ class CorrectWidget(Container):
         self.new_button = PushButton(text="New cell", tooltip=TIPS["new"])
         self.nucleus_button = PushButton(text="Set nucleus", tooltip=TIPS["nucleus"])
         self.nucleus_mode = ComboBox(choices=["replace", "add", "remove"], value="replace")
-        self.cell_type = ComboBox(label="type", choices=CELL_TYPES)
-        self.type_button = PushButton(text="Set type")
-        self.reviewed = CheckBox(text="reviewed", tooltip="mark the cells in 'cell ids' as checked by you")
+        self.reviewer = LineEdit(label="reviewer", tooltip=TIPS["reviewer"])
+        self.reviewer.native.setPlaceholderText("your name")
+        self.cell_type = ComboBox(label="type", choices=CELL_TYPES, tooltip=TIPS["type"])
+        self.type_button = PushButton(text="Set type", tooltip=TIPS["type"])
+        self.reviewed = CheckBox(text="reviewed", tooltip=TIPS["reviewed"])
         self.folder = FileEdit(label="training folder", mode="d", nullable=True, tooltip=TIPS["folder"])
         self.visible_only = CheckBox(text="visible part only", tooltip=TIPS["visible"])
         self.save_button = PushButton(text="Save as training data")
@@ -104,6 +116,7 @@ class CorrectWidget(Container):
                 side_by_side(self.points_button, self.shapes_button, self.mask_button),
                 side_by_side(self.split_button, self.new_button),
                 side_by_side(self.nucleus_button, self.nucleus_mode),
+                self.reviewer,
                 side_by_side(self.cell_type, self.type_button, self.reviewed, labels=True),
                 self.folder,
                 side_by_side(self.visible_only, self.save_button),
@@ -130,6 +143,7 @@ class CorrectWidget(Container):
         ):
             button.changed.connect(lambda _v=None, kind=kind: self.add_drawing(kind))
         self.reviewed.changed.connect(self._on_reviewed)
+        self.reviewer.changed.connect(self._on_reviewer)
         events = viewer.layers.events
         for emitter in (events.inserted, events.removed, events.reordered, events.renamed):
             emitter.connect(self._refresh_layers)
@@ -177,6 +191,9 @@ class CorrectWidget(Container):
                 old.mouse_drag_callbacks.remove(self._on_click)
         self.tracker.bind(layer)
         if layer is not None:
+            reviewer = (layer.metadata or {}).get("reviewer")
+            if reviewer:
+                self.reviewer.value = str(reviewer)
             layer.events.selected_label.connect(self._on_selected)
             layer.mouse_drag_callbacks.append(self._on_click)
             self._on_selected()
@@ -206,14 +223,8 @@ class CorrectWidget(Container):
 
     def _on_selected(self, _event=None) -> None:
         label = self.tracker.cells.selected_label
-        table = features_of(self.tracker.cells)
-        row = None if table is None or "reviewed" not in table else table.loc[table["label"] == label]
-        self._syncing = True
-        try:
-            self.ids.value = str(label) if label else ""
-            self.reviewed.value = bool(row is not None and len(row) and row["reviewed"].iloc[0])
-        finally:
-            self._syncing = False
+        self.ids.value = str(label) if label else ""
+        self._show_reviewed()
 
     def _on_click(self, layer, event) -> None:
         if event.type != "mouse_press" or "Control" not in event.modifiers:
@@ -317,26 +328,66 @@ class CorrectWidget(Container):
         self.drawing.value = layer
         return layer
 
-    def _set_table(self, change, *args) -> None:
+    def _on_reviewer(self, _value=None) -> None:
+        name = self.reviewer.value.strip()
+        cells = self.tracker.cells
+        if cells is not None and name:
+            cells.metadata = {**cells.metadata, "reviewer": name}
+
+    def _review(self, change, needs_name: bool = True) -> bool:
+        """Apply ``change(table, ids[, reviewer])`` (a function of core.verification) to the
+        layer's table; False (and a message) when refused."""
         try:
             cells, _ = self._layers()
             table = features_of(cells)
             if table is None:
                 raise InputError(f"{cells.name} has no measurements yet")
-            set_features(cells, change(table, self.cell_ids(), *args))
+            ids = self.cell_ids()
+            who = self.reviewer.value.strip()
+            if needs_name and not who:
+                raise InputError("type your name in 'reviewer' first: every type set records who set it")
+            set_features(cells, change(table, ids, who) if needs_name else change(table, ids))
         except ValueError as err:
+            self.status.value = str(err)
             show_error(str(err))
+            return False
+        self.status.value = ""
+        return True
 
-    def set_type(self, _value=None) -> None:
-        from ..core.edit import set_type
+    def set_type(self, _value=None) -> bool:
+        """Give the cells in 'cell ids' the chosen type, as the gallery does (a review decision)."""
+        from ..core.verification import set_type
 
-        self._set_table(set_type, self.cell_type.value)
+        kind = self.cell_type.value
+        if kind is None:
+            self.status.value = "pick a type first"
+            show_error("pick a type first")
+            return False
+        done = self._review(lambda table, ids, who: set_type(table, ids, kind, who))
+        self._show_reviewed()
+        return done
 
     def _on_reviewed(self, value: bool) -> None:
-        from ..core.edit import mark_reviewed
+        from ..core.verification import confirm, reopen
 
-        if not self._syncing:
-            self._set_table(mark_reviewed, bool(value))
+        if self._syncing:
+            return
+        if not (self._review(confirm) if value else self._review(reopen, needs_name=False)):
+            self._show_reviewed()  # refused: the box shows the cells' state again
+
+    def _show_reviewed(self) -> None:
+        """The 'reviewed' box: whether the first cell in 'cell ids' is reviewed."""
+        table = None if self.tracker.cells is None else features_of(self.tracker.cells)
+        try:
+            first = self.cell_ids()[0]
+        except InputError:
+            first = None
+        row = None if table is None or "reviewed" not in table else table.loc[table["label"] == first]
+        self._syncing = True
+        try:
+            self.reviewed.value = bool(row is not None and len(row) and row["reviewed"].iloc[0])
+        finally:
+            self._syncing = False
 
     # -- saving ----------------------------------------------------------------------------
 

@@ -16,11 +16,15 @@ shown; the selection then moves on to the next cell. Every change goes through
 table follows), the differential and the "reviewed N of M" line update, and the review is
 saved (:func:`~napari_wbc.core.verification.save_review`, shortly after the last change)
 beside the image or its outputs, where the gallery finds it again when it next opens on the
-layer. Selection is shared with the viewer and the Measurements table through the layer's
+layer; a type set elsewhere (the Correct widget) is saved the same way. A review file there of
+another segmentation (its labels' fingerprint is not the layer's) is not applied: the gallery
+says so once, writes nothing over it and takes no changes until it is moved or deleted.
+Selection is shared with the viewer and the Measurements table through the layer's
 ``selected_label``: a thumbnail picked here selects the cell and centres the viewer on it; a
 cell picked there is highlighted here. "Sign off" refuses, saying why, while cells are
-unreviewed or unidentified; once allowed it records the sign-off and writes the report
-(CSV and a self-contained HTML page) beside the review file.
+unreviewed or unidentified; once allowed it records the sign-off, writes the report (CSV and
+a self-contained HTML page) beside the review file, and saves the reviewed cells as
+classifier training data (:func:`corrections_folder`), of a field or of a slide alike.
 
 Thousands of cells stay fast: one list model with a header row per group, drawn by a
 delegate, so only the visible items are painted; a thumbnail is made when its item is first
@@ -62,6 +66,7 @@ from qtpy.QtWidgets import (
 from ..core.celltypes import CLASSIFIER
 from ..core.dataset import CELL_TYPES, NOT_WBC, UNIDENTIFIED
 from ..core.io import InputError
+from ..core.verification import STATUS_COLOURS  # a thumbnail's border; the report's frames
 from ._layers import features_of, is_cells_layer, partner, set_features
 
 if TYPE_CHECKING:
@@ -79,12 +84,6 @@ KEY_TYPES = {
 }
 CONFIRM = "confirm"
 CONFIRM_KEYS = (Qt.Key.Key_Return, Qt.Key.Key_Enter)
-STATUS_COLOURS = {  # a thumbnail's border: what the reviewer did with the cell
-    "suggested": "#8a8a8a",
-    "confirmed": "#2fb344",
-    "reclassified": "#f59f00",
-    "excluded": "#e03131",
-}
 STATUS_MARKS = {"suggested": "", "confirmed": "✓", "reclassified": "↻", "excluded": "✗"}
 SELECTED_COLOUR = "#3d9df5"
 THUMB = 96  # px, the side of a thumbnail (the same physical scale at every size)
@@ -168,30 +167,27 @@ def corrections_folder() -> Path:
 
 
 @thread_worker(ignore_errors=True)
-def _report_job(image, cells, nuclei, options, folder, stem, table, record, meta):
-    """The report, then the reviewed cells saved as training data: ``(report paths, what
-    save_type_corrections saved, or None for a slide, whose cells need a region saver)``."""
+def _report_job(image, cells, nuclei, options, folder, stem, table, record, meta, provenance):
+    """The report, then the reviewed cells saved as training data (a field's or a slide's,
+    read around each cell): ``(report paths, what save_type_corrections saved)``."""
     from ..core.corrections import save_type_corrections
     from ..core.verification import thumbnails, write_report
 
     labels = [int(label) for label in table["label"]]
     thumbs = dict(zip(labels, thumbnails(image, cells, nuclei, labels, **options), strict=True))
     paths = write_report(folder, stem, table, thumbs, record, meta)
-    if not all(isinstance(a, np.ndarray) for a in (image, cells, nuclei)):
-        return paths, None
-    models = record.get("models") or {}
-    classifier = next((m for m in models if m == CLASSIFIER), None)
-    model = next((m for m in models if m != CLASSIFIER), None)
-    provenance = {
-        "source": meta.get("image"),
-        "model": model,
-        "weights_sha256": models.get(model),
-        "classifier": classifier,
-        "classifier_sha256": models.get(classifier),
-        "signed_off": record.get("time"),
-    }
     saved = save_type_corrections(corrections_folder(), image, cells, nuclei, table, provenance)
     return paths, saved
+
+
+def _review_changed(old: pd.DataFrame, new: pd.DataFrame) -> bool:
+    """Whether a cell both tables hold has another type or review in ``new``."""
+    from ..core.verification import REVIEW_COLUMNS, _text
+
+    columns = ["cell_type", *REVIEW_COLUMNS]
+    old, new = (t.set_index(t["label"].astype(int))[columns] for t in (old, new))
+    both = old.index.intersection(new.index)
+    return not old.loc[both].map(_text).equals(new.loc[both].map(_text))
 
 
 def _keep_aside(path: Path) -> Path:
@@ -647,6 +643,7 @@ class GalleryWidget(QWidget):
         self._review_file: Path | None = None
         self._fresh = False  # the layer's pixels were replaced: the old review does not apply
         self._set_aside = False  # the review file there is not this review's: keep a copy before saving
+        self._foreign: Path | None = None  # a review file of another segmentation: never written over
         self._syncing = False  # True while the gallery itself moves the selection
         self._writing = False  # True while the gallery itself writes the features
         self._dirty = False  # a change not saved yet
@@ -830,6 +827,7 @@ class GalleryWidget(QWidget):
                 emitter.disconnect(slot)
         self._layer, self._table, self._meta, self._review_file = layer, None, {}, None
         self._fresh = self._set_aside = False
+        self._foreign = None
         self._models_seen = None
         self.report = None
         self.thumbs.set_source(None, None, None, {})
@@ -901,7 +899,7 @@ class GalleryWidget(QWidget):
 
     def _load(self) -> None:
         """Start the review of the layer's table, resuming the saved review if there is one."""
-        from ..core.verification import apply_review, load_review, start_review
+        from ..core.verification import ReviewMismatch, open_review, start_review
 
         table = features_of(self._layer)
         if table is None:
@@ -912,8 +910,10 @@ class GalleryWidget(QWidget):
         path = self._review_file
         if path is not None and path.is_file():
             try:
-                review, self._meta = load_review(path)
-                table = apply_review(table, review)
+                table, self._meta = open_review(path, table, _level0(self._layer))
+            except ReviewMismatch as err:
+                self._foreign = path
+                self._refuse(str(err))
             except (OSError, ValueError) as err:
                 show_error(f"could not read the review {path}: {err}")
                 self._say(f"the saved review could not be read ({err}); starting afresh (it is kept)")
@@ -973,6 +973,8 @@ class GalleryWidget(QWidget):
             table = start_review(table)
             if self._fresh:  # new cells: the saved review and its sign-off were of others
                 self._set_aside, self._meta, self._models_seen = True, {}, None
+            elif self._table is not None and _review_changed(self._table, table):  # typed elsewhere
+                self._changed()
         self._fresh = False
         self._show(table, keep=[label for label in kept if label in set(table["label"])])
         self._set_source()  # the cells may have moved, or be new
@@ -1071,10 +1073,25 @@ class GalleryWidget(QWidget):
 
         return self._change(confirm)
 
+    def _blocked(self) -> bool:
+        """While a review file of another segmentation is where this review goes: True, and
+        it says so again (nothing is written over that file). False once it was moved."""
+        from ..core.verification import ReviewMismatch
+
+        if self._foreign is None:
+            return False
+        if not self._foreign.exists():  # moved or deleted: a new review starts
+            self._foreign = None
+            return False
+        self._refuse(str(ReviewMismatch(self._foreign)))
+        return True
+
     def _change(self, change) -> bool:
         labels = self.selected_cells()
         if self.signoff_worker is not None:
             self._say("wait a moment: the report of the sign-off is being written")
+            return False
+        if self._blocked():
             return False
         if self._table is None or not labels:
             self._say("select a cell first (click a thumbnail)")
@@ -1095,12 +1112,16 @@ class GalleryWidget(QWidget):
         following = after[0] if after else (before[-1] if before else labels[0])
         self._show(table, keep=[following])
         self._say("")
+        self._changed()
+        return True
+
+    def _changed(self) -> None:
+        """The review changed: save it shortly; a sign-off no longer holds."""
         if self._meta.get("signoff"):
             self._meta["signoff"] = None
             self._say("changed after the sign-off: sign off again")
         self._dirty = True
         self._save_timer.start()
-        return True
 
     def _on_reviewer(self) -> None:
         name = self.reviewer.text().strip()
@@ -1119,12 +1140,14 @@ class GalleryWidget(QWidget):
             self._say("the review is kept in the layer only: its image has no file to save it beside")
             self._dirty = False
             return None
+        if self._foreign is not None and self._foreign.exists():  # another's review: left alone
+            return None
         try:
             if self._set_aside and path.exists():
                 kept = _keep_aside(path)
                 self._say(f"the earlier review there is kept as {kept.name}")
             self._set_aside = False
-            save_review(path, self._table, self._review_meta())
+            save_review(path, self._table, self._review_meta(), _level0(self._layer))
         except (OSError, ValueError) as err:
             show_error(f"could not save the review to {path}: {err}")
             self._say(f"not saved: {err}")
@@ -1149,13 +1172,25 @@ class GalleryWidget(QWidget):
         if self._models_seen is not None:
             return self._models_seen
         models = {}
-        model = (self._layer.metadata or {}).get("model")
+        meta = self._layer.metadata or {}
+        model = meta.get("model")
         if model:
             models[model] = weights_sha256(model)
-        if self._table is not None and any(c.startswith("p_") for c in self._table.columns):
-            models[CLASSIFIER] = weights_sha256(CLASSIFIER)
+        classifier = self._classifier()
+        if classifier:  # the Segment widget records which classifier typed the cells
+            models[classifier] = meta.get("classifier_sha256") or weights_sha256(classifier)
         self._models_seen = models
         return models
+
+    def _classifier(self) -> str | None:
+        """The name of the classifier that typed the cells: as the Segment widget recorded it,
+        else the shipped one when the table has its probabilities."""
+        meta = self._layer.metadata or {}
+        if "classifier" in meta:
+            return meta["classifier"]
+        if self._table is not None and any(c.startswith("p_") for c in self._table.columns):
+            return CLASSIFIER
+        return None
 
     # -- sign-off --------------------------------------------------------------------------
 
@@ -1163,7 +1198,7 @@ class GalleryWidget(QWidget):
         """Sign the review off and write the report; returns the worker (None when refused)."""
         from ..core.verification import SignOffRefused, sign_off
 
-        if self.signoff_worker is not None:
+        if self.signoff_worker is not None or self._blocked():
             return None
         if self._table is None:
             self._refuse("sign-off refused: no cells layer to review (run Segment white cells)")
@@ -1184,7 +1219,17 @@ class GalleryWidget(QWidget):
         options = {**options, "size": THUMB}  # the report's page has room for 96 px
         meta = {**self._review_meta(), "pixel_size": (self._layer.metadata or {}).get("pixel_size")}
         table = self._table.copy()
-        worker = _report_job(image, cells, nuclei, options, folder, stem, table, record, meta)
+        models, classifier = record.get("models") or {}, self._classifier()
+        model = (self._layer.metadata or {}).get("model")
+        provenance = {
+            "source": meta.get("image"),
+            "model": model,
+            "weights_sha256": models.get(model),
+            "classifier": classifier,
+            "classifier_sha256": models.get(classifier),
+            "signed_off": record.get("time"),
+        }
+        worker = _report_job(image, cells, nuclei, options, folder, stem, table, record, meta, provenance)
         worker.returned.connect(lambda out: self._signed(record, *out))
         worker.errored.connect(self._report_failed)
         worker.finished.connect(self._report_finished)

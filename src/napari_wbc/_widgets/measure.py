@@ -5,7 +5,10 @@ count above (the table asks for little height: its header and three rows, and ta
 the other docks leave). Selection is synced both ways: clicking a row selects that cell in the
 layer and centres the camera on it; selecting a label in the layer selects its row. The
 table follows the cells layer picked in its combo box, the active layer when that is a
-cells layer, and the layer's ``features`` events (a new segmentation run). Export CSV
+cells layer, and the layer's ``features`` events: when the cells and columns are the ones
+shown (a type set or reviewed in the Cell gallery or the Correct widget) only the items whose
+value changed are updated, in place, keeping the sort order and the selection; else (a new
+segmentation run, cells edited) the table is rebuilt. Export CSV
 writes the features without the pandas index (and without napari's ``index`` column,
 which only repeats ``label``), through a temporary file, so a failed write never leaves
 half a file.
@@ -39,6 +42,7 @@ LABEL_ROLE = Qt.ItemDataRole.UserRole  # on a table item: its cell id
 COLUMN_ROLE = Qt.ItemDataRole.UserRole  # on a header item: the column's name in the table and CSV
 NAPARI_ONLY_COLUMNS = ("index",)  # napari's label -> row key, equal to `label`
 TABLE_MIN_ROWS = 3  # the table needs no more height than its header and these; it takes what is left
+SORT_ONCE_ABOVE = 100  # more changed items than this: sorted once after, not as each one changes
 
 
 # after the cell id: the review's verdict (sort by IoU for the cells to fix), the user's marks, the NCR
@@ -69,6 +73,23 @@ def _cell_text(value):
     return str(value)
 
 
+def _differing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The positions where two object arrays of the same length differ (missing equals missing)."""
+    both_missing = pd.isna(a) & pd.isna(b)
+    try:
+        differ = np.asarray(a != b, dtype=bool)
+    except (TypeError, ValueError):  # pd.NA has no truth value: compare what the items show
+        differ = np.array([_cell_text(x) != _cell_text(y) for x, y in zip(a, b, strict=True)], dtype=bool)
+    return np.flatnonzero(differ & ~both_missing)
+
+
+def _summary(table: pd.DataFrame) -> str:
+    """The line above the table: the count and differential, or the number of cells."""
+    from ..core.measure import count_summary, describe_counts
+
+    return describe_counts(count_summary(table)) if "touches_border" in table else f"{len(table)} cells"
+
+
 class MeasureWidget(Container):
     """Per-cell measurements of a cells layer, with counts, selection sync and CSV export."""
 
@@ -77,6 +98,7 @@ class MeasureWidget(Container):
         self._viewer = viewer
         self._layer: Labels | None = None
         self._syncing = False  # True while the widget itself changes the selection
+        self._shown: pd.DataFrame | None = None  # what the table shows, columns in display order
         self.layer = ComboBox(
             label="cells layer",
             choices=self._cell_layers,
@@ -158,13 +180,69 @@ class MeasureWidget(Container):
         return table.drop(columns=[c for c in NAPARI_ONLY_COLUMNS if c in table.columns])
 
     def _on_features(self, _event=None) -> None:
-        self.refresh()
+        if not self.update_changed():
+            self.refresh()
+
+    def update_changed(self) -> bool:
+        """Show the layer's features by changing only the items whose value changed (a type
+        set, a cell reviewed), in place: the sort order holds (a changed item in the sorted
+        column moves to its place) and so does the selection. False, changing nothing, when the
+        features are not of the cells and columns shown (a new segmentation): rebuild then."""
+        table, old = self.features, self._shown
+        if table is None or old is None or "label" not in table.columns:
+            return False
+        columns = display_order(table.columns)
+        if columns != list(old.columns) or not np.array_equal(
+            table["label"].to_numpy(), old["label"].to_numpy()
+        ):
+            return False
+        table = table[columns].reset_index(drop=True)
+        changes = []  # (position in the table, column, what the item shows now)
+        for col, name in enumerate(columns):
+            if old[name].equals(table[name]):
+                continue
+            before, now = old[name].to_numpy(dtype=object), table[name].to_numpy(dtype=object)
+            for i in _differing(before, now):
+                value = _cell_text(now[i])
+                if value != _cell_text(before[i]):
+                    changes.append((int(i), col, value))
+        if changes:
+            row_of = {self.table.item(r, 0).data(LABEL_ROLE): r for r in range(self.table.rowCount())}
+            labels = table["label"].to_numpy()
+            items = [(self.table.item(row_of[int(labels[i])], col), value) for i, col, value in changes]
+            sort_once = len(items) > SORT_ONCE_ABOVE and self.table.isSortingEnabled()
+            self._syncing = True
+            try:
+                if sort_once:
+                    self.table.setSortingEnabled(False)
+                for item, value in items:  # a changed item in the sorted column moves to its place
+                    item.setData(Qt.ItemDataRole.DisplayRole, value)
+                if sort_once:
+                    self.table.setSortingEnabled(True)  # sorts by the header's column and order
+            finally:
+                self._syncing = False
+            self._fit_columns(changes)
+        self._shown = table.copy()
+        self.summary.value = _summary(table)
+        return True
+
+    def _fit_columns(self, changes: list[tuple[int, int, object]]) -> None:
+        """Widen the columns whose changed values would not fit (they only ever widen here)."""
+        from qtpy.QtWidgets import QStyle
+
+        metrics = self.table.fontMetrics()
+        margin = 2 * (self.table.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin) + 1)
+        widest: dict[int, int] = {}
+        for _, col, value in changes:
+            widest[col] = max(widest.get(col, 0), metrics.horizontalAdvance(str(value)) + margin)
+        for col, width in widest.items():
+            if width > self.table.columnWidth(col):
+                self.table.resizeColumnToContents(col)
 
     def refresh(self) -> None:
         """Rebuild the table and the count from the layer's features."""
-        from ..core.measure import count_summary, describe_counts
-
         table = self.features
+        self._shown = None
         self._syncing = True
         try:
             self.table.setSortingEnabled(False)
@@ -197,11 +275,8 @@ class MeasureWidget(Container):
                     self.table.setItem(row, col, item)
             self.table.setSortingEnabled(True)
             self.table.resizeColumnsToContents()
-            if "touches_border" in table:
-                counts = count_summary(table)
-                self.summary.value = describe_counts(counts)
-            else:
-                self.summary.value = f"{len(table)} cells"
+            self.summary.value = _summary(table)
+            self._shown = table.reset_index(drop=True).copy()
         finally:
             self._syncing = False
         self._on_label_selected()

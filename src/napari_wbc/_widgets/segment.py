@@ -11,7 +11,10 @@ owns the measurements (``features``, one row per cell) and the counts
 image's first segmentation the view shows the whole image (the docks have narrowed the
 canvas since it was opened); a later run keeps the user's view. Settings one rarely changes
 (device, pixel size, flip-average, single-cell crops, cell types) are folded under "options",
-so that the widget stays short.
+so that the widget stays short. "cell types" offers the shipped cell-type classifier and every
+classifier fine-tuned since (the Train widget's, in :func:`napari_wbc.models.user_model_dir`,
+by name); the one used is recorded in the cells layer's metadata (``classifier``,
+``classifier_sha256``), which the gallery's review and sign-off name.
 
 A whole slide (an image layer opened from a slide file) runs tile by tile from the file
 instead: see :mod:`._slide_segment`.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,8 +71,9 @@ TIPS = {
     "single_cell": "the image is a single-cell crop (a CellaVision-style gallery image): keep only the "
     "cell at its centre, not the neighbours cut by its edge",
     "typing": "how each cell gets its type: the cell-type classifier (five types, 'unidentified' when "
-    "unsure, and objects that are no white cell left out of the count), the segmentation "
-    "model's own types (wcsegnet, once trained), or off",
+    "unsure, and objects that are no white cell left out of the count), shipped or one you "
+    "fine-tuned (Fine-tune a model), the segmentation model's own types (wcsegnet, once trained), "
+    "or off",
     "run": "segment the chosen image (results replace an earlier run on the same image)",
     "cancel": "stop the segmentation after the current step",
     "output": "folder for a slide's results (label TIFFs, cell table); a stopped run in it resumes",
@@ -97,6 +102,43 @@ def _rgb_field(layer) -> tuple[np.ndarray, list[str]]:
     return to_rgb8(np.asarray(layer.data), notes), notes
 
 
+@dataclass(frozen=True)
+class TunedClassifier:
+    """A fine-tuned cell-type classifier, as "cell types" offers it: its name and folder."""
+
+    name: str
+    folder: str
+
+
+def typing_choices(_widget=None) -> list[tuple[str, object]]:
+    """(label, value) for "cell types": the shipped classifier ("classifier"), every
+    fine-tuned classifier (a :class:`TunedClassifier`), the model's own types, off."""
+    from ..core.celltypes import CLASSIFIER
+    from ..models import available_weights
+
+    tuned = sorted(available_weights(classifiers=True).items())
+    return [
+        ("cell-type classifier (shipped)", "classifier"),
+        *(
+            (f"{name} (fine-tuned)", TunedClassifier(name, str(folder)))
+            for name, folder in tuned
+            if name != CLASSIFIER
+        ),
+        ("the model's own (wcsegnet)", "model"),
+        ("off", "none"),
+    ]
+
+
+def typing_of(choice) -> tuple[str, str | None, str | None]:
+    """``(typing, classifier weights folder or None, classifier name or None)`` of a "cell
+    types" choice (:func:`typing_choices`)."""
+    from ..core.celltypes import CLASSIFIER
+
+    if isinstance(choice, TunedClassifier):
+        return "classifier", choice.folder, choice.name
+    return choice, None, CLASSIFIER if choice == "classifier" else None
+
+
 @thread_worker(ignore_errors=True)  # errors are shown as notifications by the widget
 def _segment_job(
     image: np.ndarray,
@@ -106,9 +148,11 @@ def _segment_job(
     flip_average: bool = False,
     single_cell: bool = False,
     typing: str = "classifier",
+    classifier_weights: str | None = None,
 ):
     """Load the models, segment, type, measure: yields (done, total, message), returns
-    (result, table)."""
+    (result, table). ``classifier_weights``: a fine-tuned classifier's folder (None: the
+    shipped one)."""
     from ..core.celltypes import load_classifier
     from ..core.inference import segment
     from ..core.measure import measure_cells
@@ -117,7 +161,7 @@ def _segment_job(
     try:
         yield 0, 3, "loading the model"
         net, spec = load_model(model, device=device, flip_average=flip_average)
-        classifier = load_classifier(typing, device)
+        classifier = load_classifier(typing, device, classifier_weights)
         result = yield from segment(
             image,
             net,
@@ -199,16 +243,11 @@ class SegmentWidget(SlideSegmentMixin, Container):
         self.single_cell = CheckBox(
             text="single-cell crop (centre cell only)", value=False, tooltip=TIPS["single_cell"]
         )
+        # a callable: classifiers fine-tuned while the widget is open appear on the next refresh
         self.typing = ComboBox(
-            label="cell types",
-            value="classifier",
-            tooltip=TIPS["typing"],
-            choices=[
-                ("cell-type classifier", "classifier"),
-                ("the model's own (wcsegnet)", "model"),
-                ("off", "none"),
-            ],
+            label="cell types", value="classifier", tooltip=TIPS["typing"], choices=typing_choices
         )
+        self._typing_refresh = _RefreshOnOpen(self.typing)
         self.output = FileEdit(label="output folder", mode="d", tooltip=TIPS["output"], visible=False)
         self._cancel = threading.Event()  # asks a slide run to stop between tiles
         self.run_button = PushButton(text="Segment", tooltip=TIPS["run"])
@@ -274,17 +313,33 @@ class SegmentWidget(SlideSegmentMixin, Container):
 
         if self.worker is not None:
             return None
+        from ..models import weights_sha256
+
         layer = self.image.value
+        typing, classifier_weights, classifier = typing_of(self.typing.value)
         if slide_path(layer) is not None:
+            if classifier_weights is not None:
+                show_error(
+                    f"{classifier} types fields here; type a slide with it from the command line "
+                    f"(napari-wbc segment SLIDE --out FOLDER --classifier-weights {classifier_weights}), "
+                    "or pick the shipped classifier"
+                )
+                return None
             return self._run_slide(layer)
         try:
             image, notes = _rgb_field(layer)
             model = self.model.value
             resolve_weights(model)  # a clear message when there is no trained model
+            if classifier_weights is not None:
+                resolve_weights(None, classifier_weights)  # deleted since the list was made
             device = pick_device(self.device.value)
         except (InputError, MissingWeightsError) as err:
             show_error(str(err))
             return None
+        typed_by = {  # which classifier typed the cells: the gallery's sign-off names it
+            "classifier": classifier,
+            "classifier_sha256": weights_sha256(classifier, classifier_weights) if classifier else None,
+        }
         if notes:
             show_info(f"{layer.name}: " + "; ".join(notes))
         if is_grayscale(image):  # the network tells white cells by their stain colour
@@ -297,10 +352,11 @@ class SegmentWidget(SlideSegmentMixin, Container):
             pixel_size,
             self.flip_average.value,
             self.single_cell.value,
-            self.typing.value,
+            typing,
+            classifier_weights,
         )
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda out: self._show_result(layer, model, pixel_size, *out))
+        worker.returned.connect(lambda out: self._show_result(layer, model, pixel_size, *out, typed_by))
         worker.errored.connect(self._on_error)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
@@ -354,8 +410,8 @@ class SegmentWidget(SlideSegmentMixin, Container):
 
     # -- results ---------------------------------------------------------------------------
 
-    def _show_result(self, layer, model, pixel_size, result, table) -> None:
-        self._guarded(layer, "", self._update_layers, layer, model, pixel_size, result, table)
+    def _show_result(self, layer, model, pixel_size, result, table, typed_by=None) -> None:
+        self._guarded(layer, "", self._update_layers, layer, model, pixel_size, result, table, typed_by)
 
     def _guarded(self, layer, where: str, show, *args) -> None:
         """``show(*args)`` in a slot, which must not raise: a failure is said once (``where``
@@ -367,7 +423,7 @@ class SegmentWidget(SlideSegmentMixin, Container):
             show_error(f"could not show the segmentation of {layer.name!r}{where}: {err}")
             self.status.value = "failed"
 
-    def _update_layers(self, layer, model, pixel_size, result, table) -> None:
+    def _update_layers(self, layer, model, pixel_size, result, table, typed_by=None) -> None:
         from ..core.measure import count_summary, describe_counts
 
         counts = count_summary(table)
@@ -383,6 +439,7 @@ class SegmentWidget(SlideSegmentMixin, Container):
             "source": (layer.metadata or {}).get("source"),
             "model": model,
             "pixel_size": pixel_size,
+            **(typed_by or {}),
         }
         cells.metadata = {**cells.metadata, **meta}
         nuclei.metadata = {**nuclei.metadata, "source_layer": layer.name, "model": model}

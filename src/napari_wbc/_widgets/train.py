@@ -20,8 +20,9 @@ architecture's name, when free) in :func:`napari_wbc.models.user_model_dir`, its
 ``config.json`` saying what it was tuned from (name and sha256), on what and for how long.
 Cancel discards the run. Existing weights, shipped or trained, are never written to. When
 the model is there, every docked widget's choices are refreshed, so the Segment widget
-offers it. The classifier's examples from the base datasets are collected once (the default
-segmenter over their train and val images) and kept in the user cache folder.
+offers it (a classifier under "cell types"). The classifier's examples from the base
+datasets are collected once (the default segmenter over their train and val images) and kept
+in the user cache folder.
 """
 
 from __future__ import annotations
@@ -351,7 +352,8 @@ class TrainWidget(Container):
                 "cell types), validating on their val cells, into a new classifier; the start weights "
                 "stay the result unless validation improves on them. Tick 'mix with base datasets': "
                 "corrections alone make it forget the rest (measured; the first mixed run collects the "
-                "base examples once, about 30 min on 2 CPU cores). Use the result with "
+                "base examples once, about 30 min on 2 CPU cores). Segment offers the result under "
+                "'cell types' (options); on the command line: "
                 "`napari-wbc segment --classifier-weights FOLDER`."
             )
         else:
@@ -480,8 +482,8 @@ class TrainWidget(Container):
             self.status.value += f" (no step beat {result['init']} on validation: it keeps its weights)"
         if result["classifier"]:
             show_info(
-                f"new cell-type classifier {folder.name} in {folder.parent}; use it with "
-                f"`napari-wbc segment --classifier-weights {folder}`"
+                f"new cell-type classifier {folder.name} in {folder.parent}; pick it in Segment white "
+                f"cells (options: cell types), or use `napari-wbc segment --classifier-weights {folder}`"
             )
         else:
             show_info(f"new model {folder.name} in {folder.parent}; pick it in Segment white cells")

@@ -21,7 +21,9 @@ per saved cell what the classifier's input is made of:
 
 :func:`save_type_corrections` saves the reviewed cells of a field (status confirmed,
 reclassified or excluded, i.e. every type a person gave or checked, not only the changed
-ones, so the classifier is not taught only its mistakes). A field's cells all go to one
+ones, so the classifier is not taught only its mistakes), or of a whole slide: then only a
+window around each reviewed cell is read from the lazy slide and labels, and the slide is the
+``field`` (the sha256 of its cells' ids and areas). A field's cells all go to one
 split: the 2nd, 12th, 22nd... field saved is held out for validation (``val``), so a
 fine-tune can be validated once two fields are saved. Nothing is overwritten: a cell saved
 again with the same outline and type is skipped, with another type it gets a new record
@@ -105,6 +107,62 @@ def _estimated_scale(cells: np.ndarray, nuclei: np.ndarray) -> float:
     return 1.0 if width is None else float(scale_for_cells(width, None, None))
 
 
+def _table_scale(table) -> float:
+    """:func:`_estimated_scale` from a slide's table (its labels are too big to read whole):
+    the same rule, the median width of the larger white cells with a nucleus."""
+    import pandas as pd
+
+    from .inference import scale_for_cells
+
+    t = table[table["cell_type"].astype(str) != NOT_WBC] if "cell_type" in table else table
+    area = pd.to_numeric(t["cell_area_px"], errors="coerce").fillna(0).to_numpy(float)
+    nucleus = pd.to_numeric(t.get("nucleus_area_px", pd.Series(area, index=t.index)), errors="coerce")
+    ok = (nucleus.fillna(0).to_numpy(float) > 0.02 * area) & (area >= 200)
+    ok &= area >= 0.3 * (area.max() if len(area) else 0)
+    if not ok.any():
+        return 1.0
+    return float(scale_for_cells(float(np.median(np.sqrt(4 * area[ok] / np.pi))), None, None))
+
+
+def _box_around(cells, label: int, centre: tuple[float, float], area: float):
+    """(y0, y1, x0, x1) of cell ``label`` in lazy labels, read in a window around its
+    ``centre`` (grown until the cell lies inside it); None when the cell is not there."""
+    from .verification import _shape, _window
+
+    h, w = _shape(cells)
+    cy, cx = int(round(centre[0])), int(round(centre[1]))
+    half = max(16, int(np.ceil(2 * np.sqrt(max(area, 1.0) / np.pi))) + 2)
+    while True:
+        y0, x0, y1, x1 = max(0, cy - half), max(0, cx - half), min(h, cy + half + 1), min(w, cx + half + 1)
+        own = np.asarray(_window(cells, y0, x0, y1, x1, None)) == label
+        rows, cols = np.flatnonzero(own.any(1)), np.flatnonzero(own.any(0))
+        if not len(rows):
+            return None
+        box = (y0 + rows[0], y0 + rows[-1] + 1, x0 + cols[0], x0 + cols[-1] + 1)
+        cut = (box[0] == y0 > 0) or (box[1] == y1 < h) or (box[2] == x0 > 0) or (box[3] == x1 < w)
+        if not cut or half > max(h, w):
+            return tuple(int(v) for v in box)
+        half *= 2
+
+
+def _slide_boxes(cells, table, rows) -> dict[int, tuple]:
+    """The box of every reviewed cell of a slide, from its place in the table."""
+    need = {"centroid_y", "centroid_x", "cell_area_px"} - set(table.columns)
+    if need:
+        raise InputError(f"a slide's table needs the columns {sorted(need)} to find its cells")
+    places = table.set_index(table["label"].astype(int))
+    boxes, missing = {}, []
+    for label, _, _ in rows:
+        row = places.loc[label]
+        box = _box_around(cells, label, (row["centroid_y"], row["centroid_x"]), float(row["cell_area_px"]))
+        if box is None:
+            missing.append(label)
+        boxes[label] = box
+    if missing:
+        raise InputError(f"the table names cells the labels lack ({missing[:5]}): is it this slide's table?")
+    return boxes
+
+
 def _field_split(records: list[dict], field: str) -> str:
     for record in records:
         if record.get("field") == field:
@@ -132,10 +190,13 @@ def save_type_corrections(
     provenance: dict | None = None,
     scale: float | None = None,
 ) -> dict:
-    """Save the reviewed cells of one field into the corrections folder ``root``.
+    """Save the reviewed cells of one field (or one slide) into the corrections folder ``root``.
 
     ``image`` (a field, RGB), ``cells`` and ``nuclei`` (instance maps, nucleus id = cell
-    id), ``table`` the measurement table with the review columns (``label``,
+    id): numpy arrays, or a slide's lazy ones (dask, zarr, a :class:`.slide.Slide`, napari's
+    list of levels: the full resolution is read, a window around each reviewed cell, found
+    by its centroid and area in the table; the scale is then estimated from the table),
+    ``table`` the measurement table with the review columns (``label``,
     ``cell_type``, ``review_status``, ``suggested_type``, ``reviewed_by``, ``reviewed_at``;
     a table with only the older ``reviewed`` flag works too), ``provenance`` what the
     records should say of where the cells come from (``source`` image path, ``model``,
@@ -150,36 +211,61 @@ def save_type_corrections(
 
     from .edit import check_invariants
     from .io import to_rgb8
+    from .verification import OUTSIDE, _level0, _shape, _window, labels_fingerprint
 
     root = Path(root)
     provenance = dict(provenance or {})
-    image = to_rgb8(np.asarray(image))
-    cells, nuclei = np.asarray(cells), np.asarray(nuclei)
-    if cells.shape != image.shape[:2]:
-        raise InputError(f"labels {cells.shape} and image {image.shape[:2]} differ in shape")
-    problems = check_invariants(cells, nuclei, connected=False)
-    if problems:
-        raise InputError("the labels are not consistent, so nothing was saved: " + "; ".join(problems))
     rows = _reviewed_rows(table)
-    boxes = ndimage.find_objects(cells.astype(np.int64))
-    missing = [lab for lab, _, _ in rows if lab < 1 or lab > len(boxes) or boxes[lab - 1] is None]
-    if missing:
-        raise InputError(f"the table names cells the labels lack ({missing[:5]}): is it this field's table?")
-    field = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
-    scale = float(scale) if scale is not None else _estimated_scale(cells, nuclei)
-    h, w = image.shape[:2]
+    if all(isinstance(a, np.ndarray) for a in (image, cells, nuclei)):  # a field, in memory
+        image = to_rgb8(np.asarray(image))
+        if cells.shape != image.shape[:2]:
+            raise InputError(f"labels {cells.shape} and image {image.shape[:2]} differ in shape")
+        problems = check_invariants(cells, nuclei, connected=False)
+        if problems:
+            raise InputError("the labels are not consistent, so nothing was saved: " + "; ".join(problems))
+        found = ndimage.find_objects(cells.astype(np.int64))
+        missing = [lab for lab, _, _ in rows if lab < 1 or lab > len(found) or found[lab - 1] is None]
+        if missing:
+            raise InputError(
+                f"the table names cells the labels lack ({missing[:5]}): is it this field's table?"
+            )
+        boxes = {
+            lab: (
+                found[lab - 1][0].start,
+                found[lab - 1][0].stop,
+                found[lab - 1][1].start,
+                found[lab - 1][1].stop,
+            )
+            for lab, _, _ in rows
+        }
+        field = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
+        scale = float(scale) if scale is not None else _estimated_scale(cells, nuclei)
+
+        def read(array, y0, x0, y1, x1):
+            return array[y0:y1, x0:x1]
+
+    else:  # a slide: read around each cell
+        image, cells, nuclei = _level0(image), _level0(cells), _level0(nuclei)
+        if not _shape(image) == _shape(cells) == _shape(nuclei):
+            raise InputError(f"labels {_shape(cells)} and image {_shape(image)} differ in shape")
+        boxes = _slide_boxes(cells, table, rows)
+        field = labels_fingerprint(cells, table, "cells")["sha256"][:16]
+        scale = float(scale) if scale is not None else _table_scale(table)
+
+        def read(array, y0, x0, y1, x1):
+            return np.asarray(_window(array, y0, x0, y1, x1, OUTSIDE if array is image else None))
+
+    h, w = _shape(image)
     items = []  # (label, type, review, crop, mask, origin, mask sha256)
     for label, kind, review in rows:
-        sl = boxes[label - 1]
-        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        y0, y1, x0, x1 = boxes[label]
         side = int(np.ceil(SAVE_CONTEXT * max(y1 - y0, x1 - x0)))
         top, left = int(round((y0 + y1 - side) / 2)), int(round((x0 + x1 - side) / 2))
-        wy0, wx0, wy1, wx1 = max(0, top), max(0, left), min(h, top + side), min(w, left + side)
-        window = (slice(wy0, wy1), slice(wx0, wx1))
-        mask = np.where(cells[window] == label, 1, 0).astype(np.uint8)
-        mask[(nuclei[window] == label) & (mask > 0)] = 2
+        window = (max(0, top), max(0, left), min(h, top + side), min(w, left + side))
+        mask = np.where(read(cells, *window) == label, 1, 0).astype(np.uint8)
+        mask[(read(nuclei, *window) == label) & (mask > 0)] = 2
         digest = hashlib.sha256(mask.tobytes() + str(mask.shape).encode()).hexdigest()[:16]
-        items.append((label, kind, review, image[window], mask, [wy0, wx0], digest))
+        items.append((label, kind, review, read(image, *window), mask, [window[0], window[1]], digest))
 
     for sub in FOLDERS:
         (root / sub).mkdir(parents=True, exist_ok=True)
