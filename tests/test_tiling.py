@@ -12,45 +12,19 @@ import tifffile
 from napari_wbc.core.inference import run, segment
 from napari_wbc.core.io import read_image
 from napari_wbc.core.postprocess import instances_from_classes
-from napari_wbc.core.slide import Slide, build_mosaic_slide, open_slide
+from napari_wbc.core.slide import Slide, _Level, build_mosaic_slide, open_slide
 from napari_wbc.core.slide_output import global_ids
 from napari_wbc.core.tiling import (
-    CONTEXT,
+    LOOK_CELL_PX,
+    MIN_NUCLEUS,
     TileGrid,
     WorkGrid,
     canonical_labels,
     cells_in_tile,
-    has_nucleus_stain,
+    nucleus_size,
 )
-from napari_wbc.core.wholeslide import segment_slide, slide_exposure_gain
-from napari_wbc.models import create_model, load_model
-
-
-def test_mifnet_receptive_field_fits_its_context():
-    """Structural receptive field: all weights 1, an impulse at each phase (mod 8) of the input grid.
-
-    Kernels and strides are the same along y and x, so impulses on the diagonal cover all phases.
-    """
-    import torch
-
-    net = create_model("mifnet").double().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                m.weight.fill_(1.0)
-                m.bias.zero_()
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.zero_(), m.running_var.fill_(1.0), m.weight.fill_(0.01), m.bias.zero_()
-        x = torch.zeros(8, 3, 112, 112, dtype=torch.float64)
-        for p in range(8):
-            x[p, :, 48 + p, 48 + p] = 1.0
-        reach = net(x).abs().amax(1) > 0
-    extent = 0
-    for p in range(8):
-        ys, xs = np.nonzero(reach[p].numpy())
-        cy, cx = 48 + p, 48 + p
-        extent = max(extent, cy - ys.min(), ys.max() - cy, cx - xs.min(), xs.max() - cx)
-    assert 24 <= extent <= CONTEXT["mifnet"]
+from napari_wbc.core.wholeslide import look_nucleus_size, segment_slide, slide_exposure_gain
+from napari_wbc.models import load_model
 
 
 def test_tile_grid_partitions_the_slide():
@@ -136,11 +110,104 @@ def test_stitching_matches_the_whole_class_map(diameter):
         assert np.array_equal(got_nuclei, np.where(nuclei > 0, expected, 0)), (tile, halo)
 
 
-def test_skip_looks_for_nucleus_stain(datasets):
-    field = read_image(datasets / "bccd" / "images" / "BloodImage_00034.jpg").data
-    assert has_nucleus_stain(field[::8, ::8])
-    assert not has_nucleus_stain(np.full((40, 40, 3), (236, 232, 238), np.uint8))  # glass
-    assert not has_nucleus_stain(np.zeros((40, 40, 3), np.uint8))  # black slide border
+GLASS = (236, 232, 238)
+
+
+def smear(discs, side=600, background=GLASS):
+    """A 0.1 um/px smear (a typical 10 um white cell is 100 px): (y, x, diameter um, RGB) discs."""
+    image = np.empty((side, side, 3), np.uint8)
+    image[:] = background
+    yy, xx = np.mgrid[:side, :side]
+    for y, x, um, colour in discs:
+        image[(yy - y) ** 2 + (xx - x) ** 2 <= (5 * um) ** 2] = colour
+    return image
+
+
+def pyramid(image):
+    """In memory, with 2x mean-downsampled levels as a scanner's pyramid."""
+    levels = [image]
+    while min(levels[-1].shape[:2]) >= 32:
+        a = levels[-1]
+        h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+        levels.append(a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3)).round().astype(np.uint8))
+    return Slide([_Level(a, "YXS") for a in levels])
+
+
+def smallest_nucleus_size(image, cell_width):
+    """The engine's look at the whole image: one level or a pyramid, two block phases."""
+    h, w = image.shape[:2]
+    half = int(max(1.0, cell_width / LOOK_CELL_PX) / 2)
+    return min(
+        look_nucleus_size(slide, (o, o, h, w), cell_width)
+        for slide in (Slide.from_array(image), pyramid(image))
+        for o in (0, half)
+    )
+
+
+NUCLEUS = (120, 80, 190)  # a Wright/Giemsa-stained nucleus or platelet
+
+
+def test_skip_needs_a_nucleus_sized_purple_region():
+    def size(discs, **kw):
+        return smallest_nucleus_size(smear(discs, **kw), 100.0)
+
+    assert size([]) == 0  # glass
+    assert nucleus_size(np.zeros((40, 40, 3), np.uint8), 8.0) == 0  # black slide border
+    for um in (2.0, 2.5, 3.0):  # a platelet
+        assert size([(300, 300, um, NUCLEUS)]) < MIN_NUCLEUS, um
+    # platelets scattered more than a cell apart
+    assert (
+        size([(150 + 150 * i, 150 + 150 * j, 2.5, NUCLEUS) for i in range(3) for j in range(3)]) < MIN_NUCLEUS
+    )
+    # a carpet of red cells (7.5 um), bccd's lavender pink and a salmon pink, on glass or plasma
+    carpet = [(y, x) for y in range(40, 600, 80) for x in range(40, 600, 80)]
+    for colour in ((184, 162, 169), (225, 160, 155)):
+        assert size([(y, x, 7.5, colour) for y, x in carpet]) < MIN_NUCLEUS
+        assert size([(y, x, 7.5, colour) for y, x in carpet], background=(192, 188, 185)) < MIN_NUCLEUS
+    # a nucleus kept: a small lymphocyte's, or three 2.5 um lobes of a neutrophil 3 um apart
+    for um in (4.5, 5.0, 7.0):
+        assert size([(300, 300, um, NUCLEUS)]) >= MIN_NUCLEUS, um
+    assert size([(300, 285, 2.5, NUCLEUS), (300, 315, 2.5, NUCLEUS), (326, 300, 2.5, NUCLEUS)]) >= MIN_NUCLEUS
+    # ... and among red cells, and with its lobes among them
+    cell = [(y, x, 7.5, (184, 162, 169)) for y, x in carpet if abs(y - 300) > 60 or abs(x - 300) > 60]
+    assert size([*cell, (300, 300, 4.5, NUCLEUS)]) >= MIN_NUCLEUS
+
+
+@pytest.mark.parametrize("name", ["zheng_d1", "zheng_d2", "bccd"])
+def test_every_white_cell_of_the_test_fields_keeps_its_tile(datasets, name):
+    """Each test field, looked at as the engine would look at it as a slide (its cells' scale,
+    one level or a pyramid), and each of its white cells alone on the field's glass colour."""
+    from PIL import Image
+    from scipy import ndimage
+
+    from napari_wbc.core.inference import scale_for_cells, typical_cell_width
+    from napari_wbc.core.postprocess import DEFAULT_CELL_DIAMETER_PX
+
+    rows = (line.split(",") for line in (datasets / name / "split.csv").read_text().split()[1:])
+    stems = sorted(stem for stem, split in rows if split == "test")
+    low = []
+    for stem in stems:
+        labels = np.array(Image.open(datasets / name / "labels" / f"{stem}.png"))
+        if not (labels > 0).any():
+            continue
+        (path,) = (datasets / name / "images").glob(f"{stem}.*")
+        image = read_image(path).data[..., :3]
+        cell_width = DEFAULT_CELL_DIAMETER_PX / scale_for_cells(typical_cell_width(labels), None, None)
+        low.append((smallest_nucleus_size(image, cell_width), stem))
+        flat = image.reshape(-1, 3).astype(np.float32)
+        glass = flat[np.argpartition(flat.sum(1), -len(flat) // 50)[-len(flat) // 50 :]].mean(0)
+        objects, _ = ndimage.label(labels > 0)
+        for k, box in enumerate(ndimage.find_objects(objects), 1):
+            mask = objects[box] == k
+            if mask.sum() < 50:
+                continue
+            pad = max(mask.shape)
+            alone = np.empty((mask.shape[0] + 2 * pad, mask.shape[1] + 2 * pad, 3), np.uint8)
+            alone[:] = glass.round()
+            alone[pad : pad + mask.shape[0], pad : pad + mask.shape[1]][mask] = image[box][mask]
+            low.append((smallest_nucleus_size(alone, cell_width), f"{stem} cell {k}"))
+    assert len(low) > len(stems)
+    assert min(low) >= (MIN_NUCLEUS, ""), min(low)
 
 
 @pytest.fixture(scope="module")

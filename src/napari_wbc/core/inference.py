@@ -145,7 +145,9 @@ def to_tensor(net, spec, images: list[np.ndarray], device: str = "cpu"):
     (reflect) to multiples of the network's ``pad_multiple``."""
     import torch
 
-    m = int(getattr(net, "pad_multiple", 8))
+    from ..models import pad_multiple
+
+    m = pad_multiple(net)
     xs = []
     for image in images:
         x = (image.astype(np.float32) / 255.0 - np.float32(spec.mean)) / np.float32(spec.std)
@@ -224,9 +226,7 @@ def network_pass(net, spec, image: np.ndarray, device: str = "cpu", scale: float
     class map (0 background, 1 cytoplasm, 2 nucleus) and what the instance step needs:
     (cells, nuclei, scores) from an instance model, (C, H, W) probabilities (one nucleus
     channel per type for a typing model) from a semantic one."""
-    from ..models.registry import model_kind
-
-    if model_kind(spec.name) == "instance":
+    if spec.kind == "instance":
         cells, nuclei, scores = detect_cells(net, spec, image, device, scale)
         return _classes(cells, nuclei), (cells, nuclei, scores)
     prob = predict_probabilities(net, spec, image, device, scale, keep_types=True)

@@ -3,9 +3,11 @@
 Two passes make a tiled run equal to an untiled one:
 
 1. Classes. Each tile core's class map comes from a network window that adds ``context``
-   working px (the network's receptive radius) on every side, with origins on multiples
-   of 8 working px (three stride-2 stages), so it equals the whole-image class map (bit
-   for bit on CPU one tile at a time; batches of tiles round differently, below 1e-6).
+   working px (the network's receptive reach, measured for every semantic model:
+   ``RECEPTIVE_REACH`` in its module) on every side, with origins on multiples of the
+   network's grid (``pad_multiple``: 8 working px for MIF-Net's three stride-2 stages, 16
+   for WBC-Net and WCSegNet), so it equals the whole-image class map (bit for bit on CPU
+   one tile at a time; batches of tiles round differently, below 1e-6).
    Resampling between slide and working px uses the slide's global pixel grid, so it
    does not depend on where a tile starts either. The class map is stored.
 2. Cells. Each tile reads the stored class map over its core plus ``halo`` and separates
@@ -31,18 +33,25 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .postprocess import DEFAULT_CELL_DIAMETER_PX, SPECK_FRACTION, instances_from_classes
+from .postprocess import DEFAULT_CELL_DIAMETER_PX, finish_margin, instances_and_objects
 
 log = logging.getLogger(__name__)
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 in level-0 slide px, end exclusive
-# receptive radius (working px) of each architecture, rounded up to a multiple of 8; MIF-Net
-# reaches 27 px up/left and 30 px down/right (measured in tests/test_tiling.py)
-CONTEXT = {"mifnet": 32}
-DEFAULT_CONTEXT = 64
-# a nucleus-stained pixel at low resolution: (R + B) / 2 - G at least this (Giemsa, Wright,
-# May-Gruenwald; every WBC in bccd and zheng_d1/d2 reaches 37, plasma and red cells stay below)
-PURPLE = 30.0
+# Skipping tiles (nucleus_size): a look's pixel counts as nucleus stain from 0 at a purple
+# score (R + B) / 2 - G of NUCLEUS_PURPLE[0] to fully at [1], after white balance on the look's
+# brightest pixels (red cells of bccd reach 33 at most, nuclei mostly 50 or more); what counts
+# is summed in a square window of NUCLEUS_WINDOW typical cell widths (the lobes of one nucleus
+# lie within it), and a tile is looked at when the largest sum reaches a disc MIN_NUCLEUS
+# typical cell widths across (3.3 um of a 10 um cell; a platelet is 2-3 um, a nucleus 4 um or
+# more). bench/tile_skip.py: every white cell of zheng_d1, zheng_d2 and bccd reaches 0.40 (in
+# its field, alone on its glass, or cut by the field's edge); bccd quarters without one reach
+# 0.31 (a platelet clump), but for the spilled granules of a burst cell (0.44)
+NUCLEUS_PURPLE = (35.0, 55.0)
+NUCLEUS_WINDOW = 0.7
+MIN_NUCLEUS = 0.33
+# a look has this many px across a typical white cell, or up to twice as many (pyramid levels)
+LOOK_CELL_PX = 12.0
 # objects wider than this many typical (10 um) white cells are not white cells: not followed
 MAX_OBJECT_CELLS = 20
 
@@ -91,6 +100,7 @@ class WorkGrid:
     shape: tuple[int, int]
     scale: float
     context: int = 32
+    align: int = 8  # the network's grid (models.pad_multiple): windows start on its multiples
 
     @property
     def identity(self) -> bool:
@@ -110,13 +120,15 @@ class WorkGrid:
         return sigma, int(4 * sigma + 0.5) + 1
 
     def window(self, box: Box) -> Box:
-        """Working-px window whose network output covers ``box`` exactly (8-aligned, with context)."""
+        """Working-px window whose network output covers ``box`` exactly (on the network's grid,
+        with context)."""
         (h, w), s = self.work_shape, 1.0 if self.identity else self.scale
         out = []
         for lo, hi, n in ((box[0], box[2], h), (box[1], box[3], w)):
             a = min(n - 1, max(0, math.floor((lo + 0.5) * s - 0.5)))
             b = min(n - 1, max(0, math.floor((hi - 0.5) * s - 0.5)) + 1)
-            out.append((max(0, (a - self.context) // 8 * 8), min(n, -(-(b + 1 + self.context) // 8) * 8)))
+            m = self.align
+            out.append((max(0, (a - self.context) // m * m), min(n, -(-(b + 1 + self.context) // m) * m)))
         return out[0][0], out[1][0], out[0][1], out[1][1]
 
     def source(self, window: Box) -> Box:
@@ -171,26 +183,32 @@ def _lerp(a: np.ndarray, pos: np.ndarray, n: int, origin: int, axis: int) -> np.
 
 
 def network_context(spec) -> int:
-    return int(spec.extra.get("context", CONTEXT.get(spec.name, DEFAULT_CONTEXT)))
+    """Working px of context around a tile (the network's receptive reach: ``spec.context``)."""
+    if spec.context is None:
+        raise ValueError(f"{spec.name} is not a semantic network: it has no receptive reach to tile by")
+    return spec.context
 
 
-def finish_margin(cell_diameter: float | None) -> int:
-    """Px around an object that the clean-up in ``instances_from_classes`` looks at.
-
-    The distance transform's nearest background lies within 1 px of an object and the
-    smoothing reaches 4 px into its neighbours (whose own nearest background lies within
-    4 px more); a nucleus speck or pinhole is at most ``speck`` px, so a region that reaches
-    further is large in both the tile and the whole image.
-    """
-    typical_area = math.pi * ((cell_diameter or DEFAULT_CELL_DIAMETER_PX) / 2) ** 2
-    speck = max(4, int(SPECK_FRACTION * typical_area))
-    return max(12, speck + 4)
-
-
-def has_nucleus_stain(look: np.ndarray, threshold: float = PURPLE) -> bool:
-    """Whether a low-resolution RGB look shows any nucleus-stained (purple) pixel."""
-    a = look.astype(np.float32)
-    return bool(((a[..., 0] + a[..., 2]) / 2 - a[..., 1] >= threshold).any())
+def nucleus_size(look: np.ndarray, cell_px: float) -> float:
+    """How large the most nucleus-like purple of a low-resolution RGB look is: the equivalent
+    diameter, in typical white-cell widths (``cell_px`` look px), of the nucleus stain summed
+    in the window of ``NUCLEUS_WINDOW`` cell widths that holds most of it. A white cell's
+    nucleus (lobes together) reaches ``MIN_NUCLEUS``; a platelet, a clump of them or pink red
+    cells stay below. 0 for a black look (outside the scan)."""
+    a = look[..., :3].reshape(-1, 3).astype(np.float32)
+    if a.size == 0:
+        return 0.0
+    k = max(1, len(a) // 50)  # white balance on the brightest 2% (glass or plasma)
+    white = a[np.argpartition(a.sum(1), -k)[-k:]].mean(0)
+    if white.max() < 60:
+        return 0.0
+    a = np.minimum(a * (255 / np.maximum(white, 1)), 255)
+    purple = (a[:, 0] + a[:, 2]) / 2 - a[:, 1]
+    lo, hi = NUCLEUS_PURPLE
+    stain = np.clip((purple - lo) / (hi - lo), 0, 1).reshape(look.shape[:2])
+    side = max(1, round(NUCLEUS_WINDOW * cell_px))
+    mass = float(ndimage.uniform_filter(stain, side, mode="constant").max()) * side * side
+    return math.sqrt(4 * mass / math.pi) / cell_px
 
 
 @dataclass
@@ -205,9 +223,8 @@ class TileCells:
 
 
 def _objects(classes: np.ndarray, cell_diameter: float | None):
-    cells, nuclei = instances_from_classes(classes, cell_diameter=cell_diameter)
-    objects, _ = ndimage.label(ndimage.binary_fill_holes(classes > 0))
-    return cells, nuclei, objects
+    """Cells, nuclei and the hole-filled objects they come from (object-local, one pass)."""
+    return instances_and_objects(classes, cell_diameter=cell_diameter)
 
 
 def _first_pixel(mask: np.ndarray) -> tuple[int, int]:

@@ -31,14 +31,17 @@ from .io import InputError
 from .postprocess import DEFAULT_CELL_DIAMETER_PX
 from .slide import Slide, open_slide
 from .tiling import (
-    PURPLE,
+    LOOK_CELL_PX,
+    MIN_NUCLEUS,
+    NUCLEUS_PURPLE,
+    NUCLEUS_WINDOW,
     TileCells,
     TileGrid,
     WorkGrid,
     cells_in_tile,
     finish_margin,
-    has_nucleus_stain,
     network_context,
+    nucleus_size,
 )
 
 log = logging.getLogger(__name__)
@@ -75,13 +78,28 @@ def slide_exposure_gain(slide: Slide, samples: int = 4, side: int = 256) -> floa
     return exposure_gain(np.concatenate([slide.read(y, x, y + side, x + side) for y in ys for x in xs], 1))
 
 
-def slide_cell_width(slide: Slide, net, spec, device: str = "cpu", gain: float = 1.0) -> float | None:
+def look_nucleus_size(slide: Slide, box, cell_width: float, gain: float = 1.0) -> float:
+    """:func:`.tiling.nucleus_size` of a low-resolution look at ``box`` (level-0 px) of a slide
+    whose typical white cell is ``cell_width`` px wide: ``LOOK_CELL_PX`` px or more across a
+    cell, read from the coarsest pyramid level that allows it."""
+    look = brighten(slide.look(*box, max(1.0, cell_width / LOOK_CELL_PX)), gain)
+    if look.size == 0:
+        return 0.0
+    ds = ((box[2] - box[0]) / look.shape[0] + (box[3] - box[1]) / look.shape[1]) / 2
+    return nucleus_size(look, cell_width / ds)
+
+
+def slide_cell_width(
+    slide: Slide, net, spec, device: str = "cpu", gain: float = 1.0, pixel_size: float | None = None
+) -> float | None:
     """How wide the slide's white cells are (px), measured as :func:`.inference.segment`
     measures a field's: the network at the slide's own scale, then
     :func:`~.inference.typical_cell_width`. A slide of up to ``PROBE_WINDOW``^2 x 2 px is
     looked at whole (so a field and the same pixels as a slide get the same scale); a larger
-    one in up to ``PROBE_WINDOWS`` windows of that side that show nucleus stain, spread over
-    it (the median of their widths). None when no white cell is found."""
+    one in up to ``PROBE_WINDOWS`` windows of that side that show a nucleus
+    (:func:`look_nucleus_size`, cells taken as wide as ``pixel_size`` makes a typical one; if
+    no window shows one, those with any nucleus stain), spread over it (the median of their
+    widths). None when no white cell is found."""
     from .inference import network_classes, typical_cell_width
 
     h, w = slide.shape
@@ -92,7 +110,11 @@ def slide_cell_width(slide: Slide, net, spec, device: str = "cpu", gain: float =
         ys = np.linspace(0, h - side, max(1, min(8, h // side))).astype(int)
         xs = np.linspace(0, w - side, max(1, min(8, w // side))).astype(int)
         boxes = [(y, x, y + side, x + side) for y in ys for x in xs]
-        boxes = [b for b in boxes if has_nucleus_stain(brighten(slide.look(*b, 8.0), gain))]
+        nominal = DEFAULT_CELL_DIAMETER_PX / working_scale(spec, pixel_size)
+        sizes = [look_nucleus_size(slide, b, nominal, gain) for b in boxes]
+        boxes = [b for b, s in zip(boxes, sizes, strict=True) if s >= MIN_NUCLEUS] or [
+            b for b, s in zip(boxes, sizes, strict=True) if s > 0
+        ]
         boxes = (
             [boxes[i] for i in np.unique(np.linspace(0, len(boxes) - 1, PROBE_WINDOWS).astype(int))]
             if boxes
@@ -121,11 +143,20 @@ def _slide_scale(
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return float(stored["scale"])
-    width = slide_cell_width(slide, net, spec, device, gain)
+    width = slide_cell_width(slide, net, spec, device, gain, px)
     scale = scale_for_cells(width, spec, px)
     work.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda p: p.write_text(json.dumps({"key": key, "width": width, "scale": scale})))
     return scale
+
+
+def _digest(net) -> str:
+    """A short hash of a network's weights (what makes two runs of one architecture differ)."""
+    h = hashlib.sha256()
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _plan(slide: Slide, spec, px, tile, halo, skip_empty, scale: float, gain: float) -> dict:
@@ -147,7 +178,12 @@ def _plan(slide: Slide, spec, px, tile, halo, skip_empty, scale: float, gain: fl
         "model": spec.name,
         "model_hash": model,
         "skip_empty": bool(skip_empty),
-        "purple": PURPLE,
+        "skip": {
+            "purple": list(NUCLEUS_PURPLE),
+            "window": NUCLEUS_WINDOW,
+            "min_nucleus": MIN_NUCLEUS,
+            "look_cell_px": LOOK_CELL_PX,
+        },
         "gain": gain,
         "version": 3,
     }
@@ -266,9 +302,10 @@ def segment_slide(
                     auto_scale=auto_scale,
                 )
             )
+    from ..models import pad_multiple
     from ..models.registry import list_models, model_kind
 
-    if model_kind(spec.name) != "semantic":
+    if spec.context is None:
         semantic = ", ".join(m for m in list_models() if model_kind(m) == "semantic")
         raise InputError(
             f"{spec.name} detects cells field by field and cannot stitch tiles exactly; "
@@ -287,12 +324,16 @@ def segment_slide(
     gain = round(slide_exposure_gain(slide), 4)
     scale = _slide_scale(work, slide, net, spec, device, px, gain, auto_scale)
     plan = _plan(slide, spec, px, tile, halo, skip_empty, scale, gain)
-    plan["typing"] = None if classifier is None else classifier[1].to_json()
+    # the classifier's weights too: a rerun with other weights of the same spec types afresh
+    plan["typing"] = (
+        None if classifier is None else {**classifier[1].to_json(), "weights": _digest(classifier[0])}
+    )
+    plan["align"] = pad_multiple(net)
     store = _open_work(work, plan, shard)
     if until == "plan":
         return None
     grid = TileGrid(slide.shape, tuple(plan["tile"]), plan["halo"])
-    wgrid = WorkGrid(slide.shape, plan["scale"], plan["context"])
+    wgrid = WorkGrid(slide.shape, plan["scale"], plan["context"], plan["align"])
     mine = [i for i in range(len(grid)) if i % shard[1] == shard[0]]
     total = {"classified": len(mine), "cells": 2 * len(mine)}.get(until, 2 * len(mine) + (shard[0] == 0))
     done = 0
@@ -303,7 +344,7 @@ def segment_slide(
     # pass 1: class map per tile core
     todo = [i for i in mine if not classified(i).exists()]
     done += len(mine) - len(todo)
-    look_ds = max(1.0, DEFAULT_CELL_DIAMETER_PX / plan["scale"] / 8)
+    cell_width = DEFAULT_CELL_DIAMETER_PX / plan["scale"]  # slide px, what the look is scaled to
     gain = plan["gain"]
     if gain != 1.0 and todo:
         yield done, total, f"under-exposed slide: tiles brightened {gain:.2f}x for the network"
@@ -327,8 +368,8 @@ def segment_slide(
 
     for i in todo:
         core = grid.core(i)
-        if skip_empty and not has_nucleus_stain(
-            brighten(slide.look(*grid.expand(core, grid.halo), look_ds), gain)
+        if skip_empty and (
+            look_nucleus_size(slide, grid.expand(core, grid.halo), cell_width, gain) < MIN_NUCLEUS
         ):
             classified(i).write_text("skipped")
             done += 1

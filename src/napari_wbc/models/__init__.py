@@ -74,6 +74,25 @@ class ModelSpec:
     pixel_size: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def kind(self) -> str:
+        """ "semantic", "instance" or "classifier": what the network gives (its module's KIND)."""
+        from .registry import model_kind
+
+        return model_kind(self.name)
+
+    @property
+    def context(self) -> int | None:
+        """Working px of context a semantic network needs around a tile to give the same
+        outputs as over the whole image: its module's ``RECEPTIVE_REACH``, unless the config
+        says otherwise ("context"); None for models that are not tiled."""
+        from .registry import model_module
+
+        if "context" in self.extra:
+            return int(self.extra["context"])
+        reach = getattr(model_module(self.name), "RECEPTIVE_REACH", None)
+        return None if reach is None else int(reach)
+
     def to_json(self) -> dict:
         return {
             "name": self.name,
@@ -97,6 +116,12 @@ class ModelSpec:
             d.get("pixel_size"),
             {k: v for k, v in d.items() if k not in known},
         )
+
+
+def pad_multiple(net) -> int:
+    """The network's grid (its total stride): input sides are padded to multiples of it, and
+    slide tiles start on them, so that a tile sees the same grid as the whole image."""
+    return int(getattr(net, "pad_multiple", 8))
 
 
 def user_model_dir() -> Path:
@@ -259,10 +284,9 @@ def load_model(
     net, spec = _load(str(folder.resolve()), str(device))
     if flip_average:
         from ..core.io import InputError
-        from .registry import model_kind
         from .tta import FlipAverage
 
-        if model_kind(spec.name) != "semantic":
+        if spec.kind != "semantic":
             raise InputError(
                 f"flip averaging is for models that classify pixels; {spec.name} detects "
                 "cells: run it without flip averaging"

@@ -23,6 +23,9 @@ import torch
 from torch import nn
 
 KIND = "semantic"
+# working px an output pixel sees on each side (measured: 27 up/left, 30 down/right, by
+# tests/test_tiling_models.py), rounded up to pad_multiple: the context a slide tile needs
+RECEPTIVE_REACH = 32
 PAPER = "Akram et al. 2022, IEEE Access"
 PAPER_PARAMETERS = 2_679_593
 # Adam, lr 1e-3, L2 5e-4, early stop on validation with patience 20 (Section IV)

@@ -48,6 +48,9 @@ from torch import nn
 from .losses import tversky_loss
 
 KIND = "semantic"
+# working px an output pixel sees on each side (measured: 247 up/left, 261 down/right, by
+# tests/test_tiling_models.py), rounded up to pad_multiple: the context a slide tile needs
+RECEPTIVE_REACH = 272
 PAPER = "Lu et al. 2021, Applied Soft Computing"
 PAPER_PARAMETERS = None  # the paper gives no count
 # The paper gives only the augmentation (Section 4.2: rotation, zoom, horizontal flip) and an

@@ -48,6 +48,9 @@ from torch import nn
 from ..core.dataset import CELL_TYPES
 
 KIND = "semantic"
+# working px an output pixel sees on each side (measured: 200 both ways, by
+# tests/test_tiling_models.py), rounded up to pad_multiple: the context a slide tile needs
+RECEPTIVE_REACH = 208
 PAPER = "Nasser et al. 2025, Ingénierie des Systèmes d'Information"
 PAPER_PARAMETERS = None  # the paper gives no count
 CLASSES = ("background", "cytoplasm", *(f"nucleus:{t}" for t in CELL_TYPES))
