@@ -27,7 +27,12 @@ earlier run (the same cells) instead of reviewing again.
 
 Usage: python bench/finetune_types.py [--fields 0] [--steps 200] [--lr 2e-4] [--batch-size 64]
        [--recipes mixed corrections] [--base-cache runs/celltype] [--out runs/finetune-types]
-       [--no-keep-start] [--corrections FOLDER] [--skip-before]
+       [--no-keep-start] [--corrections FOLDER] [--skip-before] [--condition none|gray|hema-|...]
+
+``--condition`` simulates a lab whose smears the classifier has not seen (one of
+bench/robustness.py's changes: a grayscale camera, another stain...): the reviewer corrects
+the changed val fields, and the types are measured on the changed test split, and the
+fine-tunes also on the unchanged one.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from robustness import CONDITIONS, changed_split
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -50,9 +56,10 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
-def review_field(pair, known_type: str, segmenter, classifier, reviewer: str = "bench"):
+def review_field(pair, known_type: str, segmenter, classifier, reviewer: str = "bench", change=None):
     """Segment and type one field, and review it as described in the module docstring:
-    (image, cells, nuclei, table with the review columns, scale)."""
+    (image, cells, nuclei, table with the review columns, scale). ``change(image, label)``
+    turns the field into another lab's (``--condition``) before anything looks at it."""
     import pandas as pd
     from scipy import ndimage
 
@@ -61,6 +68,8 @@ def review_field(pair, known_type: str, segmenter, classifier, reviewer: str = "
     from napari_wbc.core.inference import run, segment
 
     image, label = load_pair(pair)
+    if change is not None:
+        image, label = change(image, label)
     result = run(segment(image, *segmenter, "cpu", classifier=classifier))
     ref = ndimage.label(label > 0)[0].astype(np.uint32)
     iou = _iou_matrix(result.cells, ref)
@@ -87,12 +96,13 @@ def review_field(pair, known_type: str, segmenter, classifier, reviewer: str = "
     return image, result.cells, result.nuclei, pd.DataFrame(rows), result.scale
 
 
-def evaluate(classifier_weights, label: str) -> dict:
+def evaluate(classifier_weights, label: str, dataset: Path = DATASETS / "bccd") -> dict:
     from napari_wbc.core.evaluate import evaluate_dataset
 
     t0 = time.time()
-    r = evaluate_dataset(DATASETS / "bccd", "test", device="cpu", classifier_weights=classifier_weights)
-    print(f"  evaluated {label} on the bccd test split in {(time.time() - t0) / 60:.1f} min", flush=True)
+    r = evaluate_dataset(dataset, "test", device="cpu", classifier_weights=classifier_weights)
+    minutes = (time.time() - t0) / 60
+    print(f"  evaluated {label} on {dataset.name}'s test split in {minutes:.1f} min", flush=True)
     return r
 
 
@@ -143,11 +153,23 @@ def main() -> None:
         help="the start weights do not compete with the fine-tuned steps (what fine-tuning itself gives)",
     )
     p.add_argument("--corrections", default=None, help="reuse this corrections folder (no review)")
+    p.add_argument(
+        "--condition",
+        default="none",
+        choices=list(CONDITIONS),
+        help="another lab's smears (bench/robustness.py): the reviewed val fields and the test split are "
+        "changed so; the fine-tunes are also measured on the unchanged test split",
+    )
     args = p.parse_args()
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"{out} exists; give another --out (nothing is overwritten)")
     out.mkdir(parents=True)
+    change = None if args.condition == "none" else CONDITIONS[args.condition][1]
+    test_split = DATASETS / "bccd"
+    if change is not None:
+        test_split = changed_split(DATASETS / "bccd", args.condition, out / "changed", None)
+        print(f"condition '{args.condition}': {CONDITIONS[args.condition][0]}", flush=True)
     shipped = SHIPPED / "celltype"
     segmenter_dir = resolve_weights()
     segmenter = load_model(weights=segmenter_dir, device="cpu")
@@ -172,7 +194,9 @@ def main() -> None:
     t0 = time.time()
     statuses: dict[str, int] = {}
     for pair in [] if args.corrections else pairs:
-        image, cells, nuclei, table, scale = review_field(pair, types[pair.stem], segmenter, classifier)
+        image, cells, nuclei, table, scale = review_field(
+            pair, types[pair.stem], segmenter, classifier, change=change
+        )
         for s in table["review_status"]:
             statuses[s] = statuses.get(s, 0) + 1
         save_type_corrections(
@@ -193,7 +217,7 @@ def main() -> None:
     )
 
     # 2. measure the shipped classifier, fine-tune, measure again
-    results = {} if args.skip_before else {"shipped": evaluate(shipped, "the shipped classifier")}
+    results = {} if args.skip_before else {"shipped": evaluate(shipped, "the shipped classifier", test_split)}
     fits = {}
     for name in args.recipes:
         run_dir = out / name
@@ -251,7 +275,9 @@ def main() -> None:
             who: learned(weights, folder) for who, weights in (("start", shipped), ("result", run_dir))
         }
         print(f"  accuracy on the corrections it trained on: {fits[name]['train_corrections_accuracy']}")
-        results[name] = evaluate(run_dir, f"the '{name}' fine-tune")
+        results[name] = evaluate(run_dir, f"the '{name}' fine-tune", test_split)
+        if change is not None:  # what the fine-tune does to the lab's usual smears
+            results[f"{name}, unchanged test split"] = evaluate(run_dir, f"the '{name}' fine-tune")
 
     print(
         "\n| classifier | cells | accuracy, pipeline % | of identified % | classifier alone % "

@@ -262,29 +262,47 @@ def test_random_edit_sequences_keep_the_invariants(scene):
 
 
 def test_edited_cells_and_table_follow_the_edits(scene):
+    from napari_wbc.core.verification import set_type
+
     cells, nuclei = scene
     table = edit.remeasure(None, cells, nuclei)
     assert table["label"].tolist() == [1, 2, 3, 4] and not table["reviewed"].any()
-    table = edit.set_type(table, [2, 3], "neutrophil")
-    table = edit.set_type(table, 4, "lymphocyte")
-    table = edit.mark_reviewed(table, 2)
+    assert "review_status" not in table and "type_confidence" not in table  # none to keep yet
+    table = table.assign(cell_type=["monocyte", "neutrophil", "neutrophil", "neutrophil"])
+    table = table.assign(type_confidence=[0.5, 0.9, 0.8, 0.7], p_neutrophil=[0.1, 0.9, 0.8, 0.7])
+    table = set_type(table, [4], "lymphocyte", "Ann")  # reclassified
+    table = set_type(table, [2], "neutrophil", "Ann")  # confirmed
     assert count_summary(table)["n_neutrophil"] == 2
-    with pytest.raises(ValueError, match="no cell"):
-        edit.mark_reviewed(table, 9)
 
     out = edit.split_cell(cells, nuclei, 1, [(30, 30), (30, 58)])
     out = edit.delete_cell(out.cells, out.nuclei, 3)
     assert edit.edited_cells(cells, nuclei, out.cells, out.nuclei) == [1, 3, 5]
-    table = edit.remeasure(table, out.cells, out.nuclei, pixel_size=0.1)
-    assert table["label"].tolist() == [1, 2, 4, 5]
-    assert table["cell_type"].tolist() == [None, "neutrophil", "lymphocyte", None]
-    assert table["reviewed"].tolist() == [False, True, False, False]
-    counts = count_summary(table)
+    after = edit.remeasure(table, out.cells, out.nuclei, pixel_size=0.1)
+    assert after["label"].tolist() == [1, 2, 4, 5]
+    assert after["cell_type"].tolist() == ["monocyte", "neutrophil", "lymphocyte", None]
+    assert after["reviewed"].tolist() == [False, True, True, False]
+    # the cells whose ids remain keep their review and the classifier's output; the split's new
+    # piece (5) is unreviewed, with no suggestion
+    kept = [
+        "suggested_type",
+        "review_status",
+        "reviewed_by",
+        "reviewed_at",
+        "type_confidence",
+        "p_neutrophil",
+    ]
+    before = table.set_index("label")
+    now = after.set_index("label")
+    assert now.loc[[1, 2, 4], kept].equals(before.loc[[1, 2, 4], kept])
+    assert list(now.loc[[2, 4], "review_status"]) == ["confirmed", "reclassified"]
+    assert now.loc[5, "review_status"] == "suggested" and now.loc[5, "suggested_type"] == ""
+    assert now.loc[5, "reviewed_by"] == now.loc[5, "reviewed_at"] == ""
+    assert np.isnan(now.loc[5, "type_confidence"]) and np.isnan(now.loc[5, "p_neutrophil"])
+    counts = count_summary(after)
     assert (counts["white_cells"], counts["complete_cells"], counts["excluded"]) == (4, 4, 0)
-    # the differential is of the typed cells: the two without a type are not in it
-    assert (counts["n_lymphocyte"], counts["n_neutrophil"], counts["n_monocyte"]) == (1, 1, 0)
-    assert counts["pct_neutrophil"] == counts["pct_lymphocyte"] == 50.0
-    assert "cell_area_um2" in table
+    # the differential is of the typed cells: the one without a type is not in it
+    assert (counts["n_lymphocyte"], counts["n_neutrophil"], counts["n_monocyte"]) == (1, 1, 1)
+    assert "cell_area_um2" in after
 
 
 def test_a_pair_saved_again_unchanged_is_found_not_written(scene, tmp_path):
@@ -294,7 +312,8 @@ def test_a_pair_saved_again_unchanged_is_found_not_written(scene, tmp_path):
 
     cells, nuclei = scene
     image = np.random.default_rng(1).integers(0, 255, (*cells.shape, 3), dtype=np.uint8)
-    table = edit.set_type(edit.remeasure(None, cells, nuclei), 2, "neutrophil")
+    table = edit.remeasure(None, cells, nuclei)
+    table.loc[table["label"] == 2, "cell_type"] = "neutrophil"
     root = tmp_path / "training"
     assert find_saved_pair(root, image, cells, nuclei, table=table) is None  # no folder yet
     first = save_training_pair(
@@ -306,10 +325,11 @@ def test_a_pair_saved_again_unchanged_is_found_not_written(scene, tmp_path):
     changed_cell[30, 30] = 0  # one pixel less of cell 1
     changed_image = image.copy()
     changed_image[0, 0] = 255 - changed_image[0, 0]
+    retyped = table.assign(cell_type=[None, "neutrophil", "monocyte", None])
     for what in (
         (image, changed_cell, edit.clip_nuclei(changed_cell, nuclei), {"table": table}),
         (changed_image, cells, nuclei, {"table": table}),
-        (image, cells, nuclei, {"table": edit.set_type(table, 3, "monocyte")}),  # a type set since
+        (image, cells, nuclei, {"table": retyped}),  # a type set since
         (image, cells, nuclei, {}),  # without the table
         (image, cells, nuclei, {"table": table, "region": (0, 0, 40, 70)}),  # a part of it
     ):

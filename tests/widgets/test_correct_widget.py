@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_wbc._widgets.correct import CorrectWidget
@@ -303,6 +304,96 @@ def test_a_type_set_here_is_a_review_decision_that_the_gallery_follows(setup, qt
     assert (row(1)["cell_type"], row(1)["review_status"]) == ("neutrophil", "confirmed")
     qtbot.waitUntil(lambda: status(1) == "confirmed", timeout=TIMEOUT_MS)
     qtbot.waitUntil(lambda: load_review(review)[0].set_index("label").loc[1, "review_status"] == "confirmed")
+
+
+REVIEW = ["cell_type", "suggested_type", "review_status", "reviewed_by", "reviewed_at", "reviewed"]
+CLASSIFIED = ["type_confidence", "p_monocyte"]
+
+
+def _typed(cells_layer) -> None:
+    """The cells typed as the Segment widget types them: type, confidence, probabilities."""
+    table = cells_layer.features.drop(columns="index")
+    cells_layer.features = table.assign(
+        cell_type=["neutrophil", "lymphocyte", "monocyte"],
+        type_confidence=[0.9, 0.8, 0.7],
+        p_monocyte=[0.05, 0.1, 0.7],
+        index=table["label"],
+    )
+
+
+def _give_type(widget, ids: str, kind: str) -> None:
+    widget.ids.value = ids
+    widget.cell_type.value = kind
+    assert widget.set_type(), widget.status.value
+
+
+def test_a_review_survives_edits_with_the_gallery_closed(setup, qtbot):
+    """No Cell gallery open: the tracker alone keeps the review of the cells an edit leaves."""
+    _, cells_layer, nuclei_layer, widget = setup
+    _typed(cells_layer)
+    widget.reviewer.value = REVIEWER
+    _give_type(widget, "3", "eosinophil")  # reclassified
+    _give_type(widget, "2", "lymphocyte")  # confirmed
+    before = cells_layer.features.set_index("label")[REVIEW + CLASSIFIED].copy()
+    assert list(before["review_status"]) == ["suggested", "confirmed", "reclassified"]
+    assert before.loc[3, "reviewed_at"].endswith("Z")
+
+    cells_layer.brush_size = 5
+    cells_layer.paint((12, 12), 0)  # an edit of another cell: a hole erased in cell 1
+    _settle(qtbot, widget)
+    _, _, features = _state(cells_layer, nuclei_layer)
+    assert widget.edited == {1}
+    pd.testing.assert_frame_equal(features[REVIEW + CLASSIFIED], before, check_dtype=False)
+
+    # the reviewed cell split: its id keeps its review; the new piece is unreviewed and untyped
+    points = widget.add_drawing("points")
+    points.data = np.array([[55, 20], [55, 50]])
+    widget.ids.value = ""
+    widget.split_button.clicked.emit()
+    _settle(qtbot, widget)
+    _, _, features = _state(cells_layer, nuclei_layer)
+    assert list(features.index) == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(features.loc[[1, 2, 3], REVIEW + CLASSIFIED], before, check_dtype=False)
+    new = features.loc[4]
+    assert new["review_status"] == "suggested" and not new["reviewed"] and pd.isna(new["cell_type"])
+    assert new["suggested_type"] == new["reviewed_by"] == new["reviewed_at"] == ""
+    assert np.isnan(new["type_confidence"]) and np.isnan(new["p_monocyte"])
+
+
+def test_an_edit_with_the_gallery_open_keeps_the_review_saved_of_the_new_labels(setup, qtbot, tmp_path):
+    from napari_wbc._widgets.gallery import GalleryWidget
+    from napari_wbc.core.verification import ReviewMismatch, open_review
+
+    viewer, cells_layer, nuclei_layer, widget = setup
+    source = str(tmp_path / "smear.png")  # the review is kept beside the image
+    viewer.layers["smear"].metadata = {"source": source}
+    cells_layer.metadata = {**cells_layer.metadata, "source": source}
+    _typed(cells_layer)
+    gallery = GalleryWidget(viewer)
+    viewer.window.add_dock_widget(gallery, name="gallery")
+    widget.reviewer.value = REVIEWER
+    _give_type(widget, "3", "eosinophil")
+    review = tmp_path / "smear_review.json"
+    qtbot.waitUntil(review.is_file, timeout=TIMEOUT_MS)
+    before = cells_layer.features.set_index("label")[REVIEW].copy()
+
+    def reopened():
+        """The saved review applied to the layer's labels now (None: of other labels)."""
+        table = cells_layer.features.drop(columns="index")
+        try:
+            return open_review(review, table, np.asarray(cells_layer.data))[0].set_index("label")
+        except ReviewMismatch:
+            return None
+
+    cells_layer.brush_size = 5
+    cells_layer.paint((12, 12), 0)
+    _settle(qtbot, widget)
+    pd.testing.assert_frame_equal(cells_layer.features.set_index("label")[REVIEW], before, check_dtype=False)
+    qtbot.waitUntil(lambda: reopened() is not None, timeout=TIMEOUT_MS)  # saved again, of the edit
+    saved = reopened()
+    assert (saved.loc[3, "review_status"], saved.loc[3, "reviewed_by"]) == ("reclassified", REVIEWER)
+    assert saved.loc[3, "reviewed_at"] == before.loc[3, "reviewed_at"]
+    assert gallery.model.index_of(3).isValid() and gallery.progress.text() == "reviewed 1 of 3 (2 to go)"
 
 
 def test_edits_update_the_review(setup, qtbot):

@@ -347,6 +347,43 @@ def test_signoff_is_refused_until_every_cell_is_reviewed(field, qtbot, notificat
     assert "saved as training data" in gallery.message.text()
 
 
+def test_signoff_makes_thumbnails_of_the_cells_the_report_shows_only(field, qtbot, monkeypatch):
+    """Above ``REPORT_ALL_CELLS`` cells the report shows the flagged cells and a sample per type
+    (``report_cells``): sign-off makes only their thumbnails (here with the limits lowered, so
+    that the field's cells are "many")."""
+    import sys
+
+    import napari_wbc.core.verification as verification
+
+    viewer, layer, gallery, table = field
+    monkeypatch.setattr(verification, "REPORT_ALL_CELLS", 2)
+    monkeypatch.setattr(verification, "REPORT_SAMPLE", 1)
+    asked = []
+    real = verification.thumbnails
+
+    def counted(image, cells, nuclei, labels, **options):
+        if sys._getframe(1).f_code.co_name == "_report_job":  # not the gallery's own thumbnails
+            asked.append(list(labels))
+        return real(image, cells, nuclei, labels, **options)
+
+    monkeypatch.setattr(verification, "thumbnails", counted)
+    gallery.reviewer.setText(REVIEWER)
+    gallery.select_cells(gallery.model.cell_order())
+    _key(qtbot, gallery, Qt.Key.Key_Return)
+    unidentified = gallery.model.groups().get(UNIDENTIFIED, [])
+    if unidentified:
+        gallery.select_cells(unidentified)
+        _key(qtbot, gallery, Qt.Key.Key_2)
+    shown = verification.report_cells(gallery.table)
+    assert 0 < len(shown) < len(table)  # a sample: some cells are not shown
+    assert gallery.sign_off() is not None
+    qtbot.waitUntil(lambda: gallery.signoff_worker is None, timeout=TIMEOUT_MS)
+    assert gallery.report is not None, gallery.message.text()
+    assert asked == [shown]
+    page = gallery.report["html"].read_text()
+    assert page.count('src="data:image/') == len(shown)  # every shown cell has its thumbnail
+
+
 def test_a_review_resumes_after_closing(field, qtbot, segmented, tmp_path):
     viewer, layer, gallery, table = field
     gallery.reviewer.setText(REVIEWER)

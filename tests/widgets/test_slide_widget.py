@@ -188,3 +188,36 @@ def test_cancel_keeps_finished_tiles_and_a_rerun_resumes(
     assert redone == {1, 2, 3, 4} - kept  # the finished tiles were not done again
     assert rerun.messages[-1] == "done"
     _check_results(viewer, out, image)
+
+
+def test_a_slide_is_typed_by_a_fine_tuned_classifier(
+    viewer, qtbot, trained_model, notifications, small_slide, tmp_path, monkeypatch
+):
+    """The classifier chosen in "cell types", fine-tuned, types a slide's cells as a field's,
+    and the cells layer records which one (its name and weights' sha256)."""
+    import dataclasses
+
+    from napari_wbc._widgets.segment import TunedClassifier
+    from napari_wbc.models import load_model, save_model, sha256, user_model_dir
+
+    monkeypatch.setenv("NAPARI_WBC_HOME", str(tmp_path / "home"))
+    # a fine-tuned classifier where the Train widget saves it; it calls every white cell
+    # unidentified, so the cells say which classifier typed them
+    net, spec = load_model("celltype", device="cpu")  # cached: the shipped spec is left alone
+    spec = dataclasses.replace(spec, extra={**spec.extra, "unidentified_below": 1.01})
+    folder = save_model(net, spec, user_model_dir() / "celltype-ft-slide")
+    _open(viewer, small_slide)
+    out = tmp_path / "out"
+    widget = _widget(viewer, out)
+    tuned = TunedClassifier("celltype-ft-slide", str(folder))
+    widget.typing.reset_choices()
+    widget.typing.value = tuned
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert _errors(notifications) == []
+    cells = viewer.layers[f"{NAME} cells"]
+    kinds = set(cells.features["cell_type"])
+    assert "unidentified" in kinds and kinds <= {"unidentified", "not_wbc"}
+    assert set(pd.read_csv(out / f"{NAME}_cells.csv")["cell_type"]) == kinds
+    assert cells.metadata["classifier"] == "celltype-ft-slide"
+    assert cells.metadata["classifier_sha256"] == sha256(folder / "model.safetensors")

@@ -100,9 +100,11 @@ def slide_job(
     cancel: threading.Event,
     flip_average: bool = False,
     typing: str = "classifier",
+    classifier_weights: str | None = None,
 ):
     """Generator for a thread worker: yields ``(done, total, message)``; returns
-    ``(SlideResult, cell table)``, or None when cancelled."""
+    ``(SlideResult, cell table)``, or None when cancelled. ``classifier_weights``: a fine-tuned
+    classifier's folder (None: the shipped one), as the CLI's ``--classifier-weights``."""
     import pandas as pd
 
     from ..core.celltypes import load_classifier
@@ -111,7 +113,7 @@ def slide_job(
 
     yield 0, 1, "loading the model"
     net, spec = load_model(model, device=device, flip_average=flip_average)
-    classifier = load_classifier(typing, device)
+    classifier = load_classifier(typing, device, classifier_weights)
     if cancel.is_set():
         return None
     steps = segment_slide(

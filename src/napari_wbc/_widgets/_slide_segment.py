@@ -2,7 +2,8 @@
 
 A whole slide (an image layer the napari WBC reader opened from a slide file: its
 ``metadata["slide"]`` holds the path) is segmented tile by tile from the file by
-:func:`napari_wbc.core.wholeslide.segment_slide`, never read whole: the progress bar
+:func:`napari_wbc.core.wholeslide.segment_slide`, never read whole, its cells typed by the
+classifier chosen in "cell types" (the shipped one or a fine-tuned one): the progress bar
 moves per tile, Cancel stops between tiles, and a run on the same output folder resumes
 the tiles a stopped run finished. While it runs the class map fills in, tile by tile, as
 a low-resolution labels layer ``"<image> preview"``; at the end the written pyramidal
@@ -67,8 +68,9 @@ def _slide_job(*args, **kwargs):
 
 class SlideSegmentMixin:
     """Slide runs for the Segment widget; it provides ``_viewer``, ``model``, ``device``,
-    ``pixel_size``, ``flip_average``, ``output``, ``status``, the run/cancel buttons and
-    the shared slots (``_on_progress``, ``_on_error``, ``_on_aborted``, ``_on_finished``, ``_guarded``,
+    ``pixel_size``, ``flip_average``, ``output``, ``status``, ``_typing`` (the "cell types"
+    choice: the shipped or a fine-tuned classifier), the run/cancel buttons and the shared
+    slots (``_on_progress``, ``_on_error``, ``_on_aborted``, ``_on_finished``, ``_guarded``,
     ``_show_measurements``)."""
 
     _auto_output: Path | None = None  # the output folder the widget filled in itself
@@ -103,6 +105,7 @@ class SlideSegmentMixin:
                 raise InputError(f"the slide file of {layer.name!r} is gone: {path}")
             model = self.model.value
             resolve_weights(model)
+            typing, classifier_weights, typed_by = self._typing()
             device = pick_device(self.device.value)
             out = Path(self.output.value) if self.output.value else None
             if out is None or out == Path("."):
@@ -124,10 +127,11 @@ class SlideSegmentMixin:
             self._preview,
             self._cancel,
             flip_average=self.flip_average.value,
-            typing=self.typing.value,
+            typing=typing,
+            classifier_weights=classifier_weights,
         )
         worker.yielded.connect(lambda step: self._on_slide_progress(layer, step))
-        worker.returned.connect(lambda res: self._show_slide_result(layer, model, out, res))
+        worker.returned.connect(lambda res: self._show_slide_result(layer, model, out, res, typed_by))
         worker.errored.connect(self._on_error)
         # tiles classified after the last progress event (e.g. when cancelled) still show
         worker.finished.connect(lambda: self._flush_preview(layer))
@@ -176,14 +180,22 @@ class SlideSegmentMixin:
             target.editable = False
         target.metadata = {**target.metadata, "source_layer": layer.name, "preview_factor": preview.factor}
 
-    def _show_slide_result(self, layer, model, out: Path, returned) -> None:
+    def _show_slide_result(self, layer, model, out: Path, returned, typed_by=None) -> None:
         if returned is None:
             self._on_aborted()
             self._say(f"cancelled; finished tiles kept in {out.name}: Segment resumes", out)
             return
         result, table = returned
         self._guarded(
-            layer, f" (results in {out})", self._update_slide_layers, layer, model, out, result, table
+            layer,
+            f" (results in {out})",
+            self._update_slide_layers,
+            layer,
+            model,
+            out,
+            result,
+            table,
+            typed_by,
         )
 
     def _upsert_multiscale(self, name: str, levels: list, like, **style) -> Labels:
@@ -209,7 +221,7 @@ class SlideSegmentMixin:
             layers.move(layers.index(target), index)
         return target
 
-    def _update_slide_layers(self, layer, model, out: Path, result, table) -> None:
+    def _update_slide_layers(self, layer, model, out: Path, result, table, typed_by=None) -> None:
         from .._slide_layers import label_levels
         from ._layers import CELLS_STYLE, NUCLEI_STYLE, set_features
 
@@ -225,6 +237,7 @@ class SlideSegmentMixin:
                 "table": str(result.table),
                 "summary": str(result.summary),
             },
+            **(typed_by or {}),  # the classifier that typed the cells, as for a field
         }
         nuclei = self._upsert_multiscale(
             f"{layer.name} nuclei", label_levels(result.nuclei), layer, **NUCLEI_STYLE

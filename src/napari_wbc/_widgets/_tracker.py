@@ -7,7 +7,11 @@ none when the pixels did not change); replacing a layer's data (a new segmentati
 starts the count of edited cells afresh. A sync: nucleus
 pixels that left their cell are dropped (or given the id of the cell they now lie in),
 then a ``thread_worker`` re-measures the cells, re-reviews them when the layer has a
-review, and finds which cells changed since the last sync. Only one worker runs at a
+review, and finds which cells changed since the last sync. The cells whose ids remain keep
+their type, their review (as :mod:`~napari_wbc.core.verification` records it: status,
+suggested type, reviewer, time) and the classifier's confidence and probabilities, whether
+or not the Cell gallery is open; a new cell (a split's new piece) is "suggested", untyped
+(:func:`napari_wbc.core.edit.carried_columns`). Only one worker runs at a
 time; changes made meanwhile start one more sync when it ends.
 """
 
@@ -130,14 +134,15 @@ class EditTracker:
         return worker
 
     def _synced(self, layer, state, reference, edited, table, result, problems) -> None:
-        from ..core.edit import USER_COLUMNS
+        from ..core.edit import carried_columns
 
         if layer != self.cells:
             return
         self._before = state
         self.edited |= set(edited)
         layer.metadata = {**layer.metadata, "edited": sorted(self.edited)}
-        keep_columns(table, features_of(layer), USER_COLUMNS)  # types, flags set while the worker ran
+        current = features_of(layer)
+        keep_columns(table, current, carried_columns(current))  # types, reviews given while the worker ran
         table["edited"] = table["label"].isin(self.edited)
         if result is not None:
             keys = ("reference", "ref_labels", "min_iou")

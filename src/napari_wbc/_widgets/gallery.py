@@ -169,11 +169,13 @@ def corrections_folder() -> Path:
 @thread_worker(ignore_errors=True)
 def _report_job(image, cells, nuclei, options, folder, stem, table, record, meta, provenance):
     """The report, then the reviewed cells saved as training data (a field's or a slide's,
-    read around each cell): ``(report paths, what save_type_corrections saved)``."""
+    read around each cell): ``(report paths, what save_type_corrections saved)``. Thumbnails
+    are made of the cells the report shows only (``report_cells``: a sample above
+    ``REPORT_ALL_CELLS``)."""
     from ..core.corrections import save_type_corrections
-    from ..core.verification import thumbnails, write_report
+    from ..core.verification import report_cells, thumbnails, write_report
 
-    labels = [int(label) for label in table["label"]]
+    labels = report_cells(table)
     thumbs = dict(zip(labels, thumbnails(image, cells, nuclei, labels, **options), strict=True))
     paths = write_report(folder, stem, table, thumbs, record, meta)
     saved = save_type_corrections(corrections_folder(), image, cells, nuclei, table, provenance)
@@ -975,6 +977,9 @@ class GalleryWidget(QWidget):
                 self._set_aside, self._meta, self._models_seen = True, {}, None
             elif self._table is not None and _review_changed(self._table, table):  # typed elsewhere
                 self._changed()
+            elif self._table is not None:  # e.g. cells edited (the review kept): saved of their new labels
+                self._dirty = True
+                self._save_timer.start()
         self._fresh = False
         self._show(table, keep=[label for label in kept if label in set(table["label"])])
         self._set_source()  # the cells may have moved, or be new

@@ -13,8 +13,8 @@ canvas since it was opened); a later run keeps the user's view. Settings one rar
 (device, pixel size, flip-average, single-cell crops, cell types) are folded under "options",
 so that the widget stays short. "cell types" offers the shipped cell-type classifier and every
 classifier fine-tuned since (the Train widget's, in :func:`napari_wbc.models.user_model_dir`,
-by name); the one used is recorded in the cells layer's metadata (``classifier``,
-``classifier_sha256``), which the gallery's review and sign-off name.
+by name), for a field or a whole slide alike; the one used is recorded in the cells layer's
+metadata (``classifier``, ``classifier_sha256``), which the gallery's review and sign-off name.
 
 A whole slide (an image layer opened from a slide file) runs tile by tile from the file
 instead: see :mod:`._slide_segment`.
@@ -313,33 +313,18 @@ class SegmentWidget(SlideSegmentMixin, Container):
 
         if self.worker is not None:
             return None
-        from ..models import weights_sha256
-
         layer = self.image.value
-        typing, classifier_weights, classifier = typing_of(self.typing.value)
         if slide_path(layer) is not None:
-            if classifier_weights is not None:
-                show_error(
-                    f"{classifier} types fields here; type a slide with it from the command line "
-                    f"(napari-wbc segment SLIDE --out FOLDER --classifier-weights {classifier_weights}), "
-                    "or pick the shipped classifier"
-                )
-                return None
             return self._run_slide(layer)
         try:
             image, notes = _rgb_field(layer)
             model = self.model.value
             resolve_weights(model)  # a clear message when there is no trained model
-            if classifier_weights is not None:
-                resolve_weights(None, classifier_weights)  # deleted since the list was made
+            typing, classifier_weights, typed_by = self._typing()
             device = pick_device(self.device.value)
         except (InputError, MissingWeightsError) as err:
             show_error(str(err))
             return None
-        typed_by = {  # which classifier typed the cells: the gallery's sign-off names it
-            "classifier": classifier,
-            "classifier_sha256": weights_sha256(classifier, classifier_weights) if classifier else None,
-        }
         if notes:
             show_info(f"{layer.name}: " + "; ".join(notes))
         if is_grayscale(image):  # the network tells white cells by their stain colour
@@ -367,6 +352,19 @@ class SegmentWidget(SlideSegmentMixin, Container):
         self.status.value = f"segmenting {layer.name} on {device}"
         worker.start()
         return worker
+
+    def _typing(self) -> tuple[str, str | None, dict]:
+        """``(typing, fine-tuned classifier weights folder or None, typed_by)`` of "cell types";
+        ``typed_by`` (``classifier``, ``classifier_sha256``) goes into the cells layer's metadata:
+        the gallery's sign-off names the classifier that typed the cells. MissingWeightsError
+        for a fine-tuned classifier deleted since the list was made."""
+        from ..models import resolve_weights, weights_sha256
+
+        typing, weights, classifier = typing_of(self.typing.value)
+        if weights is not None:
+            resolve_weights(None, weights)
+        sha = weights_sha256(classifier, weights) if classifier else None
+        return typing, weights, {"classifier": classifier, "classifier_sha256": sha}
 
     def cancel(self, _value=None) -> None:
         if self.worker is not None:

@@ -20,8 +20,11 @@ cell: it refuses cells that do not touch (and says how far apart they are) and c
 merely touch (a short shared border, ``MIN_CONTACT``), which are two cells. A refused edit
 raises ValueError with what to do and changes nothing.
 
-Per-cell type and reviewed flag live in the measurement table (``cell_type``,
-``reviewed``); :func:`remeasure` recomputes it after an edit and keeps those columns.
+Per-cell type and review live in the measurement table (``cell_type``, ``reviewed``, and
+the review columns of :mod:`.verification`, which sets them); :func:`remeasure` recomputes
+the table after an edit and keeps, for the cells whose ids remain, what measuring does not
+give (:func:`carried_columns`): the type and review, and the classifier's confidence and
+probabilities.
 """
 
 from __future__ import annotations
@@ -358,38 +361,37 @@ def _rows(features: pd.DataFrame, cell_ids) -> pd.Series:
     return features["label"].isin(ids)
 
 
-def set_type(features: pd.DataFrame, cell_ids, cell_type: str | None) -> pd.DataFrame:
-    """A copy of the table with ``cell_type`` set for these cells (None: untyped)."""
-    out = features.copy()
-    if "cell_type" not in out:
-        out["cell_type"] = pd.Series([None] * len(out), index=out.index, dtype=object)
-    out.loc[_rows(out, cell_ids), "cell_type"] = cell_type
-    return out
+def carried_columns(features: pd.DataFrame | None) -> dict:
+    """The columns an edit keeps for the cells whose ids remain, each with a new cell's value:
+    :data:`USER_COLUMNS` always; where ``features`` has them, the review
+    (:data:`.verification.REVIEW_COLUMNS`: a new cell is "suggested", with no suggested type,
+    as :func:`.verification.apply_review` makes a cell its review does not know) and the
+    classifier's ``type_confidence`` and ``p_<type>`` (NaN: not classified)."""
+    from .verification import REVIEW_COLUMNS, STATUSES
 
-
-def mark_reviewed(features: pd.DataFrame, cell_ids, reviewed: bool = True) -> pd.DataFrame:
-    """A copy of the table with ``reviewed`` set for these cells."""
-    out = features.copy()
-    if "reviewed" not in out:
-        out["reviewed"] = False
-    out.loc[_rows(out, cell_ids), "reviewed"] = bool(reviewed)
-    return out
+    columns = dict(USER_COLUMNS)
+    if features is None:
+        return columns
+    review = {column: "" for column in REVIEW_COLUMNS} | {"review_status": STATUSES[0]}
+    columns.update({column: value for column, value in review.items() if column in features})
+    columns.update({c: np.nan for c in features.columns if c == "type_confidence" or str(c).startswith("p_")})
+    return columns
 
 
 def remeasure(features: pd.DataFrame | None, cells, nuclei, pixel_size: float | None = None) -> pd.DataFrame:
-    """Fresh measurements of the edited maps, keeping each surviving cell's type and flag."""
+    """Fresh measurements of the edited maps, keeping each surviving cell's type, review and
+    classifier output (:func:`carried_columns`)."""
     from .measure import measure_cells
 
     table = measure_cells(cells, nuclei, pixel_size)
-    for column, default in USER_COLUMNS.items():
+    for column, default in carried_columns(features).items():
         old = (
             {}
             if features is None or column not in features
             else dict(zip(features["label"], features[column], strict=True))
         )
+        dtype = bool if isinstance(default, bool) else float if isinstance(default, float) else object
         table[column] = pd.Series(
-            [old.get(label, default) for label in table["label"]],
-            index=table.index,
-            dtype=bool if column == "reviewed" else object,
+            [old.get(label, default) for label in table["label"]], index=table.index, dtype=dtype
         )
     return table
