@@ -8,9 +8,14 @@ written tile by tile (``bench/synthetic_slides.py``) in one child process and se
 with the shipped model through ``core.wholeslide.segment_slide`` in another, so each peak
 (VmHWM, the process's own high-water mark) is that step's alone.
 
+``--format png`` writes the sparse slide as one PNG instead: a plain image file bigger than
+``core.slide.SLIDE_PIXELS`` goes through the same tiled engine (decoded whole, once, then
+read tile by tile), so its peak is the decoded image plus one tile's work.
+
 The "mosaic" layout is the earlier benchmark: bccd fields on a grid with strips of glass.
 
 Usage: python bench/slide_memory.py [--sizes 10000 50000] [--per-side 3] [--device cpu]
+       python bench/slide_memory.py --format png --sizes 9000
        python bench/slide_memory.py --layout mosaic --sizes 2560 4480 --tile 512
 """
 
@@ -74,13 +79,24 @@ def peak_mb() -> int:
     return int(line.split()[1]) // 1024
 
 
-def build_sparse(size: int, per_side: int, folder: Path) -> dict:
+def sparse_name(size: int, fmt: str) -> str:
+    return f"sparse{size}." + {"tiff": "ome.tif", "png": "png"}[fmt]
+
+
+def build_sparse(size: int, per_side: int, folder: Path, fmt: str = "tiff") -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from synthetic_slides import bccd_fields, tile_centred_slide
 
     images = [image for image, _ in bccd_fields("test", per_side * per_side)]
     t0 = time.perf_counter()
-    path = tile_centred_slide(size, images, per_side=per_side).write(folder / f"sparse{size}.ome.tif")
+    slide = tile_centred_slide(size, images, per_side=per_side)
+    if fmt == "png":  # one plain image file, written whole (what a camera or an export gives)
+        from PIL import Image
+
+        path = folder / sparse_name(size, fmt)
+        Image.fromarray(slide.region(0, 0, size, size)).save(path, compress_level=1)
+    else:
+        path = slide.write(folder / sparse_name(size, fmt))
     return {
         "build_s": round(time.perf_counter() - t0, 1),
         "file_mb": round(path.stat().st_size / 2**20, 1),
@@ -88,7 +104,7 @@ def build_sparse(size: int, per_side: int, folder: Path) -> dict:
     }
 
 
-def segment_sparse(size: int, folder: Path, device: str, tile: int | None) -> dict:
+def segment_sparse(size: int, folder: Path, device: str, tile: int | None, fmt: str = "tiff") -> dict:
     import pandas as pd
 
     from napari_wbc.core.device import pick_device
@@ -102,7 +118,7 @@ def segment_sparse(size: int, folder: Path, device: str, tile: int | None) -> di
     t0 = time.perf_counter()
     result = run(
         segment_slide(
-            folder / f"sparse{size}.ome.tif", folder / f"out{size}", net, spec, tile=tile, device=device
+            folder / sparse_name(size, fmt), folder / f"out{size}", net, spec, tile=tile, device=device
         )
     )
     seconds = time.perf_counter() - t0
@@ -125,9 +141,9 @@ def child(args) -> None:
     if args.layout == "mosaic":
         print(json.dumps(one_size(args.child, args.tile or 512, args.gap, args.device, args.fields)))
     elif args.step == "build":
-        print(json.dumps(build_sparse(args.child, args.per_side, Path(args.folder))))
+        print(json.dumps(build_sparse(args.child, args.per_side, Path(args.folder), args.format)))
     else:
-        print(json.dumps(segment_sparse(args.child, Path(args.folder), args.device, args.tile)))
+        print(json.dumps(segment_sparse(args.child, Path(args.folder), args.device, args.tile, args.format)))
 
 
 def main() -> None:
@@ -144,6 +160,12 @@ def main() -> None:
     p.add_argument("--per-side", type=int, default=3, help="sparse: fields per side (3: nine fields)")
     p.add_argument("--gap", type=int, default=1280, help="mosaic: px of empty glass between fields")
     p.add_argument("--fields", type=int, default=12, help="mosaic: distinct bccd test fields to repeat")
+    p.add_argument(
+        "--format",
+        choices=["tiff", "png"],
+        default="tiff",
+        help="sparse: a pyramidal OME-TIFF, or one PNG (read whole, then tiled like a slide)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--step", default=None, help=argparse.SUPPRESS)
@@ -171,6 +193,8 @@ def main() -> None:
             str(args.per_side),
             "--device",
             args.device,
+            "--format",
+            args.format,
             *(["--tile", str(args.tile)] if args.tile else []),
             *extra,
         ]

@@ -138,7 +138,7 @@ def realistic(folder: Path, size: int, rbc_per_wbc: float, seed: int) -> dict:
 
     _, spec = load()
     with open_slide(path) as opened:
-        plan = _plan(opened, spec, PIXEL_SIZE, None, None, True)
+        plan = _plan(opened, spec, PIXEL_SIZE, None, None, True, result.scale, 1.0)
     grid = TileGrid((size, size), tuple(plan["tile"]), plan["halo"])
     qh, qw = 240, 320
     glass_only = 0

@@ -478,3 +478,55 @@ def test_cli_routes_slides_to_the_tiled_engine(field, model, tmp_path):
     assert got.max() == cells.max()
     assert 2 * ((got > 0) & (cells > 0)).sum() / ((got > 0).sum() + (cells > 0).sum()) > 0.98
     assert len(pd.read_csv(tmp_path / "out" / "one_cells.csv")) == cells.max()
+
+
+def test_a_plain_image_over_the_slide_threshold_is_tiled(field, model, tmp_path, monkeypatch):
+    """A PNG (not a slide format) over ``SLIDE_PIXELS`` goes through the tiled engine, so its
+    memory is bounded by the tile: slide outputs with the cells the field gets whole."""
+    from PIL import Image
+
+    import napari_wbc.core.slide as slide_module
+    from napari_wbc.cli import main
+    from napari_wbc.core.slide import is_slide
+
+    image = field[0]
+    path = tmp_path / "wide.png"
+    Image.fromarray(image).save(path)
+    assert not is_slide(path)  # 0.3 MP: a field
+    monkeypatch.setattr(slide_module, "SLIDE_PIXELS", 0.2e6)
+    assert is_slide(path)
+    cells = canonical_labels(run(segment(image, *model)).cells)
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "--out", str(out), "--tile", "320", "--device", "cpu"]) == 0
+    with tifffile.TiffFile(out / "wide_cells.tif") as tif:
+        assert len(tif.series[0].levels) > 1  # a label pyramid, as for a slide
+        got = tif.series[0].levels[0].asarray()
+    assert len(pd.read_csv(out / "wide_cells.csv")) == cells.max()
+    assert got.max() == cells.max() >= 2
+    assert 2 * ((got > 0) & (cells > 0)).sum() / ((got > 0).sum() + (cells > 0).sum()) > 0.98
+
+
+@pytest.mark.slow
+def test_a_large_png_is_segmented_within_3_gb(field, tmp_path):
+    """A 4000 x 3000 PNG (12 MP: whole, the network would need about 16 GB) in a process that
+    may not map more than 3 GB: tiled, it segments, and finds the field's two cells."""
+    import resource
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    glass = np.empty((3000, 4000, 3), np.uint8)
+    glass[:] = (232, 226, 228)
+    glass[1200:1680, 2100:2740] = field[0]
+    Image.fromarray(glass).save(tmp_path / "big.png", compress_level=1)
+    limit = 3 * 2**30
+
+    def address_space_limit():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    args = [sys.executable, "-m", "napari_wbc.cli", "segment", str(tmp_path / "big.png")]
+    args += ["--out", str(tmp_path / "out"), "--device", "cpu"]
+    done = subprocess.run(args, preexec_fn=address_space_limit, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(pd.read_csv(tmp_path / "out" / "big_cells.csv")) == 2  # as in bccd's reference labels

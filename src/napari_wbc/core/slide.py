@@ -21,7 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, check_regular, cmyk_to_rgb, is_cmyk, plausible_pixel_size, read_image, squeezed
+from .io import (
+    MAX_MEGAPIXELS,
+    InputError,
+    check_regular,
+    cmyk_to_rgb,
+    is_cmyk,
+    plausible_pixel_size,
+    read_header,
+    read_image,
+    squeezed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -419,21 +429,25 @@ def build_sample_slide(path: str | Path, grid: tuple[int, int] = (5, 6), gap: in
 
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".btf", ".tf8")
-SLIDE_PIXELS = 36e6  # a plain TIFF bigger than this (6000 x 6000) goes through the tiled engine
+# an image bigger than this goes through the tiled engine, whatever its format: more than
+# the network may see at once (io.MAX_MEGAPIXELS), so memory stays bounded by the tile
+SLIDE_PIXELS = MAX_MEGAPIXELS * 1e6
 
 
 def is_slide(path: str | Path) -> bool:
-    """Whether a file should be segmented in tiles: a slide format, a pyramid, or a huge TIFF."""
+    """Whether a file should be segmented in tiles: a slide format, a pyramid, or an image
+    (TIFF, PNG, JPEG...) of more than ``SLIDE_PIXELS``."""
     import tifffile
 
     path = Path(path)
     if path.suffix.lower() in SLIDE_SUFFIXES:
         return True
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return False
     try:
         if not path.is_file():  # a pipe would block; a name too long raises
             return False
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            header = read_header(path)
+            return header.height * header.width > SLIDE_PIXELS
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, shape = squeezed(series)
