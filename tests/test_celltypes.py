@@ -8,7 +8,7 @@ import torch
 
 from napari_wbc.core.celltypes import cell_crops, crops_to_tensor, decide, differential, size_cue
 from napari_wbc.core.dataset import CELL_TYPES
-from napari_wbc.core.train_classifier import choose_threshold
+from napari_wbc.core.train_classifier import choose_threshold, fine_tune_loss
 from napari_wbc.core.type_metrics import type_report
 from napari_wbc.models import ModelSpec, create_model, load_model, save_model
 from napari_wbc.models.celltype import CLASSES, CROP
@@ -169,6 +169,27 @@ def test_forward_save_load_and_training_lowers_the_loss(tmp_path):
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x))
+
+
+def test_fine_tune_loss_holds_base_examples_where_the_start_was_and_learns_the_corrections():
+    """With corrections and base data, a base example is taught the start weights'
+    prediction: no gradient while the network gives it, however wrong its label says it is;
+    a corrected cell is taught its type. Taught their labels (no start probabilities), the
+    base examples pull the weights too."""
+    torch.manual_seed(0)
+    start_logits = torch.randn(6, len(CLASSES))
+    target = torch.tensor([0, 1, 2, 3, 0, 5])
+    group = torch.tensor([0, 0, 0, 1, 1, 1])
+    start_prob = torch.softmax(start_logits, 1)
+    logits = start_logits.clone().requires_grad_(True)
+    fine_tune_loss(logits, target, group, start_prob).backward()
+    base, corrected = logits.grad[group == 0], logits.grad[group == 1]
+    torch.testing.assert_close(base, torch.zeros_like(base), atol=1e-7, rtol=0)
+    assert (corrected.abs().sum(1) > 1e-3).all()
+    assert (corrected.gather(1, target[group == 1, None]) < 0).all()  # toward the reviewer's type
+    logits.grad = None
+    fine_tune_loss(logits, target, group, None).backward()
+    assert (logits.grad[group == 0].abs().sum(1) > 1e-3).all()
 
 
 def test_napari_wbc_train_celltype_end_to_end(tmp_path, datasets):
