@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from slide_throughput import table  # noqa: E402
 from synthetic_slides import (  # noqa: E402
     DATASETS,
     PIXEL_SIZE,
@@ -50,18 +51,6 @@ from synthetic_slides import (  # noqa: E402
 OLD_PURPLE, OLD_LOOK_CELL_PX = 30.0, 8.0
 
 
-def pyramid(image: np.ndarray):
-    """An in-memory slide with 2x mean-downsampled levels, as a scanner's pyramid."""
-    from napari_wbc.core.slide import Slide, _Level
-
-    levels = [image]
-    while min(levels[-1].shape[:2]) >= 32:
-        a = levels[-1]
-        h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-        levels.append(a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3)).round().astype(np.uint8))
-    return Slide([_Level(a, "YXS") for a in levels])
-
-
 def scores(image: np.ndarray, cell_width: float) -> list[float]:
     """``look_nucleus_size`` of the whole image: single level and 2x pyramid, two block phases."""
     from napari_wbc.core.slide import Slide
@@ -71,7 +60,7 @@ def scores(image: np.ndarray, cell_width: float) -> list[float]:
     h, w = image.shape[:2]
     half = int(max(1.0, cell_width / LOOK_CELL_PX) / 2)
     out = []
-    for slide in (Slide.from_array(image), pyramid(image)):
+    for slide in (Slide.from_array(image), Slide.pyramid_of(image)):
         for o in sorted({0, half}):
             out.append(look_nucleus_size(slide, (o, o, h, w), cell_width))
     return out
@@ -273,13 +262,6 @@ def realistic(size: int, seed: int, scale: float | None) -> dict:
     }
     print(json.dumps(row), flush=True)
     return row
-
-
-def table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

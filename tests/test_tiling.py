@@ -12,7 +12,7 @@ import tifffile
 from napari_wbc.core.inference import run, segment
 from napari_wbc.core.io import read_image
 from napari_wbc.core.postprocess import instances_from_classes
-from napari_wbc.core.slide import Slide, _Level, build_mosaic_slide, open_slide
+from napari_wbc.core.slide import Slide, build_mosaic_slide, open_slide
 from napari_wbc.core.slide_output import global_ids
 from napari_wbc.core.tiling import (
     LOOK_CELL_PX,
@@ -123,23 +123,13 @@ def smear(discs, side=600, background=GLASS):
     return image
 
 
-def pyramid(image):
-    """In memory, with 2x mean-downsampled levels as a scanner's pyramid."""
-    levels = [image]
-    while min(levels[-1].shape[:2]) >= 32:
-        a = levels[-1]
-        h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-        levels.append(a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3)).round().astype(np.uint8))
-    return Slide([_Level(a, "YXS") for a in levels])
-
-
 def smallest_nucleus_size(image, cell_width):
     """The engine's look at the whole image: one level or a pyramid, two block phases."""
     h, w = image.shape[:2]
     half = int(max(1.0, cell_width / LOOK_CELL_PX) / 2)
     return min(
         look_nucleus_size(slide, (o, o, h, w), cell_width)
-        for slide in (Slide.from_array(image), pyramid(image))
+        for slide in (Slide.from_array(image), Slide.pyramid_of(image))
         for o in (0, half)
     )
 

@@ -90,6 +90,16 @@ def _key(qtbot, gallery, key):
     qtbot.keyClick(gallery.view, key)
 
 
+def _review_every_cell(qtbot, gallery, unidentified_key):
+    """Enter on every cell, then ``unidentified_key`` (a type) on the unidentified ones."""
+    gallery.select_cells(gallery.model.cell_order())
+    _key(qtbot, gallery, Qt.Key.Key_Return)
+    unidentified = gallery.model.groups().get(UNIDENTIFIED, [])
+    if unidentified:
+        gallery.select_cells(unidentified)
+        _key(qtbot, gallery, unidentified_key)
+
+
 def _pixels(image) -> np.ndarray:
     """A QImage's pixels as an (h, w, 3) uint8 array."""
     image = image.convertToFormat(image.Format.Format_RGB888)
@@ -368,12 +378,7 @@ def test_signoff_makes_thumbnails_of_the_cells_the_report_shows_only(field, qtbo
 
     monkeypatch.setattr(verification, "thumbnails", counted)
     gallery.reviewer.setText(REVIEWER)
-    gallery.select_cells(gallery.model.cell_order())
-    _key(qtbot, gallery, Qt.Key.Key_Return)
-    unidentified = gallery.model.groups().get(UNIDENTIFIED, [])
-    if unidentified:
-        gallery.select_cells(unidentified)
-        _key(qtbot, gallery, Qt.Key.Key_2)
+    _review_every_cell(qtbot, gallery, Qt.Key.Key_2)
     shown = verification.report_cells(gallery.table)
     assert 0 < len(shown) < len(table)  # a sample: some cells are not shown
     assert gallery.sign_off() is not None
@@ -557,12 +562,7 @@ def test_signing_off_a_slide_keeps_its_reviewed_cells_as_training_data(
     viewer.window.add_dock_widget(gallery, name="Cell gallery")
     assert gallery.layer == layer
     gallery.reviewer.setText(REVIEWER)
-    gallery.select_cells(gallery.model.cell_order())
-    _key(qtbot, gallery, Qt.Key.Key_Return)
-    unidentified = gallery.model.groups().get(UNIDENTIFIED, [])
-    if unidentified:
-        gallery.select_cells(unidentified)
-        _key(qtbot, gallery, Qt.Key.Key_1)
+    _review_every_cell(qtbot, gallery, Qt.Key.Key_1)
     assert gallery.sign_off() is not None
     qtbot.waitUntil(lambda: gallery.signoff_worker is None, timeout=TIMEOUT_MS)
     assert gallery.report is not None, gallery.message.text()

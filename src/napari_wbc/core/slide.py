@@ -170,6 +170,18 @@ class Slide:
         a = np.asarray(array)
         return cls([_Level(a, "YX" if a.ndim == 2 else "YXS")], pixel_size, name)
 
+    @classmethod
+    def pyramid_of(cls, image: np.ndarray, pixel_size: float | None = None, name: str = "image") -> Slide:
+        """An RGB image in memory with 2x mean-downsampled levels down to 32 px, as a
+        scanner's pyramid (to look at a field as the engine looks at a slide)."""
+        levels = [np.asarray(image)]
+        while min(levels[-1].shape[:2]) >= 32:
+            a = levels[-1]
+            h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+            half = a[:h, :w].reshape(h // 2, 2, w // 2, 2, a.shape[2]).mean((1, 3))
+            levels.append(half.round().astype(np.uint8))
+        return cls([_Level(a, "YXS") for a in levels], pixel_size, name)
+
     @property
     def shape(self) -> tuple[int, int]:
         return self.levels[0].shape
