@@ -264,7 +264,7 @@ def segment_slide(
     resampled to the network's working pixel size. ``tile`` (slide px, a side or (height,
     width)) defaults to ``WORK_TILE`` working px, which bounds the network's memory. ``halo``
     (slide px) defaults to the widest white cell plus the clean-up margin. Tiles whose
-    neighbourhood shows no nucleus stain at low resolution are skipped (``skip_empty``).
+    neighbourhood shows no nucleus-sized purple region at low resolution are skipped (``skip_empty``).
     ``shard=(i, n)``: this process does every n-th tile from the i-th, and shard 0 writes
     the results once all are done; the others return None. Results do not depend on
     ``tile``, ``batch_size`` or ``shard``.
