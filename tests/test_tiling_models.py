@@ -18,9 +18,9 @@ from napari_wbc.core.slide import Slide
 from napari_wbc.core.tiling import TileGrid, network_context
 from napari_wbc.core.wholeslide import segment_slide
 from napari_wbc.models import ModelSpec, create_model, pad_multiple
-from napari_wbc.models.registry import list_models, model_kind, model_module
+from napari_wbc.models.registry import list_models, model_module
 
-SEMANTIC = [m for m in list_models() if model_kind(m) == "semantic"]
+SEMANTIC = list_models("semantic")
 # narrower layers than the shipped ones: the same receptive field at a fraction of the cost
 NARROW = {
     "mifnet": {},
@@ -161,3 +161,14 @@ def test_every_semantic_model_tiles_exactly(name, narrow, mosaic, tmp_path):
 
     blind = ModelSpec(name, extra={"context": 0})
     assert sure_differences(tiled_classes(net, blind, mosaic, tmp_path / "none"), whole, prob) > 100
+
+
+@pytest.mark.parametrize("name", [m for m in list_models() if m not in SEMANTIC])
+def test_models_without_a_receptive_reach_are_refused_for_slides(name, tmp_path):
+    from napari_wbc.core.io import InputError
+
+    spec = ModelSpec(name)
+    assert spec.context is None
+    glass = Slide.from_array(np.full((64, 64, 3), 230, np.uint8))
+    with pytest.raises(InputError, match=r"with a semantic model \(mifnet, wbcnet, wcsegnet\)"):
+        run(segment_slide(glass, tmp_path, None, spec))

@@ -303,10 +303,10 @@ def segment_slide(
                 )
             )
     from ..models import pad_multiple
-    from ..models.registry import list_models, model_kind
+    from ..models.registry import list_models
 
     if spec.context is None:
-        semantic = ", ".join(m for m in list_models() if model_kind(m) == "semantic")
+        semantic = ", ".join(list_models("semantic"))
         raise InputError(
             f"{spec.name} detects cells field by field and cannot stitch tiles exactly; "
             f"segment whole slides with a semantic model ({semantic})"

@@ -19,9 +19,10 @@ _CLASSIFIERS = {
 }
 
 
-def list_models() -> list[str]:
-    """Names of every registered segmentation architecture."""
-    return sorted(_ARCHITECTURES)
+def list_models(kind: str | None = None) -> list[str]:
+    """Names of every registered segmentation architecture (of ``kind`` only, if given:
+    "semantic" or "instance")."""
+    return sorted(m for m in _ARCHITECTURES if kind is None or model_kind(m) == kind)
 
 
 def list_classifiers() -> list[str]:
