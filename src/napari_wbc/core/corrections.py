@@ -127,14 +127,14 @@ def _table_scale(table) -> float:
 def _box_around(cells, label: int, centre: tuple[float, float], area: float):
     """(y0, y1, x0, x1) of cell ``label`` in lazy labels, read in a window around its
     ``centre`` (grown until the cell lies inside it); None when the cell is not there."""
-    from .verification import _shape, _window
+    from .slide import plane_shape, read_window
 
-    h, w = _shape(cells)
+    h, w = plane_shape(cells)
     cy, cx = int(round(centre[0])), int(round(centre[1]))
     half = max(16, int(np.ceil(2 * np.sqrt(max(area, 1.0) / np.pi))) + 2)
     while True:
         y0, x0, y1, x1 = max(0, cy - half), max(0, cx - half), min(h, cy + half + 1), min(w, cx + half + 1)
-        own = np.asarray(_window(cells, y0, x0, y1, x1, None)) == label
+        own = np.asarray(read_window(cells, y0, x0, y1, x1, None)) == label
         rows, cols = np.flatnonzero(own.any(1)), np.flatnonzero(own.any(0))
         if not len(rows):
             return None
@@ -211,7 +211,8 @@ def save_type_corrections(
 
     from .edit import check_invariants
     from .io import to_rgb8
-    from .verification import OUTSIDE, _level0, _shape, _window, labels_fingerprint
+    from .slide import level0, plane_shape, read_window
+    from .verification import OUTSIDE, labels_fingerprint
 
     root = Path(root)
     provenance = dict(provenance or {})
@@ -245,17 +246,17 @@ def save_type_corrections(
             return array[y0:y1, x0:x1]
 
     else:  # a slide: read around each cell
-        image, cells, nuclei = _level0(image), _level0(cells), _level0(nuclei)
-        if not _shape(image) == _shape(cells) == _shape(nuclei):
-            raise InputError(f"labels {_shape(cells)} and image {_shape(image)} differ in shape")
+        image, cells, nuclei = level0(image), level0(cells), level0(nuclei)
+        if not plane_shape(image) == plane_shape(cells) == plane_shape(nuclei):
+            raise InputError(f"labels {plane_shape(cells)} and image {plane_shape(image)} differ in shape")
         boxes = _slide_boxes(cells, table, rows)
         field = labels_fingerprint(cells, table, "cells")["sha256"][:16]
         scale = float(scale) if scale is not None else _table_scale(table)
 
         def read(array, y0, x0, y1, x1):
-            return np.asarray(_window(array, y0, x0, y1, x1, OUTSIDE if array is image else None))
+            return np.asarray(read_window(array, y0, x0, y1, x1, OUTSIDE if array is image else None))
 
-    h, w = _shape(image)
+    h, w = plane_shape(image)
     items = []  # (label, type, review, crop, mask, origin, mask sha256)
     for label, kind, review in rows:
         y0, y1, x0, x1 = boxes[label]

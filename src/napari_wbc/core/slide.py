@@ -467,3 +467,37 @@ def is_slide(path: str | Path) -> bool:
             return len(series.levels) > 1 or pixels > SLIDE_PIXELS
     except Exception:  # not readable as a TIFF: the ordinary reader says why
         return False
+
+
+# --- windows of whatever holds an image or labels: numpy, dask, zarr, a Slide, levels ---
+
+
+def level0(array):
+    """The full-resolution level of a multiscale (a list of levels, as napari holds them)."""
+    return array[0] if isinstance(array, list | tuple) else array
+
+
+def plane_shape(image) -> tuple[int, int]:
+    """(height, width) of an image, labels or slide at full resolution."""
+    return tuple(int(n) for n in level0(image).shape[:2])
+
+
+def read_window(array, y0: int, x0: int, y1: int, x1: int, fill) -> np.ndarray:
+    """``array[y0:y1, x0:x1]`` read from a lazy array or a Slide, ``fill`` outside it."""
+    source = level0(array)
+    h, w = plane_shape(source)
+    cy0, cx0, cy1, cx1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
+    if hasattr(source, "levels") and hasattr(source, "read"):  # a core.slide.Slide
+        region = source.read(cy0, cx0, cy1, cx1) if cy1 > cy0 and cx1 > cx0 else np.zeros((0, 0, 3), np.uint8)
+    else:
+        region = np.asarray(source[max(cy0, 0) : max(cy1, cy0), max(cx0, 0) : max(cx1, cx0)])
+    if fill is not None and (region.dtype != np.uint8 or region.ndim != 3 or region.shape[-1] != 3):
+        region = _to_rgb8(region)  # an image's samples as RGB uint8, the same rule for every region
+    shape = (y1 - y0, x1 - x0, *region.shape[2:])
+    if region.shape[:2] == shape[:2]:
+        return region
+    out = np.empty(shape, region.dtype)
+    out[...] = 0 if fill is None else fill
+    if cy1 > cy0 and cx1 > cx0:
+        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = region
+    return out

@@ -52,6 +52,7 @@ from .batch import write_atomic
 from .dataset import CELL_TYPES, NOT_WBC, UNIDENTIFIED
 from .io import InputError
 from .measure import count_summary, describe_counts
+from .slide import level0, plane_shape, read_window
 
 STATUSES = ("suggested", "confirmed", "reclassified", "excluded")
 # what the reviewer did with a cell, as a colour: a thumbnail's frame in the Cell gallery and in
@@ -326,7 +327,7 @@ def labels_fingerprint(cells, table: pd.DataFrame | None = None, kind: str | Non
     labels, too big to read whole at each save. None: "pixels" for labels in memory (a numpy
     array, a field's), else "cells".
     """
-    source = _level0(cells)
+    source = level0(cells)
     if kind is None:
         kind = "pixels" if isinstance(source, np.ndarray) or table is None else "cells"
     digest = hashlib.sha256()
@@ -342,11 +343,11 @@ def labels_fingerprint(cells, table: pd.DataFrame | None = None, kind: str | Non
         columns = [c for c in ("label", "cell_area_px") if c in table]
         values = table[columns].apply(pd.to_numeric).fillna(-1).round().astype("<i8")
         values = np.ascontiguousarray(values.sort_values("label").to_numpy())
-        digest.update(f"{_shape(source)}|{','.join(columns)}|".encode())
+        digest.update(f"{plane_shape(source)}|{','.join(columns)}|".encode())
         digest.update(values.data)
     else:
         raise ValueError(f"unknown fingerprint kind {kind!r}; one of {list(FINGERPRINTS)}")
-    return {"kind": kind, "shape": list(_shape(source)), "sha256": digest.hexdigest()}
+    return {"kind": kind, "shape": list(plane_shape(source)), "sha256": digest.hexdigest()}
 
 
 def review_matches(review: pd.DataFrame, meta: dict, cells, table: pd.DataFrame) -> bool:
@@ -457,38 +458,6 @@ def apply_review(table: pd.DataFrame, review: pd.DataFrame) -> pd.DataFrame:
 # --- thumbnails ------------------------------------------------------------------------------
 
 
-def _level0(array):
-    """The full-resolution level of a multiscale (a list of levels, as napari holds them)."""
-    return array[0] if isinstance(array, list | tuple) else array
-
-
-def _shape(image) -> tuple[int, int]:
-    return tuple(int(n) for n in _level0(image).shape[:2])
-
-
-def _window(array, y0: int, x0: int, y1: int, x1: int, fill) -> np.ndarray:
-    """``array[y0:y1, x0:x1]`` read from a lazy array or a Slide, ``fill`` outside it."""
-    source = _level0(array)
-    h, w = _shape(source)
-    cy0, cx0, cy1, cx1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
-    if hasattr(source, "levels") and hasattr(source, "read"):  # a core.slide.Slide
-        region = source.read(cy0, cx0, cy1, cx1) if cy1 > cy0 and cx1 > cx0 else np.zeros((0, 0, 3), np.uint8)
-    else:
-        region = np.asarray(source[max(cy0, 0) : max(cy1, cy0), max(cx0, 0) : max(cx1, cx0)])
-    if fill is not None and (region.dtype != np.uint8 or region.ndim != 3 or region.shape[-1] != 3):
-        from .slide import _to_rgb8  # an image's samples as RGB uint8, the same rule for every region
-
-        region = _to_rgb8(region)
-    shape = (y1 - y0, x1 - x0, *region.shape[2:])
-    if region.shape[:2] == shape[:2]:
-        return region
-    out = np.empty(shape, region.dtype)
-    out[...] = 0 if fill is None else fill
-    if cy1 > cy0 and cx1 > cx0:
-        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = region
-    return out
-
-
 def _geometry(cells, table: pd.DataFrame | None) -> tuple[dict[int, tuple[float, float]], float]:
     """Each cell's centroid (y, x) and the median white cell's width (px): from the table when
     given (slides: labels too big to read whole), else measured on the labels."""
@@ -506,7 +475,7 @@ def _geometry(cells, table: pd.DataFrame | None) -> tuple[dict[int, tuple[float,
             white = table["cell_type"].map(_text) != NOT_WBC
             areas = areas[white] if white.any() else areas
     else:
-        labels = np.asarray(_level0(cells))
+        labels = np.asarray(level0(cells))
         if labels.ndim != 2:
             raise ValueError(f"cells must be a 2D label image, not of shape {labels.shape}")
         n = int(labels.max()) + 1 if labels.size else 1
@@ -539,8 +508,8 @@ class _Reader:
     are used (a few hundred), so cells close together do not decode a slide's tiles again."""
 
     def __init__(self, array, fill, keep: int = TILES_KEPT):
-        self.source, self.fill, self.keep = _level0(array), fill, keep
-        self.shape = _shape(self.source)
+        self.source, self.fill, self.keep = level0(array), fill, keep
+        self.shape = plane_shape(self.source)
         self.memory = isinstance(self.source, np.ndarray)
         self.side = _tile_side(self.source)
         self.tiles: OrderedDict = OrderedDict()
@@ -551,7 +520,7 @@ class _Reader:
             self.tiles.move_to_end(key)
             return self.tiles[key]
         t = self.side
-        block = _window(self.source, ty * t, tx * t, (ty + 1) * t, (tx + 1) * t, self.fill)
+        block = read_window(self.source, ty * t, tx * t, (ty + 1) * t, (tx + 1) * t, self.fill)
         self.tiles[key] = block
         if len(self.tiles) > self.keep:
             self.tiles.popitem(last=False)
@@ -559,7 +528,7 @@ class _Reader:
 
     def read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         if self.memory:
-            return _window(self.source, y0, x0, y1, x1, self.fill)
+            return read_window(self.source, y0, x0, y1, x1, self.fill)
         t = self.side
         rows = [
             np.concatenate([self.tile(ty, tx) for tx in range(x0 // t, (x1 - 1) // t + 1)], axis=1)
@@ -611,9 +580,10 @@ def thumbnails(
     labels = [int(i) for i in labels]
     if not labels:
         return []
-    if _shape(cells) != _shape(image) or _shape(nuclei) != _shape(image):
+    if plane_shape(cells) != plane_shape(image) or plane_shape(nuclei) != plane_shape(image):
         raise ValueError(
-            f"image {_shape(image)}, cells {_shape(cells)} and nuclei {_shape(nuclei)} differ in size"
+            f"image {plane_shape(image)}, cells {plane_shape(cells)} and nuclei {plane_shape(nuclei)} "
+            "differ in size"
         )
     centres, width = _geometry(cells, table)
     missing = [i for i in labels if i not in centres]
@@ -1258,8 +1228,9 @@ def report_output(folder: str | Path, stem: str, reviewer: str | None = None, im
             pixels = open_slide(image) if slide else read_image(image).data
             if slide:
                 closers.append(pixels.close)
-            if _shape(pixels) != _shape(cells):
-                notes.append(f"{image} is {_shape(pixels)} px, the labels {_shape(cells)}: no thumbnails")
+            if plane_shape(pixels) != plane_shape(cells):
+                shapes = f"{plane_shape(pixels)} px, the labels {plane_shape(cells)}"
+                notes.append(f"{image} is {shapes}: no thumbnails")
             else:
                 labels = report_cells(table)  # the cells the page shows
                 pictures = thumbnails(
