@@ -128,7 +128,7 @@ def time_gallery(app, field, n_cells: int, folder: Path) -> dict:
     from napari_wbc._widgets.gallery import GalleryWidget
     from napari_wbc._widgets.measure import COLUMN_ROLE, MeasureWidget
     from napari_wbc.core.measure import count_summary
-    from napari_wbc.core.verification import thumbnails
+    from napari_wbc.core.thumbnails import thumbnails
 
     rgb, cells, nuclei, table = tiled(field, n_cells)
     assert len(table) == n_cells
@@ -288,7 +288,7 @@ def _review_by_truth(gallery, table, app) -> list[int]:
     from qtpy.QtCore import Qt
     from qtpy.QtTest import QTest
 
-    from napari_wbc._widgets.gallery import KEY_TYPES
+    from napari_wbc._widgets.gallery_view import KEY_TYPES
 
     key_of = {kind: key for key, kind in KEY_TYPES.items()}
     truth = _truth()

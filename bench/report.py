@@ -5,7 +5,7 @@
 once with the shipped models and tiled into one image with the wanted number of cells (as
 ``bench/gallery.py`` does); the review confirms every cell and reclassifies one in 40, then
 signs off. Printed per size: the cells the report's gallery sheet shows
-(:func:`napari_wbc.core.verification.report_cells`: every cell up to ``REPORT_ALL_CELLS``,
+(:func:`napari_wbc.core.report.report_cells`: every cell up to ``REPORT_ALL_CELLS``,
 else the flagged cells and a sample per type), the time to make their thumbnails (96 px, as
 the Cell gallery's sign-off makes them), the time :func:`write_report` takes (encoding the
 thumbnails, the page, the CSV) and the sizes of the HTML page and the CSV.
@@ -41,16 +41,17 @@ def reviewed(table):
 
 
 def time_report(field, n_cells: int, folder: Path) -> dict:
-    from napari_wbc.core import verification as v
+    from napari_wbc.core import report as rp
+    from napari_wbc.core import thumbnails as tn
 
     rgb, cells, nuclei, table = tiled(field, n_cells)
     table, record = reviewed(table)
-    shown = v.report_cells(table) if hasattr(v, "report_cells") else table["label"].astype(int).tolist()
+    shown = rp.report_cells(table) if hasattr(rp, "report_cells") else table["label"].astype(int).tolist()
     begin = time.perf_counter()
-    thumbs = dict(zip(shown, v.thumbnails(rgb, cells, nuclei, shown, table=table), strict=True))
+    thumbs = dict(zip(shown, tn.thumbnails(rgb, cells, nuclei, shown, table=table), strict=True))
     out = {"cells": n_cells, "shown": len(shown), "thumbnails_s": time.perf_counter() - begin}
     begin = time.perf_counter()
-    paths = v.write_report(folder, f"tiled_{n_cells}", table, thumbs, record, {"image": "tiled.jpg"})
+    paths = rp.write_report(folder, f"tiled_{n_cells}", table, thumbs, record, {"image": "tiled.jpg"})
     out["write_s"] = time.perf_counter() - begin
     out["html_mb"] = paths["html"].stat().st_size / 1e6
     out["csv_kb"] = paths["csv"].stat().st_size / 1e3

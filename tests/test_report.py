@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from napari_wbc.core import report as rp
 from napari_wbc.core import verification as v
 from napari_wbc.core.dataset import CELL_TYPES, NOT_WBC
 from napari_wbc.core.measure import count_summary
@@ -88,7 +89,7 @@ def report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     table = many_cells()
     record = v.sign_off(table, "Ann", {"mifnet": "ab" * 32})
-    paths = v.write_report(folder, "smear", table, thumbs_of(table["label"]), record)
+    paths = rp.write_report(folder, "smear", table, thumbs_of(table["label"]), record)
     return table, paths, paths["html"].read_text(encoding="utf-8")
 
 
@@ -96,10 +97,10 @@ def test_the_sheet_shows_every_flagged_cell_and_a_sample_per_type(report):
     table, paths, page = report
     parsed = Page(page)
     assert parsed.errors == [] and parsed.stack == []
-    _, flagged = v.report_tables(table)
+    _, flagged = rp.report_tables(table)
     assert 0 < len(flagged) < len(table)
     assert set(flagged["review_status"]) >= {"reclassified", "excluded"}
-    shown = v.report_cells(table)
+    shown = rp.report_cells(table)
     assert set(parsed.figures) == set(shown) and len(shown) < len(table)
     # every flagged cell is on the sheet with its thumbnail, and the flagged table links to it
     assert set(flagged["label"]) <= {label for label, img in parsed.figures.items() if img is not None}
@@ -108,7 +109,7 @@ def test_the_sheet_shows_every_flagged_cell_and_a_sample_per_type(report):
     others = table[~table["label"].isin(flagged["label"])]
     for kind, own in others.groupby("cell_type"):
         on_sheet = own["label"].isin(shown).sum()
-        assert on_sheet == min(v.REPORT_SAMPLE, len(own)), kind
+        assert on_sheet == min(rp.REPORT_SAMPLE, len(own)), kind
     # the note says so, and where every cell is
     assert f"{len(table):,} cells: too many to show each" in page
     assert f"all {len(flagged):,} flagged cells" in page and paths["csv"].name in page
@@ -150,9 +151,9 @@ def test_the_counts_are_the_tables_and_the_csv_lists_every_cell(report):
 
 
 def test_a_small_report_shows_every_cell_without_a_note(tmp_path):
-    table = many_cells(v.REPORT_ALL_CELLS)
-    assert v.report_cells(table) == table["label"].tolist()
-    paths = v.write_report(tmp_path, "small", table, thumbs_of(table["label"]))
+    table = many_cells(rp.REPORT_ALL_CELLS)
+    assert rp.report_cells(table) == table["label"].tolist()
+    paths = rp.write_report(tmp_path, "small", table, thumbs_of(table["label"]))
     page = paths["html"].read_text(encoding="utf-8")
     assert set(Page(page).figures) == set(table["label"])
     assert "too many to show each" not in page
@@ -161,8 +162,8 @@ def test_a_small_report_shows_every_cell_without_a_note(tmp_path):
 
 def test_only_the_shown_cells_need_thumbnails(tmp_path, report):
     table, _, page = report
-    shown = v.report_cells(table)
-    paths = v.write_report(tmp_path, "smear", table, thumbs_of(shown))
+    shown = rp.report_cells(table)
+    paths = rp.write_report(tmp_path, "smear", table, thumbs_of(shown))
     figures = Page(paths["html"].read_text(encoding="utf-8")).figures
     assert set(figures) == set(shown) and all(img is not None for img in figures.values())
 
@@ -182,10 +183,11 @@ def test_the_report_frames_each_status_in_the_palette(report):
 
 @pytest.mark.gui
 def test_the_gallery_and_the_report_share_one_palette(report):
-    from napari_wbc._widgets import gallery
+    from napari_wbc._widgets import gallery, gallery_view
 
-    assert gallery.STATUS_COLOURS is v.STATUS_COLOURS
+    assert gallery_view.STATUS_COLOURS is v.STATUS_COLOURS  # the thumbnails' borders
+    assert gallery.STATUS_COLOURS is v.STATUS_COLOURS  # the legend
     assert set(v.STATUS_COLOURS) == set(v.STATUSES)
-    assert _frame_colours(report[2]) == gallery.STATUS_COLOURS
+    assert _frame_colours(report[2]) == gallery_view.STATUS_COLOURS
     for status, colour in v.STATUS_COLOURS.items():  # the gallery's legend shows the same colours
         assert f"<span style='color:{colour}'>■</span>{status}" in gallery.LEGEND

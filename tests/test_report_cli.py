@@ -13,6 +13,8 @@ import tifffile
 from PIL import Image
 
 from napari_wbc.cli import main
+from napari_wbc.core import report as rp
+from napari_wbc.core import thumbnails as tn
 from napari_wbc.core import verification as v
 from napari_wbc.core.measure import count_summary
 
@@ -83,8 +85,8 @@ def test_report_of_a_segmented_field(out, capsys):
     for img in images:  # JPEG at the size shown
         assert img["src"].startswith("data:image/jpeg;base64,")
         jpeg = Image.open(io.BytesIO(base64.b64decode(img["src"].removeprefix("data:image/jpeg;base64,"))))
-        assert jpeg.format == "JPEG" and jpeg.size == (v.REPORT_THUMB, v.REPORT_THUMB)
-        assert (img["width"], img["height"]) == (str(v.REPORT_THUMB), str(v.REPORT_THUMB))
+        assert jpeg.format == "JPEG" and jpeg.size == (rp.REPORT_THUMB, rp.REPORT_THUMB)
+        assert (img["width"], img["height"]) == (str(rp.REPORT_THUMB), str(rp.REPORT_THUMB))
     assert "Not signed off" in page and "mifnet" in page
     assert not (out / f"{STEM}_review.json").exists()  # a report alone changes no review
 
@@ -201,13 +203,13 @@ def test_report_of_slide_outputs_reads_thumbnails_from_the_slide(out, datasets, 
     field = np.asarray(Image.open(image).convert("RGB"))
     labels = tifffile.imread(out / f"{STEM}_cells.tif"), tifffile.imread(out / f"{STEM}_nuclei.tif")
     label = int(table["label"].iloc[0])
-    expect = v.thumbnail(field, *labels, label, size=v.REPORT_THUMB, pixel_size=0.1)
+    expect = tn.thumbnail(field, *labels, label, size=rp.REPORT_THUMB, pixel_size=0.1)
     shown = {int(img["alt"].removeprefix("cell ")): img["src"] for img in images}[label]
 
     def pixels(url):
         data = base64.b64decode(url.removeprefix("data:image/jpeg;base64,"))
         return np.asarray(Image.open(io.BytesIO(data)))
 
-    got, expect = pixels(shown), pixels(v._jpeg(expect))  # both through the report's JPEG
+    got, expect = pixels(shown), pixels(rp._jpeg(expect))  # both through the report's JPEG
     assert got.shape == expect.shape
     assert np.abs(got.astype(int) - expect.astype(int)).mean() <= 0.5

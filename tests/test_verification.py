@@ -10,11 +10,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from napari_wbc.core import report as rp
+from napari_wbc.core import thumbnails as tn
 from napari_wbc.core import verification as v
 from napari_wbc.core.dataset import NOT_WBC, UNIDENTIFIED
 from napari_wbc.core.io import InputError, read_image
 from napari_wbc.core.measure import count_summary, measure_cells
 from napari_wbc.core.review import instances_from_class_map
+from napari_wbc.models import weights_sha256
 
 FIELD = "BloodImage_00031"  # two white cells; cell 2 touches the right edge
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -198,9 +201,9 @@ def test_differential_is_the_count_summary_with_not_wbc_excluded():
 
 def test_weights_sha256_of_the_shipped_classifier():
     # the sha256 its model card states
-    assert v.weights_sha256("celltype") == "ac4a1179f5ecc45ce0c917eda86de42f5ddcb4326bb8bd2c0c6c189f97eb7544"
-    assert v.weights_sha256("wbcnet") is None  # no trained weights
-    assert v.weights_sha256(None) is None
+    assert weights_sha256("celltype") == "ac4a1179f5ecc45ce0c917eda86de42f5ddcb4326bb8bd2c0c6c189f97eb7544"
+    assert weights_sha256("wbcnet") is None  # no trained weights
+    assert weights_sha256(None) is None
 
 
 # --- the review file ----------------------------------------------------------------------------
@@ -318,11 +321,11 @@ def test_the_report_refuses_a_review_of_another_segmentation(tmp_path, field):
     v.save_review(path, v.confirm(table, [1, 2], "Ann"), {}, np.roll(cells, 7, axis=1))
     before = path.read_bytes()
     with pytest.raises(v.ReviewMismatch, match=f"move or delete {path.name}"):
-        v.report_output(tmp_path, FIELD, reviewer="Ann")
+        rp.report_output(tmp_path, FIELD, reviewer="Ann")
     assert path.read_bytes() == before and not list(tmp_path.glob("*_report*"))
     # its own labels' review is applied and signed off, the record saved with the fingerprint
     v.save_review(path, v.confirm(table, [1, 2], "Ann"), {}, cells)
-    done = v.report_output(tmp_path, FIELD, reviewer="Ann")
+    done = rp.report_output(tmp_path, FIELD, reviewer="Ann")
     assert done["record"]["reviewer"] == "Ann" and done["refused"] is None
     doc = json.loads(path.read_text())
     assert doc["meta"]["signoff"]["reviewer"] == "Ann"
@@ -353,10 +356,10 @@ def colour_mask(thumb: np.ndarray, colour) -> np.ndarray:
 
 def test_thumbnail_is_centred_on_the_cell_with_both_outlines(field):
     image, cells, nuclei, table = field
-    thumb = v.thumbnail(image, cells, nuclei, 1)
+    thumb = tn.thumbnail(image, cells, nuclei, 1)
     assert thumb.shape == (96, 96, 3) and thumb.dtype == np.uint8
-    ring = colour_mask(thumb, v.CELL_COLOUR)
-    inner = colour_mask(thumb, v.NUCLEUS_COLOUR)
+    ring = colour_mask(thumb, tn.CELL_COLOUR)
+    inner = colour_mask(thumb, tn.NUCLEUS_COLOUR)
     assert ring.sum() > 100 and inner.sum() > 50
     from scipy import ndimage
 
@@ -378,13 +381,13 @@ def test_thumbnail_is_centred_on_the_cell_with_both_outlines(field):
     filled = ndimage.binary_fill_holes(ring | inner)
     inside = ndimage.binary_erosion(filled, iterations=2) & ~ndimage.binary_dilation(inner)
     assert np.abs(thumb[inside].mean(0) - image[cells == 1].mean(0)).max() < 25
-    other = v.thumbnail(image, cells, nuclei, 2)
+    other = tn.thumbnail(image, cells, nuclei, 2)
     assert not np.array_equal(other, thumb)
 
 
 def test_thumbnail_beyond_the_edge_is_grey_and_many_match_one(field):
     image, cells, nuclei, table = field
-    thumb = v.thumbnail(image, cells, nuclei, 2, side_px=300)
+    thumb = tn.thumbnail(image, cells, nuclei, 2, side_px=300)
     # thumbnail pixel (i, j) samples the image at centroid + 0.5 - 150 + ((i, j) + 0.5) * 300 / 96
     along = (np.arange(96) + 0.5) * 300 / 96 - 150
     y = table.loc[1, "centroid_y"] + 0.5 + along[:, None]
@@ -392,19 +395,19 @@ def test_thumbnail_beyond_the_edge_is_grey_and_many_match_one(field):
     h, w = image.shape[:2]
     outside = (y < -4) | (y > h + 4) | (x < -4) | (x > w + 4)
     assert outside.sum() > 500
-    grey = (thumb == np.array(v.OUTSIDE, np.uint8)).all(-1)
+    grey = (thumb == np.array(tn.OUTSIDE, np.uint8)).all(-1)
     assert grey[outside].all()
     inside = (y > 4) & (y < h - 4) & (x > 4) & (x < w - 4)
     assert not grey[inside].any()
-    many = v.thumbnails(image, cells, nuclei, [2, 1], side_px=300)
+    many = tn.thumbnails(image, cells, nuclei, [2, 1], side_px=300)
     assert np.array_equal(many[0], thumb) and np.array_equal(
-        many[1], v.thumbnail(image, cells, nuclei, 1, side_px=300)
+        many[1], tn.thumbnail(image, cells, nuclei, 1, side_px=300)
     )
-    assert v.thumbnails(image, cells, nuclei, []) == []
+    assert tn.thumbnails(image, cells, nuclei, []) == []
     with pytest.raises(ValueError, match=r"no cell \[7\]"):
-        v.thumbnail(image, cells, nuclei, 7)
+        tn.thumbnail(image, cells, nuclei, 7)
     with pytest.raises(ValueError, match="needs the pixel size"):
-        v.thumbnail(image, cells, nuclei, 1, side_um=20)
+        tn.thumbnail(image, cells, nuclei, 1, side_um=20)
 
 
 def test_thumbnails_keep_one_physical_scale_across_pixel_sizes(field):
@@ -412,25 +415,25 @@ def test_thumbnails_keep_one_physical_scale_across_pixel_sizes(field):
     big = np.array(Image.fromarray(image).resize((1280, 960), Image.Resampling.BICUBIC))
     big_cells = np.repeat(np.repeat(cells, 2, 0), 2, 1)
     big_nuclei = np.repeat(np.repeat(nuclei, 2, 0), 2, 1)
-    coarse = v.thumbnail(image, cells, nuclei, 1, side_um=20, pixel_size=0.1)  # 20 um: 200 px
-    fine = v.thumbnail(big, big_cells, big_nuclei, 1, side_um=20, pixel_size=0.05)  # 20 um: 400 px
+    coarse = tn.thumbnail(image, cells, nuclei, 1, side_um=20, pixel_size=0.1)  # 20 um: 200 px
+    fine = tn.thumbnail(big, big_cells, big_nuclei, 1, side_um=20, pixel_size=0.05)  # 20 um: 400 px
     from scipy import ndimage
 
     def area(t):
         return ndimage.binary_fill_holes(
-            colour_mask(t, v.CELL_COLOUR) | colour_mask(t, v.NUCLEUS_COLOUR)
+            colour_mask(t, tn.CELL_COLOUR) | colour_mask(t, tn.NUCLEUS_COLOUR)
         ).sum()
 
     areas = [area(coarse), area(fine)]
     assert areas[0] > 1000 and abs(areas[0] - areas[1]) < 0.04 * areas[0]
     # the pixel size, not the cells' width, sets the scale: half the pixel size, half the width
-    wrong = v.thumbnail(image, cells, nuclei, 1, side_um=20, pixel_size=0.05)
+    wrong = tn.thumbnail(image, cells, nuclei, 1, side_um=20, pixel_size=0.05)
     assert abs(area(wrong) - areas[0] / 4) < 0.08 * areas[0] / 4
-    plain = [~colour_mask(t, v.CELL_COLOUR) & ~colour_mask(t, v.NUCLEUS_COLOUR) for t in (coarse, fine)]
+    plain = [~colour_mask(t, tn.CELL_COLOUR) & ~colour_mask(t, tn.NUCLEUS_COLOUR) for t in (coarse, fine)]
     both = plain[0] & plain[1]
     assert np.abs(coarse[both].astype(int) - fine[both].astype(int)).mean() < 6
     # side_um says how much: 40 um shows the cell at half the width
-    wide = v.thumbnail(image, cells, nuclei, 1, side_um=40, pixel_size=0.1)
+    wide = tn.thumbnail(image, cells, nuclei, 1, side_um=40, pixel_size=0.1)
     assert abs(area(wide) - areas[0] / 4) < 0.08 * areas[0] / 4
 
 
@@ -443,8 +446,8 @@ def test_thumbnails_read_lazy_slides_and_tables_alike(field):
     lazy_cells = zarr.create_array(store={}, shape=cells.shape, dtype=np.uint32, chunks=(128, 128))
     lazy_cells[:] = cells
     slide = Slide.from_array(image, 0.2)
-    expect = v.thumbnails(image, cells, nuclei, [1, 2], pixel_size=0.2)
-    got = v.thumbnails(slide, [lazy_cells], nuclei, [1, 2], pixel_size=0.2, table=table)
+    expect = tn.thumbnails(image, cells, nuclei, [1, 2], pixel_size=0.2)
+    got = tn.thumbnails(slide, [lazy_cells], nuclei, [1, 2], pixel_size=0.2, table=table)
     for a, b in zip(expect, got, strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # regionprops' centroid = ours
 
@@ -485,14 +488,14 @@ def reviewed_field(field):
     image, cells, nuclei, table = field
     table = v.set_type(table, [1], "monocyte", "Ann")  # reclassified
     table = v.confirm(table, [2], "Ann")
-    thumbs = dict(zip([1, 2], v.thumbnails(image, cells, nuclei, [1, 2]), strict=True))
+    thumbs = dict(zip([1, 2], tn.thumbnails(image, cells, nuclei, [1, 2]), strict=True))
     return table, thumbs
 
 
 def test_report_holds_the_differential_flags_and_one_thumbnail_per_cell(tmp_path, field):
     table, thumbs = reviewed_field(field)
     record = v.sign_off(table, "Ann", {"mifnet": "ef" * 32})
-    paths = v.write_report(tmp_path, FIELD, table, thumbs, record, {"image": "x.jpg"})
+    paths = rp.write_report(tmp_path, FIELD, table, thumbs, record, {"image": "x.jpg"})
     assert paths == {"csv": tmp_path / f"{FIELD}_report.csv", "html": tmp_path / f"{FIELD}_report.html"}
     csv = pd.read_csv(paths["csv"])
     diff = csv[csv["section"] == "differential"].set_index("type")
@@ -524,7 +527,7 @@ def test_report_holds_the_differential_flags_and_one_thumbnail_per_cell(tmp_path
 def test_unsigned_report_says_why_and_is_replaced_signed_one_never(tmp_path, field):
     table, thumbs = reviewed_field(field)
     open_table = v.start_review(field[3])
-    paths = v.write_report(tmp_path, FIELD, open_table, thumbs)
+    paths = rp.write_report(tmp_path, FIELD, open_table, thumbs)
     page = paths["html"].read_text()
     assert "Not signed off" in page and "2 cells not reviewed yet (cells 1, 2)" in page
     assert len(parse(page).images) == 2
@@ -533,19 +536,19 @@ def test_unsigned_report_says_why_and_is_replaced_signed_one_never(tmp_path, fie
     )
     # an unsigned draft is replaced by the next report
     record = v.sign_off(table, "Ann", {})
-    assert v.write_report(tmp_path, FIELD, table, thumbs, record) == paths
+    assert rp.write_report(tmp_path, FIELD, table, thumbs, record) == paths
     signed = paths["html"].read_bytes()
     assert b"Signed off</b> by Ann" in signed
     # the same sign-off again: the report is there already
-    assert v.write_report(tmp_path, FIELD, table, thumbs, record) == paths
+    assert rp.write_report(tmp_path, FIELD, table, thumbs, record) == paths
     # another report (unsigned, or another sign-off): a new name, the signed one untouched
-    second = v.write_report(tmp_path, FIELD, open_table, thumbs)
+    second = rp.write_report(tmp_path, FIELD, open_table, thumbs)
     assert second["html"].name == f"{FIELD}_report-2.html" and second["csv"].name == f"{FIELD}_report-2.csv"
     assert paths["html"].read_bytes() == signed
     later = dict(record, time="2099-01-01T00:00:00Z", reviewer="Ben")
-    third = v.write_report(tmp_path, FIELD, table, thumbs, later)
+    third = rp.write_report(tmp_path, FIELD, table, thumbs, later)
     assert third["html"].name == f"{FIELD}_report-2.html"  # the unsigned draft is replaced
-    fourth = v.write_report(tmp_path, FIELD, table, thumbs, dict(later, reviewer="Cy"))
+    fourth = rp.write_report(tmp_path, FIELD, table, thumbs, dict(later, reviewer="Cy"))
     assert fourth["html"].name == f"{FIELD}_report-3.html"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
 
@@ -554,6 +557,6 @@ def test_a_signoff_that_no_longer_holds_is_not_shown_as_signed(tmp_path, field):
     table, thumbs = reviewed_field(field)
     record = v.sign_off(table, "Ann", {})
     changed = v.set_type(table, [2], "basophil", "Ann")  # after the sign-off
-    page = v.write_report(tmp_path, FIELD, changed, thumbs, record)["html"].read_text()
+    page = rp.write_report(tmp_path, FIELD, changed, thumbs, record)["html"].read_text()
     assert "Not signed off" in page and "no longer valid" in page
     assert 'name="napari-wbc-signoff"' not in page

@@ -88,7 +88,8 @@ def test_a_review_saved_from_napari_opens_again_as_it_was(
     from napari_wbc._widgets._layers import CELLS_STYLE, NUCLEI_STYLE, features_of, image_name, is_cells_layer
     from napari_wbc.core.measure import count_summary
     from napari_wbc.core.slide import slide_pixel_size
-    from napari_wbc.core.verification import REVIEW_COLUMNS, labels_fingerprint, load_review, weights_sha256
+    from napari_wbc.core.verification import REVIEW_COLUMNS, labels_fingerprint, load_review
+    from napari_wbc.models import weights_sha256
 
     viewer = make_napari_viewer()
     cells, nuclei = _show(viewer, field, trained_model)

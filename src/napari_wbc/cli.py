@@ -326,7 +326,7 @@ def cmd_dataset(args) -> int:
 def cmd_report(args) -> int:
     """``report OUT_DIR [--reviewer NAME] [--images DIR...]``: ``<stem>_report.csv`` and
     ``<stem>_report.html`` for every field and slide in a segment output folder."""
-    from .core.verification import output_stems, report_output
+    from .core.report import output_stems, report_output
 
     folder = Path(args.out_dir)
     if not folder.is_dir():

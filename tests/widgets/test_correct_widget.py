@@ -230,7 +230,8 @@ def test_type_and_reviewed_survive_edits(setup, qtbot):
 
 
 def test_a_type_set_here_is_a_review_decision_that_the_gallery_follows(setup, qtbot, tmp_path, notifications):
-    from napari_wbc._widgets.gallery import STATUS_ROLE, GalleryWidget
+    from napari_wbc._widgets.gallery import GalleryWidget
+    from napari_wbc._widgets.gallery_view import STATUS_ROLE
     from napari_wbc.core.measure import count_summary, describe_counts
     from napari_wbc.core.verification import load_review
 

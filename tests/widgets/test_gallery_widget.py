@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from qtpy.QtCore import Qt
 
-from napari_wbc._widgets.gallery import GROUPS, STATUS_ROLE, TITLES, ZOOM_FIT, ZOOM_MAX, GalleryWidget
+from napari_wbc._widgets.gallery import ZOOM_FIT, ZOOM_MAX, GalleryWidget
+from napari_wbc._widgets.gallery_view import GROUPS, STATUS_ROLE, TITLES
 from napari_wbc._widgets.measure import MeasureWidget
 from napari_wbc.core.dataset import NOT_WBC, UNIDENTIFIED
 from napari_wbc.core.measure import count_summary, describe_counts
@@ -114,7 +115,7 @@ def _status(gallery, label):
 
 
 def test_thumbnails_are_the_cells_by_type(field, qtbot):
-    from napari_wbc.core.verification import thumbnails
+    from napari_wbc.core.thumbnails import thumbnails
 
     viewer, layer, gallery, table = field
     assert gallery.layer == layer
@@ -363,23 +364,24 @@ def test_signoff_makes_thumbnails_of_the_cells_the_report_shows_only(field, qtbo
     that the field's cells are "many")."""
     import sys
 
-    import napari_wbc.core.verification as verification
+    import napari_wbc.core.report as report
+    import napari_wbc.core.thumbnails as thumbnails
 
     viewer, layer, gallery, table = field
-    monkeypatch.setattr(verification, "REPORT_ALL_CELLS", 2)
-    monkeypatch.setattr(verification, "REPORT_SAMPLE", 1)
+    monkeypatch.setattr(report, "REPORT_ALL_CELLS", 2)
+    monkeypatch.setattr(report, "REPORT_SAMPLE", 1)
     asked = []
-    real = verification.thumbnails
+    real = thumbnails.thumbnails
 
     def counted(image, cells, nuclei, labels, **options):
         if sys._getframe(1).f_code.co_name == "_report_job":  # not the gallery's own thumbnails
             asked.append(list(labels))
         return real(image, cells, nuclei, labels, **options)
 
-    monkeypatch.setattr(verification, "thumbnails", counted)
+    monkeypatch.setattr(thumbnails, "thumbnails", counted)
     gallery.reviewer.setText(REVIEWER)
     _review_every_cell(qtbot, gallery, Qt.Key.Key_2)
-    shown = verification.report_cells(gallery.table)
+    shown = report.report_cells(gallery.table)
     assert 0 < len(shown) < len(table)  # a sample: some cells are not shown
     assert gallery.sign_off() is not None
     qtbot.waitUntil(lambda: gallery.signoff_worker is None, timeout=TIMEOUT_MS)

@@ -212,7 +212,8 @@ def save_type_corrections(
     from .edit import check_invariants
     from .io import to_rgb8
     from .slide import level0, plane_shape, read_window
-    from .verification import OUTSIDE, labels_fingerprint
+    from .thumbnails import OUTSIDE
+    from .verification import labels_fingerprint
 
     root = Path(root)
     provenance = dict(provenance or {})
