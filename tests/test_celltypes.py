@@ -8,7 +8,7 @@ import torch
 
 from napari_wbc.core.celltypes import cell_crops, crops_to_tensor, decide, differential, size_cue
 from napari_wbc.core.dataset import CELL_TYPES
-from napari_wbc.core.train_classifier import choose_threshold, fine_tune_loss
+from napari_wbc.core.train_classifier import _scores, choose_threshold, fine_tune_loss
 from napari_wbc.core.type_metrics import type_report
 from napari_wbc.models import ModelSpec, create_model, load_model, save_model
 from napari_wbc.models.celltype import CLASSES, CROP
@@ -195,7 +195,8 @@ def test_fine_tune_loss_holds_base_examples_where_the_start_was_and_learns_the_c
 def test_napari_wbc_train_celltype_end_to_end(tmp_path, datasets):
     """`napari-wbc train --model celltype` on a tiny copy of bccd (two train fields, one val
     field): examples collected with the shipped segmenter, a few steps with a worker process,
-    weights that load, with the unidentified threshold chosen on val."""
+    weights that load at the crop asked for, with the unidentified threshold chosen on val;
+    examples at another crop cut from the kept segmentations."""
     import shutil
 
     from napari_wbc.cli import main
@@ -226,6 +227,8 @@ def test_napari_wbc_train_celltype_end_to_end(tmp_path, datasets):
         "2",
         "--batch-size",
         "8",
+        "--patch",
+        "48",
         "--workers",
         "1",
         "--device",
@@ -234,9 +237,44 @@ def test_napari_wbc_train_celltype_end_to_end(tmp_path, datasets):
     assert main(args) == 0
     net, spec = load_model(weights=out)
     assert spec.name == "celltype" and spec.classes == CLASSES
-    assert 0.0 <= spec.extra["unidentified_below"] < 1.0 and spec.extra["crop"] == CROP
+    # --patch sets the crop the classifier sees, and its config says so
+    assert 0.0 <= spec.extra["unidentified_below"] < 1.0 and spec.extra["crop"] == 48 != CROP
     with np.load(out / "examples_train.npz") as z:
         kinds = set(z["target"].tolist())
         # the neutrophils of the fields, and red cells and platelets as "not a white cell"
         assert CLASSES.index("neutrophil") in kinds and CLASSES.index("not_wbc") in kinds
         assert any(":ref:" in s for s in z["source"]) and any(":seg:" in s for s in z["source"])
+        sources = sorted(z["source"].tolist())
+    # another crop is cut from what the segmenter found, kept beside the examples: no
+    # segmentation (this net would refuse it)
+    from napari_wbc.core.celltype_data import big_side, cached_examples
+
+    class Refuses(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("segmented again")
+
+    segmenter = (Refuses(), load_model()[1])
+    ex = cached_examples(out, [data], "train", segmenter, crop=CROP, context=1.5)
+    assert ex["small"].shape[1:] == (CROP, CROP, 3) and ex["big"].shape[1:3] == (big_side(CROP, 1.5),) * 2
+    assert sorted(ex["source"].tolist()) == sources
+
+
+def test_the_weights_are_picked_by_the_white_cells_not_by_the_many_negatives():
+    """Val score = mean of white-cell accuracy and mean recall (classes with >= 3 examples):
+    a model that gets every negative right and half the white cells scores below one that
+    types the white cells and misses a negative."""
+    wbc = [CLASSES.index(t) for t in ("neutrophil",) * 3 + ("lymphocyte",) * 3]
+    neg = [CLASSES.index("not_wbc")] * 6
+    target = np.array(wbc + neg)
+
+    def prob(pred):
+        return np.eye(len(CLASSES))[pred]
+
+    half = _scores(prob(wbc[:3] + wbc[:3] + neg), target)  # lymphocytes called neutrophils
+    assert half["accuracy"] == 9 / 12 and half["white_cell_accuracy"] == 0.5
+    assert half["recall"] == {"neutrophil": 1.0, "lymphocyte": 0.0, "not_wbc": 1.0}
+    assert half["score"] == 0.5 * 0.5 + 0.5 * (2 / 3)
+    typed = _scores(prob(wbc + [CLASSES.index("neutrophil")] + neg[1:]), target)
+    assert typed["white_cell_accuracy"] == 1.0 and typed["recall"]["not_wbc"] == 5 / 6
+    assert typed["score"] == 0.5 * 1.0 + 0.5 * (1 + 1 + 5 / 6) / 3
+    assert typed["score"] > half["score"]

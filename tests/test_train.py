@@ -124,3 +124,17 @@ def test_augmentation_overrides_from_the_command_line(tmp_path, capsys):
     code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--augment", "spin=3"])
     assert code == 2 and "spin=3" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_the_train_command_stops_at_its_time_limit_with_weights(tiny_dataset, tmp_path):
+    """`napari-wbc train --time-limit MINUTES` ends the run in time (here at once) and still
+    writes weights and the history, as a run cut short from the Train widget does."""
+    from napari_wbc.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--model", "mifnet", "--data", str(tiny_dataset), "--out", str(out)]
+    args += ["--max-steps", "50", "--batch-size", "2", "--patch", "64", "--time-limit", "0"]
+    assert main([*args, "--workers", "0", "--device", "cpu"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert history["steps"] == 0 and history["cancelled"] is True
+    assert (out / "model.safetensors").exists()

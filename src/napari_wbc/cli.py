@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from .core.dataset import TYPING
@@ -286,6 +287,7 @@ def cmd_train(args) -> int:
             bar.set_postfix({k: round(v, 4) for k, v in info.items() if isinstance(v, float)}, refresh=False)
             bar.refresh()
 
+        deadline = None if args.time_limit is None else time.monotonic() + 60 * args.time_limit
         history = train(
             args.data,
             args.out,
@@ -294,6 +296,7 @@ def cmd_train(args) -> int:
             resume=args.resume,
             init_weights=args.init,
             progress=progress,
+            cancelled=None if deadline is None else lambda: time.monotonic() > deadline,
         )
     best = history.get("best") or {}
     print(
@@ -481,9 +484,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="folder for weights, checkpoint and history")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    t.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="stop after this many minutes (preparing the data included), keeping the best "
+        "weights so far as at the last step (the classifier still chooses its unidentified threshold)",
+    )
     paper = " (default: the model's paper)"
     t.add_argument("--batch-size", type=int, default=None, help="images per step" + paper)
-    t.add_argument("--patch", type=int, default=None, help="training patch side, px" + paper)
+    t.add_argument(
+        "--patch",
+        type=int,
+        default=None,
+        help="training patch side, px (celltype: the crop side it sees, 64)" + paper,
+    )
     t.add_argument("--lr", type=float, default=None, help="peak learning rate" + paper)
     t.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay" + paper)
     t.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="optimizer" + paper)
@@ -503,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="processes that draw and augment batches while the network trains (celltype)",
+        help="processes that draw and augment batches while the network trains, for every model "
+        "(0: the training process draws them between steps; batches depend on --seed only)",
     )
     t.add_argument(
         "--no-balance",

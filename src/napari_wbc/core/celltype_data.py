@@ -18,8 +18,10 @@ Type corrections folders (:mod:`.corrections`: the cells a reviewer typed, with 
 and masks) are a second source (:func:`correction_examples`): every cell in force is an
 example of the type the reviewer gave it, at the scale its field was segmented at.
 
-Each example is stored as a crop ``BIG_CONTEXT`` times the cell's side (``BIG`` px, for
-augmentation) and as the crop the classifier sees at inference (its ``CROP``, ``CONTEXT``).
+Each example is stored as a crop ``BIG_CONTEXT`` times the cell's side (at the classifier's
+resolution or finer, :func:`big_side`, for augmentation) and as the crop the classifier sees
+at inference (its ``CROP``, ``CONTEXT``). What the segmenter found in each image is kept as
+well (:func:`cached_examples`), so that examples at another crop are cut in seconds.
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ from .celltypes import cell_crops, size_cue
 from .dataset import NOT_WBC, image_cell_types, list_pairs, load_pair
 
 log = logging.getLogger(__name__)
-BIG, BIG_CONTEXT = 96, 2.2
+BIG_CONTEXT = 2.2
+
+
+def big_side(crop: int, context: float) -> int:
+    """Side (px) of the augmentation crop, ``BIG_CONTEXT`` times the cell: at least the
+    classifier's own resolution (``crop`` px for ``context`` times the cell), a multiple of 8."""
+    return int(np.ceil(crop * BIG_CONTEXT / context / 8) * 8)
 
 
 def voc_boxes(root: Path, stem: str) -> dict[str, list[tuple[int, int, int, int]]]:
@@ -111,7 +119,7 @@ def _box_masks(image: np.ndarray, box, kind: str):
 
 class _Examples:
     def __init__(self, crop: int, context: float):
-        self.crop, self.context = crop, context
+        self.crop, self.context, self.big = crop, context, big_side(crop, context)
         self.parts: dict[str, list] = {
             k: [] for k in ("big", "big_label", "small", "small_label", "size", "target", "source")
         }
@@ -119,7 +127,7 @@ class _Examples:
     def add(self, image, cells, nuclei, ids, target: int, scale: float, source: str):
         if not len(ids):
             return
-        big, big_label, width = cell_crops(image, cells, nuclei, ids, BIG, BIG_CONTEXT)
+        big, big_label, width = cell_crops(image, cells, nuclei, ids, self.big, BIG_CONTEXT)
         small, small_label, _ = cell_crops(image, cells, nuclei, ids, self.crop, self.context)
         for key, value in (
             ("big", big),
@@ -134,8 +142,8 @@ class _Examples:
 
     def arrays(self) -> dict[str, np.ndarray]:
         empty = {
-            "big": (0, BIG, BIG, 3),
-            "big_label": (0, BIG, BIG),
+            "big": (0, self.big, self.big, 3),
+            "big_label": (0, self.big, self.big),
             "small": (0, self.crop, self.crop, 3),
             "small_label": (0, self.crop, self.crop),
             "size": (0,),
@@ -187,14 +195,18 @@ def collect_examples(
     artefacts: bool = True,
     seed: int = 0,
     progress=None,
+    segmented: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Classifier examples from the ``split`` of each dataset folder (see the module doc).
-    ``segmenter`` is (net, spec) of the segmentation model whose cells will be typed."""
+    ``segmenter`` is (net, spec) of the segmentation model whose cells will be typed.
+    ``segmented`` (source -> (cells, nuclei, scale)) holds what the segmenter found in
+    earlier runs; what is not in it is segmented now and added to it."""
     from .inference import run, segment
 
     net, spec = segmenter
     rng = np.random.default_rng(seed)
     examples = _Examples(crop, context)
+    segmented = {} if segmented is None else segmented
     jobs = []
     for root in map(Path, roots):
         types = image_cell_types(root)
@@ -208,10 +220,13 @@ def collect_examples(
         if painted:
             image = add_artefacts(image, rng)
         source = f"{root.name}/{pair.stem}" + ("+artefacts" if painted else "")
-        result = run(segment(image, net, spec, device))
+        if source not in segmented:
+            result = run(segment(image, net, spec, device))
+            segmented[source] = (result.cells, result.nuclei, result.scale)
+        found, found_nuclei, scale = segmented[source]
         ref = ndimage.label(label > 0)[0].astype(np.uint32)
         ref_nuclei = np.where(label == 2, ref, 0).astype(np.uint32)
-        iou = _iou_matrix(result.cells, ref)
+        iou = _iou_matrix(found, ref)
         boxes = voc_boxes(root, pair.stem)
         target = CLASSES.index(kind) if kind else None
         if target is not None:
@@ -222,27 +237,27 @@ def collect_examples(
                     ref_nuclei,
                     list(range(1, int(ref.max()) + 1)),
                     target,
-                    result.scale,
+                    scale,
                     source + ":ref",
                 )
             matched = [i + 1 for i in range(iou.shape[0]) if iou.shape[1] and iou[i].max() >= 0.5]
-            examples.add(image, result.cells, result.nuclei, matched, target, result.scale, source + ":seg")
+            examples.add(image, found, found_nuclei, matched, target, scale, source + ":seg")
         if complete:
             wbc = np.zeros(label.shape, bool)
             for y0, x0, y1, x1 in boxes.get("WBC", []):
                 wbc[y0:y1, x0:x1] = True
             false = []
             for i in range(iou.shape[0]):
-                own = result.cells == i + 1
+                own = found == i + 1
                 if (not iou.shape[1] or iou[i].max() < 0.1) and wbc[own].mean() < 0.2:
                     false.append(i + 1)
             examples.add(
                 image,
-                result.cells,
-                result.nuclei,
+                found,
+                found_nuclei,
                 false,
                 CLASSES.index(NOT_WBC),
-                result.scale,
+                scale,
                 source + ":false",
             )
             if not painted:
@@ -256,7 +271,7 @@ def collect_examples(
                             *masks,
                             [1],
                             CLASSES.index(NOT_WBC),
-                            result.scale,
+                            scale,
                             f"{source}:{name.lower()}",
                         )
         if progress:
@@ -274,36 +289,67 @@ def cached_examples(
     context: float = 1.5,
     progress=None,
 ) -> dict[str, np.ndarray]:
-    """:func:`collect_examples`, kept in ``out/examples_<split>.npz`` for reruns: collected
-    again when the data folders, the segmenter's weights or the crop differ."""
+    """:func:`collect_examples`, kept in ``out/examples_<split>.npz`` for reruns: cut again
+    when the data folders (their names and splits), the segmenter's weights or the crop
+    differ. What the segmenter found is kept in ``out/segmented_<split>.npz`` and reused
+    while the data folders and the segmenter's weights are the same, so a new crop costs no
+    segmentation, and the two files can be copied to another machine."""
     import hashlib
     import json
 
     from .batch import write_atomic
 
-    key = json.dumps(
-        {
-            "roots": sorted(str(Path(r).resolve()) for r in roots),
+    def key_of(**extra) -> str:
+        # the data folders by name and split, not by path: the cache holds wherever they lie
+        what = {
+            "roots": sorted((Path(r).name, split_digest(Path(r))) for r in roots),
             "split": split,
             "segmenter": segmenter[1].to_json(),
-            "crop": crop,
-            "context": context,
-            "big": [BIG, BIG_CONTEXT],
-        },
-        sort_keys=True,
+            **extra,
+        }
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+    def load(path: Path, key: str) -> dict | None:
+        if path.exists():
+            with np.load(path) as z:
+                if str(z["key"]) == key:
+                    return {k: z[k] for k in z.files if k != "key"}
+        return None
+
+    def save(path: Path, key: str, arrays: dict) -> None:
+        def write(p: Path) -> None:
+            with open(p, "wb") as f:
+                np.savez_compressed(f, key=np.array(key), **arrays)
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, write)
+
+    def split_digest(root: Path) -> str:
+        split_csv = root / "split.csv"
+        return hashlib.sha256(split_csv.read_bytes()).hexdigest()[:16] if split_csv.exists() else ""
+
+    out = Path(out)
+    key = key_of(crop=crop, context=context, big=[big_side(crop, context), BIG_CONTEXT])
+    arrays = load(out / f"examples_{split}.npz", key)
+    if arrays is not None:
+        return arrays
+    seg_key, seg_path = key_of(), out / f"segmented_{split}.npz"
+    stored = load(seg_path, seg_key) or {}
+    segmented = {
+        str(source): (stored[f"cells_{n}"], stored[f"nuclei_{n}"], float(stored["scales"][n]))
+        for n, source in enumerate(stored.get("sources", []))
+    }
+    known = len(segmented)
+    arrays = collect_examples(
+        roots, split, segmenter, device, crop, context, progress=progress, segmented=segmented
     )
-    key = hashlib.sha256(key.encode()).hexdigest()[:16]
-    path = Path(out) / f"examples_{split}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            if str(z["key"]) == key:
-                return {k: z[k] for k in z.files if k != "key"}
-    arrays = collect_examples(roots, split, segmenter, device, crop, context, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(p: Path) -> None:
-        with open(p, "wb") as f:
-            np.savez_compressed(f, key=np.array(key), **arrays)
-
-    write_atomic(path, write)
+    if len(segmented) != known:
+        sources = list(segmented)
+        parts = {"sources": np.array(sources), "scales": np.array([segmented[k][2] for k in sources])}
+        for n, k in enumerate(sources):
+            parts[f"cells_{n}"], parts[f"nuclei_{n}"] = (
+                np.asarray(a, np.uint16 if a.max(initial=0) < 2**16 else np.uint32) for a in segmented[k][:2]
+            )
+        save(seg_path, seg_key, parts)
+    save(out / f"examples_{split}.npz", key, arrays)
     return arrays

@@ -8,10 +8,13 @@ built from each augmented patch's class map; a typing model's targets carry each
 cell type from the dataset's class labels.
 
 ``train`` takes plain callbacks (``progress(step, total, info)`` and ``cancelled()``), so the
-same loop runs from the CLI with a terminal bar and from a widget thread. It writes a
-resumable checkpoint (``checkpoint.pt``, tensors only, loaded with ``weights_only=True``)
-and, whenever validation improves, the best weights as ``config.json`` +
-``model.safetensors`` with ``history.json``.
+same loop runs from the CLI with a terminal bar and from a widget thread. Batches are drawn
+and augmented by ``workers`` processes while the network trains (:mod:`.batches`: batch
+``k`` depends only on the seed and ``k``, whatever the worker count), normalised there, with
+the instance targets of instance models. It writes a resumable checkpoint (``checkpoint.pt``,
+tensors only, loaded with ``weights_only=True``; with torch's random state, so that a resumed
+run on the CPU repeats an uninterrupted one) and, whenever validation improves, the best
+weights as ``config.json`` + ``model.safetensors`` with ``history.json``.
 """
 
 from __future__ import annotations
@@ -70,7 +73,9 @@ class TrainConfig:
     balance: bool = True
     bf16: bool = False  # bfloat16 autocast (fast on CPUs with AVX512-BF16 and on GPUs)
     max_steps: int | None = None
-    workers: int = 1  # processes that draw and augment batches while the network trains (classifier)
+    # processes that draw and augment batches while the network trains (0: the training
+    # process draws them itself, between steps); every model, the classifier too
+    workers: int = 1
     # working pixel size written into the model's config: patches show cells 60-200 px
     # across, i.e. a 12 um white cell at about 0.06-0.2 um/px; 0.1 sits in the middle
     pixel_size: float = 0.1
@@ -110,8 +115,10 @@ def _cell_diameter(label: np.ndarray) -> float:
 class PatchSampler:
     """Random augmented patches from a list of pairs, each at a cell scale in range.
 
-    With ``balance`` each data folder (a pair's ``images/`` parent) is drawn equally
-    often; without it, each pair is.
+    The zoom of each patch is drawn so that the image's white cells are
+    ``CELL_DIAMETER_RANGE`` px across, or with ``zoom`` in that range of the native scale
+    (``--augment scale=LO,HI``; ``scale=1,1``: native scale). With ``balance`` each data
+    folder (a pair's ``images/`` parent) is drawn equally often; without it, each pair is.
     """
 
     def __init__(
@@ -121,6 +128,7 @@ class PatchSampler:
         seed: int = 0,
         type_names: list[str] | None = None,
         balance: bool = False,
+        zoom: tuple[float, float] | None = None,
     ):
         self.items = []
         types = {}
@@ -134,7 +142,7 @@ class PatchSampler:
             if type_names:
                 kind = types[Path(pair.image).parent.parent].get(pair.stem)
                 label = typed_target(label, kind, type_names).astype(np.uint8)
-            self.items.append((image, label, (lo / d, hi / d)))
+            self.items.append((image, label, tuple(zoom) if zoom else (lo / d, hi / d)))
         if not self.items:
             raise ValueError("no training pairs found")
         roots = [Path(p.image).parent.parent for p in pairs]
@@ -146,45 +154,74 @@ class PatchSampler:
         self.aug = aug
         self.rng = np.random.default_rng(seed)
 
-    def batch(self, n: int):
+    def batch(self, n: int, rng: np.random.Generator | None = None):
+        """``n`` patches (n, size, size, 3) float32 in 0..1 and their (n, size, size) labels,
+        drawn with ``rng`` (default: the sampler's own generator)."""
+        rng = self.rng if rng is None else rng
         if self.weights is None:
-            idx = self.rng.integers(len(self.items), size=n)
+            idx = rng.integers(len(self.items), size=n)
         else:
-            idx = self.rng.choice(len(self.items), size=n, p=self.weights)
-        xs, ys = zip(
-            *(augment(*self.items[i][:2], self.aug, self.rng, self.items[i][2]) for i in idx), strict=True
-        )
-        return np.stack(xs), np.stack(ys)
+            idx = rng.choice(len(self.items), size=n, p=self.weights)
+        patches = [augment(*self.items[i][:2], self.aug, rng, self.items[i][2]) for i in idx]
+        return np.stack([p[0] for p in patches]), np.stack([p[1] for p in patches])
 
 
-def instance_targets(labels: np.ndarray, device) -> list[dict]:
-    """Per-image instance targets (tensors on ``device``) from a batch of class maps."""
+class PatchBatches:
+    """One training batch per call, for :func:`.batches.batch_loader`: ``x`` (B, 3, H, W)
+    float32 normalised as ``spec`` says, ``y`` the (B, H, W) int64 class maps and, for an
+    instance model, ``targets`` (per image: boxes, cell and nucleus masks)."""
+
+    def __init__(self, sampler: PatchSampler, size: int, spec, instance: bool):
+        self.sampler, self.size, self.instance = sampler, size, instance
+        self.mean, self.std = np.float32(spec.mean), np.float32(spec.std)
+
+    def __call__(self, rng: np.random.Generator) -> dict:
+        x, y = self.sampler.batch(self.size, rng)
+        x = np.ascontiguousarray(((x - self.mean) / self.std).transpose(0, 3, 1, 2))
+        out = {"x": x, "y": y}
+        if self.instance:
+            from .instances import targets_from_classes
+
+            out["targets"] = [targets_from_classes(label, min_area=64) for label in y]
+        return out
+
+
+def instance_targets(labels, device, targets: list[dict] | None = None) -> list[dict]:
+    """Per-image instance targets (tensors on ``device``) from a batch of class maps, or
+    ``targets`` already made from them (arrays or tensors, as :class:`PatchBatches` gives)."""
     import torch
 
     from .instances import targets_from_classes
 
-    out = []
-    for label in labels:
-        t = targets_from_classes(label, min_area=64)
-        out.append({k: torch.from_numpy(v).to(device) for k, v in t.items()})
-    return out
+    if targets is None:
+        targets = [targets_from_classes(np.asarray(label), min_area=64) for label in labels]
+    return [{k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in t.items()} for t in targets]
 
 
 def model_loss(
-    net, module, x, labels: np.ndarray, device: str = "cpu", dice_weight: float = 0.5, bf16: bool = False
+    net,
+    module,
+    x,
+    labels,
+    device: str = "cpu",
+    dice_weight: float = 0.5,
+    bf16: bool = False,
+    targets: list[dict] | None = None,
 ):
-    """The model's training loss on a normalised batch ``x`` and its (B, H, W) class maps:
-    the paper's loss of its module (``loss`` or ``net.loss`` for instance models), else
+    """The model's training loss on a normalised batch ``x`` and its (B, H, W) class maps
+    (array or tensor): the paper's loss of its module (``loss`` or ``net.loss`` for instance
+    models, on ``targets`` when given, else made from the class maps), else
     :func:`segmentation_loss`."""
     import torch
 
     kind = device.split(":")[0]
     with torch.autocast(device_type=kind, dtype=torch.bfloat16, enabled=bf16):
         if getattr(module, "KIND", "semantic") == "instance":
-            return sum(net.loss(x, instance_targets(labels, device)).values()).float()
+            return sum(net.loss(x, instance_targets(labels, device, targets)).values()).float()
         outputs = net(x)
     outputs = [o.float() for o in outputs] if isinstance(outputs, list | tuple) else outputs.float()
-    target = torch.from_numpy(np.ascontiguousarray(labels)).long().to(device)
+    target = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(labels))
+    target = target.long().to(device, non_blocking=True)
     if hasattr(module, "loss"):
         return module.loss(outputs, target).float()
     return segmentation_loss(outputs, target, dice_weight)
@@ -205,15 +242,24 @@ def segmentation_loss(logits, target, dice_weight: float = 0.5):
     return ce + dice_weight * dice
 
 
+def warmup_share(total: int, share: float = 0.05) -> float:
+    """OneCycleLR's ``pct_start`` for ``total`` steps: ``share`` of them warm up, unless that is
+    exactly one step (20 steps at 5 %), where torch divides by zero: then two."""
+    return share if abs(share * total - 1.0) > 1e-9 else 2.0 / total
+
+
 def load_checkpoint(path: Path, net, opt, sched, device: str) -> dict:
     """Restore the network, optimiser and schedule from a ``checkpoint.pt`` (tensors only,
-    no pickle); return the whole saved state (step, best score, ...)."""
+    no pickle), and torch's CPU random state when it was saved (``rng``); return the whole
+    saved state (step, best score, ...)."""
     import torch
 
     state = torch.load(path, map_location=device, weights_only=True)
     net.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
+    if "rng" in state:
+        torch.set_rng_state(state["rng"].cpu())
     return state
 
 
@@ -273,6 +319,7 @@ def train(
 
     from ..models import ModelSpec, create_model, read_spec, save_model
     from ..models.registry import model_module
+    from .batches import batch_loader
     from .inference import type_names
 
     config = config or TrainConfig()
@@ -303,6 +350,7 @@ def train(
         config.seed,
         type_names(spec),
         config.balance,
+        config.augment.get("scale"),
     )
     net = create_model(spec.name, **spec.cfg).to(device)
     if init_weights:
@@ -325,7 +373,9 @@ def train(
         opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_pairs) / config.batch_size))
     total = config.max_steps or config.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=total, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, config.lr, total_steps=total, pct_start=warmup_share(total)
+    )
     history = {
         "config": asdict(config),
         "data": [str(d) for d in data_dirs],
@@ -342,42 +392,49 @@ def train(
         state = load_checkpoint(ckpt, net, opt, sched, device)
         step, best, stale = int(state["step"]), float(state["best"]), int(state["stale"])
         history = json.loads((out / "history.json").read_text())
-        sampler.rng = np.random.default_rng(config.seed + step)
 
     def checkpoint():
-        save_checkpoint(out, history, net, opt, sched, step=step, best=best, stale=stale)
+        rng = torch.get_rng_state()
+        save_checkpoint(out, history, net, opt, sched, step=step, best=best, stale=stale, rng=rng)
 
+    instance = getattr(module, "KIND", "semantic") == "instance"
+    draw = PatchBatches(sampler, config.batch_size, spec, instance)
+    batches = batch_loader(draw, config.seed, step, config.workers, device)
     net.train()
     t0, running, start = time.time(), None, step
-    while step < total:
-        if cancelled is not None and cancelled():
-            history["cancelled"] = True
-            checkpoint()
-            break
-        x, y = sampler.batch(config.batch_size)
-        x = (x - np.float32(spec.mean)) / np.float32(spec.std)
-        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
-        loss = model_loss(net, module, xt, y, device, config.dice_weight, config.bf16)
-        step, running = take_step(loss, opt, sched, history, step, running)
-        seconds = (time.time() - t0) / (step - start)
-        info = {"loss": running, "epoch": step / steps_per_epoch, "s_per_step": seconds}
-        if step % config.val_every == 0 or step == total:
-            scores = validate(net, spec, val_pairs, device) if val_pairs else {"dice_cell": -step}
-            score = scores["dice_cell"] + scores.get("dice_nucleus", 0.0)
-            history["val"].append({"step": step, **scores})
-            info.update(scores)
-            if score > best:
-                best, stale = score, 0
-                history["best"] = {"step": step, "epoch": step / steps_per_epoch, **scores}
-                save_model(net, spec, out)
-            else:
-                stale += 1
-            checkpoint()
-            if stale >= config.patience:
-                log.info("early stop at step %d: no improvement in %d validations", step, stale)
+    try:
+        while step < total:
+            if cancelled is not None and cancelled():
+                history["cancelled"] = True
+                checkpoint()
                 break
-        if progress is not None:
-            progress(step, total, info)
+            batch = next(batches)
+            xt = batch["x"].to(device, non_blocking=True)
+            loss = model_loss(
+                net, module, xt, batch["y"], device, config.dice_weight, config.bf16, batch.get("targets")
+            )
+            step, running = take_step(loss, opt, sched, history, step, running)
+            seconds = (time.time() - t0) / (step - start)
+            info = {"loss": running, "epoch": step / steps_per_epoch, "s_per_step": seconds}
+            if step % config.val_every == 0 or step == total:
+                scores = validate(net, spec, val_pairs, device) if val_pairs else {"dice_cell": -step}
+                score = scores["dice_cell"] + scores.get("dice_nucleus", 0.0)
+                history["val"].append({"step": step, **scores})
+                info.update(scores)
+                if score > best:
+                    best, stale = score, 0
+                    history["best"] = {"step": step, "epoch": step / steps_per_epoch, **scores}
+                    save_model(net, spec, out)
+                else:
+                    stale += 1
+                checkpoint()
+                if stale >= config.patience:
+                    log.info("early stop at step %d: no improvement in %d validations", step, stale)
+                    break
+            if progress is not None:
+                progress(step, total, info)
+    finally:
+        batches.close()  # stops the workers
     if history["best"] is None:  # cancelled before the first validation
         save_model(net, spec, out)
     history["steps"] = step

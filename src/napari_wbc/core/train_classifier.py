@@ -8,7 +8,8 @@ handful in all three sets, are seen far more often than their share) and augment
 crop with :func:`.augment.augment` (any rotation, a small zoom and shift, stain, lamp,
 camera, blur, noise, grayscale); the size cue is jittered too. Loss: cross-entropy with
 label smoothing. Validation on the val crops every ``val_every`` steps keeps the best
-weights by the mean of accuracy and the mean per-class recall; at the end the
+weights by the mean of the white cells' accuracy and the mean per-class recall
+(:func:`_scores`); at the end the
 ``unidentified_below`` threshold is chosen on the val white cells (:func:`choose_threshold`)
 and written into ``config.json`` with the crop settings and the figures.
 
@@ -52,14 +53,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import IterableDataset, get_worker_info
 
 from .augment import AugmentConfig, augment
-from .celltype_data import BIG, BIG_CONTEXT, CLASSES, cached_examples, correction_examples
+from .batches import batch_loader
+from .celltype_data import BIG_CONTEXT, CLASSES, cached_examples, correction_examples
 from .celltypes import DEFAULT_UNIDENTIFIED_BELOW, crops_to_tensor, predict_crops
-from .dataset import CELL_TYPES
+from .dataset import CELL_TYPES, NOT_WBC
 from .io import InputError
-from .train import load_checkpoint, save_checkpoint, take_step
+from .train import load_checkpoint, save_checkpoint, take_step, warmup_share
 
 log = logging.getLogger(__name__)
 BALANCE = 0.75
@@ -97,6 +98,11 @@ def choose_threshold(prob: np.ndarray, target: np.ndarray) -> tuple[float, dict]
 
 
 def _scores(prob: np.ndarray, target: np.ndarray) -> dict:
+    """Val figures of the most likely class: accuracy over all examples and over the white
+    cells (what the differential is made of), recall per class with at least 3 examples, and
+    the ``score`` that picks the weights: the mean of the white cells' accuracy and the mean
+    recall. Negatives ("not a white cell", about half the val examples) count through their
+    recall, so they do not outweigh the types."""
     pred = prob.argmax(1)
     recalls = {
         CLASSES[k]: float((pred[target == k] == k).mean())
@@ -104,12 +110,15 @@ def _scores(prob: np.ndarray, target: np.ndarray) -> dict:
         if (target == k).sum() >= 3
     }
     accuracy = float((pred == target).mean())
+    wbc = target != CLASSES.index(NOT_WBC)
+    wbc_accuracy = float((pred[wbc] == target[wbc]).mean()) if wbc.any() else accuracy
     mean_recall = float(np.mean(list(recalls.values()))) if recalls else accuracy
     return {
         "accuracy": accuracy,
+        "white_cell_accuracy": wbc_accuracy,
         "mean_recall": mean_recall,
         "recall": recalls,
-        "score": 0.5 * accuracy + 0.5 * mean_recall,
+        "score": 0.5 * wbc_accuracy + 0.5 * mean_recall,
     }
 
 
@@ -221,32 +230,27 @@ def _draw_weights(ex: dict) -> np.ndarray:
     return weights / weights.sum()
 
 
-class _Batches(IterableDataset):
-    """Endless augmented batches (crops, labels, size cues, targets), drawn as
-    :func:`train_classifier` says; an iterable for torch's DataLoader, each worker process
-    with its own seed (the same seed and worker count give the same batches)."""
+class _Batches:
+    """One augmented batch (crops, labels, size cues, targets, groups) per call, drawn with
+    the generator it is given as :func:`train_classifier` says; :func:`.batches.batch_loader`
+    draws them in worker processes, batch ``k`` with a generator seeded by (seed, ``k``)."""
 
-    def __init__(
-        self, examples: dict, weights: np.ndarray, aug: AugmentConfig, scale_range, batch: int, seed: int
-    ):
+    def __init__(self, examples: dict, weights: np.ndarray, aug: AugmentConfig, scale_range, batch: int):
         self.ex, self.weights, self.aug, self.scale_range = examples, weights, aug, scale_range
-        self.batch, self.seed = batch, seed
+        self.batch = batch
 
-    def __iter__(self):
-        info = get_worker_info()
-        rng = np.random.default_rng([self.seed, 0 if info is None else info.id])
+    def __call__(self, rng: np.random.Generator) -> tuple:
         ex = self.ex
-        while True:
-            idx = rng.choice(len(self.weights), self.batch, p=self.weights)
-            pairs = [augment(ex["big"][i], ex["big_label"][i], self.aug, rng, self.scale_range) for i in idx]
-            sizes = ex["size"][idx] + rng.normal(0, SIZE_JITTER, len(idx)).astype(np.float32)
-            yield (
-                np.stack([p[0] for p in pairs]),
-                np.stack([p[1] for p in pairs]).astype(np.uint8),
-                sizes,
-                ex["target"][idx],
-                ex["group"][idx],
-            )
+        idx = rng.choice(len(self.weights), self.batch, p=self.weights)
+        pairs = [augment(ex["big"][i], ex["big_label"][i], self.aug, rng, self.scale_range) for i in idx]
+        sizes = ex["size"][idx] + rng.normal(0, SIZE_JITTER, len(idx)).astype(np.float32)
+        return (
+            np.stack([p[0] for p in pairs]),
+            np.stack([p[1] for p in pairs]).astype(np.uint8),
+            sizes,
+            ex["target"][idx],
+            ex["group"][idx],
+        )
 
 
 def train_classifier(
@@ -275,7 +279,14 @@ def train_classifier(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    crop, context = int(module.CROP), float(module.CONTEXT)
+    start = read_spec(init_weights) if init_weights else None
+    # the crop the network sees: the start weights' own when fine-tuning, else the recipe's
+    # (``patch``, the module's CROP unless set)
+    if start is not None:
+        crop = int(start.extra.get("crop", module.CROP))
+        context = float(start.extra.get("context", module.CONTEXT))
+    else:
+        crop, context = int(config.patch or module.CROP), float(module.CONTEXT)
 
     def collecting(split):
         return lambda d, n: progress and progress(0, 0, {f"collecting {split}": d / n})
@@ -284,7 +295,7 @@ def train_classifier(
     train_ex, val_ex = ex["train"], ex["val"]
     for note in ex["notes"]:
         log.info("%s", note)
-    spec = read_spec(init_weights) if init_weights else ModelSpec(config.model, {}, classes=CLASSES)
+    spec = start or ModelSpec(config.model, {}, classes=CLASSES)
     spec.extra.update({"crop": crop, "context": context})
     net = create_model(spec.name, **spec.cfg).to(device)
     if init_weights:
@@ -305,11 +316,14 @@ def train_classifier(
     counts = np.bincount(train_ex["target"], minlength=len(CLASSES)).astype(np.float64)
     weights = _draw_weights(train_ex)
     aug = AugmentConfig(size=crop, centred=True, focus_p=0.0, **config.augment)
-    zoom = (crop / context) / (BIG / BIG_CONTEXT)  # output px per input px at the nominal crop
+    big = train_ex["big"].shape[1]
+    zoom = (crop / context) / (big / BIG_CONTEXT)  # output px per input px at the nominal crop
     scale_range = (aug.scale[0] * zoom, aug.scale[1] * zoom)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.max_steps or config.epochs * max(1, len(train_ex["target"]) // config.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=total, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, config.lr, total_steps=total, pct_start=warmup_share(total, 0.1)
+    )
     history = {
         "config": asdict(config),
         "data": [str(d) for d in data_dirs],
@@ -371,13 +385,8 @@ def train_classifier(
         keep_if_best(validate())
         if progress is not None:
             progress(0, total, {k: v for k, v in history["best"].items() if isinstance(v, float)})
-    batches = torch.utils.data.DataLoader(
-        _Batches(train_ex, weights, aug, scale_range, config.batch_size, config.seed + step),
-        batch_size=None,
-        num_workers=config.workers,
-        pin_memory=device.startswith("cuda"),
-        persistent_workers=config.workers > 0,
-    )
+    draw = _Batches(train_ex, weights, aug, scale_range, config.batch_size)
+    batches = batch_loader(draw, config.seed, step, config.workers, device)
     training_mode()
     t0, start, running = time.time(), step, None
     for rgb, label, sizes, target, group in batches:
