@@ -59,3 +59,19 @@ def datasets() -> Path:
     if not (DATASETS / "bccd").is_dir():
         pytest.fail(f"the datasets are missing: expected ../shared/datasets at {DATASETS}")
     return DATASETS
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, datasets):
+    """Three zheng_d1 crops as a training folder: 001 and 002 train, 003 val."""
+    src = datasets / "zheng_d1"
+    root = tmp_path / "tiny"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rows = ["stem,split"]
+    for stem, split in (("001", "train"), ("002", "train"), ("003", "val")):
+        shutil.copy(src / "images" / f"{stem}.png", root / "images")
+        shutil.copy(src / "labels" / f"{stem}.png", root / "labels")
+        rows.append(f"{stem},{split}")
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    return root

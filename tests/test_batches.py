@@ -2,7 +2,6 @@
 
 import itertools
 import multiprocessing
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -61,40 +60,27 @@ def test_resuming_at_step_k_gives_the_batches_of_a_run_from_zero(draw):
     assert _same(whole[3:], _take(draw, seed=5, start=3, workers=2, n=2))
 
 
-@pytest.fixture
-def two_fields(tmp_path, datasets):
-    src = datasets / "zheng_d1"
-    root = tmp_path / "two"
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for stem in ("001", "002"):
-        shutil.copy(src / "images" / f"{stem}.png", root / "images")
-        shutil.copy(src / "labels" / f"{stem}.png", root / "labels")
-    (root / "split.csv").write_text("stem,split\n001,train\n002,train\n")
-    return root
-
-
-def test_training_with_a_worker_writes_weights_and_a_resumed_run_repeats_it(two_fields, tmp_path):
+def test_training_with_a_worker_writes_weights_and_a_resumed_run_repeats_it(tiny_dataset, tmp_path):
     """Four MIF-Net steps with a worker process, and the same four with none, stopped after
     two and resumed: bit for bit the same weights (same batches, torch's random state kept)."""
     from safetensors.torch import load_file
 
     config = TrainConfig(batch_size=2, patch=48, max_steps=4, val_every=2, workers=1)
-    history = train([two_fields], tmp_path / "a", config)
+    history = train([tiny_dataset], tmp_path / "a", config)
     assert history["steps"] == 4 and (tmp_path / "a" / "model.safetensors").exists()
     assert not multiprocessing.active_children()
 
     calls = []
     config = TrainConfig(batch_size=2, patch=48, max_steps=4, val_every=2, workers=0)
     train(
-        [two_fields],
+        [tiny_dataset],
         tmp_path / "b",
         config,
         progress=lambda s, t, i: calls.append(s),
         cancelled=lambda: len(calls) >= 2,
     )
     assert calls == [1, 2]
-    assert train([two_fields], tmp_path / "b", config, resume=True)["steps"] == 4
+    assert train([tiny_dataset], tmp_path / "b", config, resume=True)["steps"] == 4
     a, b = (
         load_file(str(tmp_path / "a" / "model.safetensors")),
         load_file(str(tmp_path / "b" / "model.safetensors")),

@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -7,21 +6,6 @@ import pytest
 from napari_wbc.core.dataset import list_pairs, load_pair
 from napari_wbc.core.train import TrainConfig, segmentation_loss, train
 from napari_wbc.models import load_model
-
-
-@pytest.fixture
-def tiny_dataset(tmp_path, datasets):
-    src = datasets / "zheng_d1"
-    root = tmp_path / "tiny"
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    rows = ["stem,split"]
-    for stem, split in (("001", "train"), ("002", "train"), ("003", "val")):
-        shutil.copy(src / "images" / f"{stem}.png", root / "images")
-        shutil.copy(src / "labels" / f"{stem}.png", root / "labels")
-        rows.append(f"{stem},{split}")
-    (root / "split.csv").write_text("\n".join(rows) + "\n")
-    return root
 
 
 def test_dataset_layout(tiny_dataset):
