@@ -318,7 +318,7 @@ def train(
     import torch
 
     from ..models import ModelSpec, create_model, read_spec, save_model
-    from ..models.registry import model_module
+    from ..models.registry import model_kind, model_module
     from .batches import batch_loader
     from .inference import type_names
 
@@ -329,7 +329,7 @@ def train(
         config = replace(config, model=read_spec(init_weights).name)
     config = recipe(config)
     module = model_module(config.model)
-    if getattr(module, "KIND", "semantic") == "classifier":
+    if model_kind(config.model) == "classifier":
         from .train_classifier import train_classifier
 
         return train_classifier(data_dirs, out, config, device, resume, init_weights, progress, cancelled)
@@ -397,8 +397,7 @@ def train(
         rng = torch.get_rng_state()
         save_checkpoint(out, history, net, opt, sched, step=step, best=best, stale=stale, rng=rng)
 
-    instance = getattr(module, "KIND", "semantic") == "instance"
-    draw = PatchBatches(sampler, config.batch_size, spec, instance)
+    draw = PatchBatches(sampler, config.batch_size, spec, spec.kind == "instance")
     batches = batch_loader(draw, config.seed, step, config.workers, device)
     net.train()
     t0, running, start = time.time(), None, step
