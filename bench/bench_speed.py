@@ -25,6 +25,7 @@ def main() -> None:
     from napari_wbc.core.inference import predict_probabilities, run, segment
     from napari_wbc.core.io import read_image
     from napari_wbc.core.measure import measure_cells
+    from napari_wbc.core.options import Options
     from napari_wbc.models import load_model
 
     p = argparse.ArgumentParser()
@@ -38,6 +39,7 @@ def main() -> None:
     device = pick_device(args.device)
     net, spec = load_model(args.model, device=device)
     tta, _ = load_model(args.model, device=device, flip_average=True)
+    options = Options(device=device)
     paths = [pair.image for pair in list_pairs(DATASETS / "bccd", "test")][: args.fields]
     warm = read_image(paths[0]).data
     predict_probabilities(net, spec, warm, device)  # warm-up
@@ -48,7 +50,7 @@ def main() -> None:
 
     def end_to_end(network, smear, t_read):
         t0 = time.perf_counter()
-        result = run(segment(smear.data, network, spec, device))
+        result = run(segment(smear.data, network, spec, options))
         measure_cells(result.cells, result.nuclei)
         sync()
         return time.perf_counter() - t0 + t_read

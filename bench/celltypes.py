@@ -30,17 +30,19 @@ def timing(fields: int, device: str, classifier_weights=None) -> str:
     from napari_wbc.core.celltypes import classify_cells, load_classifier
     from napari_wbc.core.dataset import list_pairs, load_pair
     from napari_wbc.core.inference import run, segment
+    from napari_wbc.core.options import Options
     from napari_wbc.models import load_model
 
     net, spec = load_model(device=device)
     classifier = load_classifier("classifier", device, classifier_weights)
+    options = Options(device=device)
     seg_s = type_s = 0.0
     cells = 0
     pairs = list_pairs(DATASETS / "bccd", "test")[:fields]
     for pair in pairs:
         image, _ = load_pair(pair)
         t = time.perf_counter()
-        result = run(segment(image, net, spec, device))
+        result = run(segment(image, net, spec, options))
         seg_s += time.perf_counter() - t
         t = time.perf_counter()
         types, _ = classify_cells(*classifier, image, result.cells, result.nuclei, result.scale, device)

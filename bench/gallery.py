@@ -79,7 +79,7 @@ def segment_field(path: Path):
 
     rgb = np.asarray(Image.open(path).convert("RGB"))
     net, spec = load_model("mifnet", device="cpu")
-    result = run(segment(rgb, net, spec, "cpu", None, classifier=load_classifier("classifier", "cpu")))
+    result = run(segment(rgb, net, spec, classifier=load_classifier("classifier", "cpu")))
     table = measure_cells(result.cells, result.nuclei, None, types=result.types, type_probs=result.type_probs)
     return rgb, result.cells, result.nuclei, table
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ def main() -> None:
     from napari_wbc.core.inference import run, segment
     from napari_wbc.core.io import read_image
     from napari_wbc.core.measure import measure_cells
+    from napari_wbc.core.options import Options
     from napari_wbc.core.slide import build_sample_slide
     from napari_wbc.core.wholeslide import segment_slide
     from napari_wbc.models import load_model
@@ -33,10 +35,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     net, spec = load_model(device=args.device)
+    options = Options(device=args.device)
     image = read_image(args.field).data
     rows = []
     for px in (None, 0.1, 0.07):
-        result = run(segment(image, net, spec, args.device, px))
+        result = run(segment(image, net, spec, replace(options, pixel_size=px)))
         table = measure_cells(result.cells, result.nuclei)
         rows += [
             {"path": f"field, pixel size {px or 'none'}", "scale": round(result.scale, 3), **r}
@@ -45,7 +48,7 @@ def main() -> None:
     field = pd.DataFrame(rows)
     with tempfile.TemporaryDirectory() as tmp:
         slide = build_sample_slide(Path(tmp) / "sample.ome.tif", grid=GRID, gap=GAP)
-        result = run(segment_slide(slide, Path(tmp) / "out", net, spec, device=args.device))
+        result = run(segment_slide(slide, Path(tmp) / "out", net, spec, options))
         copies = pd.read_csv(result.table)
     h, w = image.shape[:2]
     fields = sorted(SAMPLE.parent.glob("*.jpg"))

@@ -39,6 +39,7 @@ def one_size(size: int, tile: int, gap: int, device: str, fields: int) -> dict:
     from napari_wbc.core.device import pick_device
     from napari_wbc.core.inference import run
     from napari_wbc.core.io import read_image
+    from napari_wbc.core.options import Options
     from napari_wbc.core.slide import build_mosaic_slide
     from napari_wbc.core.wholeslide import segment_slide
     from napari_wbc.models import load_model
@@ -54,7 +55,7 @@ def one_size(size: int, tile: int, gap: int, device: str, fields: int) -> dict:
         )
         t1 = time.perf_counter()
         after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        result = run(segment_slide(path, Path(tmp) / "out", net, spec, tile=tile, device=device))
+        result = run(segment_slide(path, Path(tmp) / "out", net, spec, Options(device=device, tile=tile)))
         t2 = time.perf_counter()
         from napari_wbc.core.slide import open_slide
 
@@ -109,6 +110,7 @@ def segment_sparse(size: int, folder: Path, device: str, tile: int | None, fmt: 
 
     from napari_wbc.core.device import pick_device
     from napari_wbc.core.inference import run
+    from napari_wbc.core.options import Options
     from napari_wbc.core.wholeslide import segment_slide
     from napari_wbc.models import load_model
 
@@ -116,11 +118,8 @@ def segment_sparse(size: int, folder: Path, device: str, tile: int | None, fmt: 
     net, spec = load_model(device=device)
     before = peak_mb()
     t0 = time.perf_counter()
-    result = run(
-        segment_slide(
-            folder / sparse_name(size, fmt), folder / f"out{size}", net, spec, tile=tile, device=device
-        )
-    )
+    options = Options(device=device, tile=tile)
+    result = run(segment_slide(folder / sparse_name(size, fmt), folder / f"out{size}", net, spec, options))
     seconds = time.perf_counter() - t0
     table = pd.read_csv(result.table)
     return {

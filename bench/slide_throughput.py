@@ -60,13 +60,14 @@ def mosaic(folder: Path, grid: tuple[int, int], name: str) -> Path:
     return build_mosaic_slide(folder / f"{name}.ome.tif", images, grid=grid, pixel_size=PIXEL_SIZE)
 
 
-def timed_run(path: Path, out: Path, **options) -> tuple[object, float, float]:
+def timed_run(path: Path, out: Path, tile: int | None = None) -> tuple[object, float, float]:
     from napari_wbc.core.inference import run
+    from napari_wbc.core.options import Options
     from napari_wbc.core.wholeslide import segment_slide
 
     net, spec = load()
     t0, c0 = time.perf_counter(), cpu_s()
-    result = run(segment_slide(path, out, net, spec, device="cpu", **options))
+    result = run(segment_slide(path, out, net, spec, Options(device="cpu", tile=tile)))
     return result, time.perf_counter() - t0, cpu_s() - c0
 
 
@@ -198,6 +199,7 @@ def agreement(folder: Path, grid: tuple[int, int], tiles: list[int]) -> list[dic
     import tifffile
 
     from napari_wbc.core.inference import run, segment
+    from napari_wbc.core.options import Options
     from napari_wbc.core.slide import open_slide
     from napari_wbc.core.tiling import TileGrid, canonical_labels
 
@@ -206,7 +208,7 @@ def agreement(folder: Path, grid: tuple[int, int], tiles: list[int]) -> list[dic
         image = slide.read(0, 0, *slide.shape)
     net, spec = load()
     t0 = time.perf_counter()
-    ref = run(segment(image, net, spec, "cpu", auto_scale=False))
+    ref = run(segment(image, net, spec, Options(auto_scale=False)))
     whole_s = time.perf_counter() - t0
     cells = canonical_labels(ref.cells)
     nuclei = np.where(ref.nuclei > 0, cells, 0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from napari_wbc.core.inference import run, segment, type_names
+from napari_wbc.core.options import Options
 from napari_wbc.core.train import model_loss, typed_target
 from napari_wbc.models import ModelSpec, create_model, list_models, load_model, save_model
 from napari_wbc.models.registry import model_kind, model_module
@@ -97,7 +98,7 @@ def test_segment_gives_cells_and_nuclei_with_shared_ids(name):
     spec = _spec(name)
     net = create_model(name, **spec.cfg).eval()
     _, _, image = _tiny_batch(spec)
-    result = run(segment(image, net, spec, auto_scale=False))
+    result = run(segment(image, net, spec, Options(auto_scale=False)))
     assert result.cells.shape == result.nuclei.shape == (SIZE, SIZE)
     inside = result.nuclei > 0
     assert np.array_equal(result.nuclei[inside], result.cells[inside])

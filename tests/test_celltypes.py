@@ -257,6 +257,26 @@ def test_napari_wbc_train_celltype_end_to_end(tmp_path, datasets):
     ex = cached_examples(out, [data], "train", segmenter, crop=CROP, context=1.5)
     assert ex["small"].shape[1:] == (CROP, CROP, 3) and ex["big"].shape[1:3] == (big_side(CROP, 1.5),) * 2
     assert sorted(ex["source"].tolist()) == sources
+    # kept per image: with another split (or other data folders) only the images not seen
+    # before are segmented, here the val field moved to train
+    seen = []
+
+    class Counts(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            seen.append(x.shape)
+            return self.net(x)
+
+    (data / "split.csv").write_text("stem,split\n" + "".join(f"{s},train\n" for s in splits))
+    real = load_model()
+    ex = cached_examples(out, [data], "train", (Counts(real[0]), real[1]), crop=CROP, context=1.5)
+    assert any("BloodImage_00003" in s for s in ex["source"].tolist()) and len(seen) >= 1
+    calls = len(seen)
+    cached_examples(out, [data], "train", (Refuses(), real[1]), crop=CROP + 8, context=1.5)
+    assert calls == len(seen)
 
 
 def test_the_weights_are_picked_by_the_white_cells_not_by_the_many_negatives():

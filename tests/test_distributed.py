@@ -15,6 +15,7 @@ import tifffile
 from napari_wbc.core.celltypes import load_classifier
 from napari_wbc.core.inference import run
 from napari_wbc.core.io import read_image
+from napari_wbc.core.options import Options
 from napari_wbc.core.slide import build_mosaic_slide
 from napari_wbc.core.wholeslide import segment_slide
 from napari_wbc.models import load_model
@@ -44,7 +45,9 @@ def reference(slides, tmp_path_factory):
     classifier = load_classifier("classifier", "cpu")  # as the CLI types cells by default
     for name in ("mosaic", "one"):
         result = run(
-            segment_slide(slides[name], out, net, spec, tile=TILE, device="cpu", classifier=classifier)
+            segment_slide(
+                slides[name], out, net, spec, Options(tile=TILE, device="cpu"), classifier=classifier
+            )
         )
         assert result.counts["white_cells"] >= (6 if name == "mosaic" else 1)
     return out

@@ -13,6 +13,7 @@ from napari_wbc.core.inference import (
     typical_cell_width,
     working_scale,
 )
+from napari_wbc.core.options import Options
 from napari_wbc.models import ModelSpec, load_model
 
 
@@ -99,7 +100,7 @@ def test_auto_scale_on_large_cells(datasets, trained_model):
     assert result.scale < AUTO_SCALE_TARGET / AUTO_SCALE_RANGE[1] + 0.05
     assert any("segmenting again" in message for _, _, message in steps)
     assert result.cells.shape == image.shape[:2] and result.cells.max() >= 1
-    fixed = run(segment(image, net, spec, auto_scale=False))
+    fixed = run(segment(image, net, spec, Options(auto_scale=False)))
     assert fixed.scale == 1.0
     # the result class map is the instances' own: nucleus inside cells, nothing outside
     assert np.array_equal(result.classes > 0, result.cells > 0)

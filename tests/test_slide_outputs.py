@@ -20,13 +20,14 @@ import tifffile
 from napari_wbc.core import pyramid
 from napari_wbc.core.inference import run
 from napari_wbc.core.io import read_image
+from napari_wbc.core.options import Options
 from napari_wbc.core.slide import Slide
 from napari_wbc.core.slide_output import RESULT_FILES, recover_results, result_paths
 from napari_wbc.core.wholeslide import segment_slide
 from napari_wbc.models import load_model
 
 NAME = "field"
-OPTIONS = dict(tile=(240, 320), halo=100, skip_empty=False, auto_scale=False)
+OPTIONS = Options(tile=(240, 320), halo=100, skip_empty=False, auto_scale=False)
 FIELD = "bccd/images/BloodImage_00242.jpg"
 
 
@@ -53,7 +54,7 @@ def done(tmp_path_factory, datasets, model):
     """A finished run (work folder kept), the slide, and its results."""
     out = tmp_path_factory.mktemp("reference")
     slide = Slide.from_array(read_image(datasets / FIELD).data, None, NAME)
-    run(segment_slide(slide, out, *model, keep_work=True, **OPTIONS))
+    run(segment_slide(slide, out, *model, OPTIONS, keep_work=True))
     results = read_set(out)
     assert len(results) == 4 and results["cells"].max() >= 2
     return out / f".{NAME}.work", slide, results
@@ -91,7 +92,7 @@ def leftovers(out):
 
 
 def rerun(out, done, model):
-    result = run(segment_slide(done[1], out, *model, **OPTIONS))
+    result = run(segment_slide(done[1], out, *model, OPTIONS))
     assert assert_all_or_nothing(out, done[2]) == "new"
     assert leftovers(out) == [] and not (out / f".{NAME}.work").exists()
     return result
@@ -108,7 +109,7 @@ def test_a_run_failing_while_writing_publishes_nothing(out, done, model, monkeyp
 
     monkeypatch.setattr(pyramid, "write_pyramid_tiff", write)
     with pytest.raises(OSError, match="disk full"):
-        run(segment_slide(done[1], out, *model, **OPTIONS))
+        run(segment_slide(done[1], out, *model, OPTIONS))
     monkeypatch.undo()
     assert assert_all_or_nothing(out, done[2]) == "old"  # the earlier results, untouched
     assert leftovers(out) == [] and not (out / f".{NAME}.work" / "publish").exists()
@@ -128,7 +129,7 @@ def test_a_run_failing_while_publishing_is_finished_by_the_next(out, done, model
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="disk full"):
-        run(segment_slide(done[1], out, *model, **OPTIONS))
+        run(segment_slide(done[1], out, *model, OPTIONS))
     monkeypatch.undo()
     assert assert_all_or_nothing(out, done[2]) == "incomplete"  # the old summary went first
     recover_results(out / f".{NAME}.work", out, NAME)  # what the next run starts with
@@ -142,6 +143,7 @@ CHILD = textwrap.dedent("""
     from napari_wbc.core import pyramid
     from napari_wbc.core.inference import run
     from napari_wbc.core.io import read_image
+    from napari_wbc.core.options import Options
     from napari_wbc.core.slide import Slide
     from napari_wbc.core.wholeslide import segment_slide
     from napari_wbc.models import load_model
@@ -166,7 +168,7 @@ CHILD = textwrap.dedent("""
             real(src, dst)
         os.replace = replace
     slide = Slide.from_array(read_image({image!r}).data, None, {name!r})
-    run(segment_slide(slide, out, *load_model({model!r}), **{options!r}))
+    run(segment_slide(slide, out, *load_model({model!r}), {options!r}))
 """)
 
 
@@ -202,7 +204,7 @@ def test_a_killed_run_leaves_all_or_nothing_and_a_rerun_completes(
         assert sorted(found) == ["cells", "nuclei", "table"] and found["cells"].shape == (4, 4)
         assert all(same(found[k], done[2][k]) for k in ("nuclei", "table"))
     # the next run finishes or clears what the killed one left, and completes
-    result = run(segment_slide(done[1], out, *model, **OPTIONS))
+    result = run(segment_slide(done[1], out, *model, OPTIONS))
     assert assert_all_or_nothing(out, done[2]) == "new"
     assert result.summary == out / f"{NAME}_summary.csv"
     assert leftovers(out) == [".pyramid-live"]  # only what may still be in use

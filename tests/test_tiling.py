@@ -4,6 +4,8 @@ Cheap checks (no trained network) cover the geometry and the stitching on synthe
 maps; the real model runs on bccd fields and on a mosaic slide built from them.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ import tifffile
 
 from napari_wbc.core.inference import run, segment
 from napari_wbc.core.io import read_image
+from napari_wbc.core.options import Options
 from napari_wbc.core.postprocess import instances_from_classes
 from napari_wbc.core.slide import Slide, build_mosaic_slide, open_slide
 from napari_wbc.core.slide_output import global_ids
@@ -25,6 +28,9 @@ from napari_wbc.core.tiling import (
 )
 from napari_wbc.core.wholeslide import look_nucleus_size, segment_slide, slide_exposure_gain
 from napari_wbc.models import load_model
+
+FIXED = Options(auto_scale=False)  # the network's working pixel size, as tiles see it
+TILED = replace(FIXED, tile=(240, 320), halo=100, skip_empty=False)  # a bccd field in 4 tiles
 
 
 def test_tile_grid_partitions_the_slide():
@@ -209,7 +215,7 @@ def model(trained_model):
 def field(datasets, model):
     """A bccd field (two white cells) and its untiled segmentation, ids in raster order."""
     image = read_image(datasets / "bccd" / "images" / "BloodImage_00242.jpg").data
-    ref = run(segment(image, *model, auto_scale=False))
+    ref = run(segment(image, *model, FIXED))
     return image, canonical_labels(ref.cells), np.where(ref.nuclei > 0, canonical_labels(ref.cells), 0)
 
 
@@ -223,9 +229,7 @@ def test_bccd_field_tiled_equals_untiled(field, model, tmp_path):
     image, cells, nuclei = field
     assert cells.max() >= 2
     slide = Slide.from_array(image, None, "field")  # no pixel size: the network's own scale
-    result = run(
-        segment_slide(slide, tmp_path, *model, tile=(240, 320), halo=100, skip_empty=False, auto_scale=False)
-    )
+    result = run(segment_slide(slide, tmp_path, *model, TILED))
     got_cells, got_nuclei = read_result(result)
     assert np.array_equal(got_cells, cells)
     assert np.array_equal(got_nuclei, nuclei)
@@ -244,20 +248,9 @@ def test_slide_keeps_the_cell_types_of_the_field(field, model, tmp_path):
 
     image, cells, _ = field
     classifier = load_classifier("classifier")
-    ref = run(segment(image, *model, auto_scale=False, classifier=classifier))
+    ref = run(segment(image, *model, FIXED, classifier=classifier))
     slide = Slide.from_array(image, None, "field")
-    result = run(
-        segment_slide(
-            slide,
-            tmp_path,
-            *model,
-            tile=(240, 320),
-            halo=100,
-            skip_empty=False,
-            classifier=classifier,
-            auto_scale=False,
-        )
-    )
+    result = run(segment_slide(slide, tmp_path, *model, TILED, classifier=classifier))
     table = pd.read_csv(result.table)
     canonical = canonical_labels(ref.cells)
     old = {k: int(ref.cells[canonical == k][0]) for k in table["label"]}
@@ -285,13 +278,13 @@ def test_a_cells_ncr_and_areas_do_not_depend_on_pixel_size_or_tiling(field, mode
     image = field[0]
     tables = []
     for px in (None, 0.1, 0.07):
-        result = run(segment(image, *model, pixel_size=px))
+        result = run(segment(image, *model, Options(pixel_size=px)))
         tables.append(measure_cells(result.cells, result.nuclei))
     border = 64
     path = build_mosaic_slide(
         tmp_path / "slide.ome.tif", [image], grid=(1, 1), border=border, pixel_size=0.1, tile=128
     )
-    slide = pd.read_csv(run(segment_slide(path, tmp_path / "out", *model, tile=256)).table)
+    slide = pd.read_csv(run(segment_slide(path, tmp_path / "out", *model, Options(tile=256))).table)
     slide[["centroid_y", "centroid_x"]] -= border
     tables.append(slide)
     for table in tables[1:3]:  # with any pixel size, the very same cells
@@ -309,16 +302,14 @@ def test_a_cells_ncr_and_areas_do_not_depend_on_pixel_size_or_tiling(field, mode
 
 def test_under_exposed_slide_is_brightened_as_a_field_is(field, model, tmp_path):
     image = (field[0] * 0.6).astype(np.uint8)
-    ref = run(segment(image, *model, auto_scale=False))
+    ref = run(segment(image, *model, FIXED))
     messages = []
     result = run(
         segment_slide(
             Slide.from_array(image, None, "dim"),
             tmp_path,
             *model,
-            tile=(240, 320),
-            halo=100,
-            auto_scale=False,
+            replace(TILED, skip_empty=True),
         ),
         lambda *step: messages.append(step[2]),
     )
@@ -348,14 +339,12 @@ def test_batches_workers_and_resume_give_the_same_ids(field, model, tmp_path):
     image, cells, _ = field
     net, spec = model
     slide = Slide.from_array(image, None, "field")
-    options = dict(tile=(240, 320), halo=100, skip_empty=False, auto_scale=False)
-    batched = run(segment_slide(slide, tmp_path / "batch", net, spec, batch_size=3, **options))
+    batched = run(segment_slide(slide, tmp_path / "batch", net, spec, replace(TILED, batch_size=3)))
     assert np.array_equal(read_result(batched)[0], cells)
 
     # two workers sharing one output folder, interleaved; the first writes the results
     workers = [
-        segment_slide(slide, tmp_path / "shards", net, spec, shard=(i, 2), poll=0, **options)
-        for i in range(2)
+        segment_slide(slide, tmp_path / "shards", net, spec, TILED, shard=(i, 2), poll=0) for i in range(2)
     ]
     results = [None, None]
     while any(w is not None for w in workers):
@@ -370,12 +359,12 @@ def test_batches_workers_and_resume_give_the_same_ids(field, model, tmp_path):
 
     # stop after two tiles, then resume: only the other two go through the network
     counting = CountingNet(net)
-    gen = segment_slide(slide, tmp_path / "resume", counting, spec, **options)
+    gen = segment_slide(slide, tmp_path / "resume", counting, spec, TILED)
     next(gen), next(gen)
     gen.close()
     assert counting.calls == 2
     counting.calls = 0
-    resumed = run(segment_slide(slide, tmp_path / "resume", counting, spec, **options))
+    resumed = run(segment_slide(slide, tmp_path / "resume", counting, spec, TILED))
     assert counting.calls == 2
     assert np.array_equal(read_result(resumed)[0], cells)
 
@@ -395,7 +384,7 @@ def mosaic(tmp_path_factory, datasets, model):
     )
     with open_slide(path) as slide:
         image = slide.read(0, 0, *slide.shape)
-    ref = run(segment(image, *model, auto_scale=False))
+    ref = run(segment(image, *model, FIXED))
     cells = canonical_labels(ref.cells)
     return path, cells, np.where(ref.nuclei > 0, cells, 0)
 
@@ -424,7 +413,7 @@ def test_mosaic_tiled_equals_untiled_across_seams_and_corners(mosaic, model, tmp
     for tile, halo, batch in configs:
         result = run(
             segment_slide(
-                path, tmp_path / f"{tile}", *model, tile=tile, halo=halo, batch_size=batch, auto_scale=False
+                path, tmp_path / f"{tile}", *model, replace(FIXED, tile=tile, halo=halo, batch_size=batch)
             )
         )
         got_cells, got_nuclei = read_result(result)

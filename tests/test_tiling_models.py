@@ -14,6 +14,7 @@ import torch
 
 from napari_wbc.core.inference import collapse_types, network_pass, run, to_tensor
 from napari_wbc.core.io import read_image
+from napari_wbc.core.options import Options
 from napari_wbc.core.slide import Slide
 from napari_wbc.core.tiling import TileGrid, network_context
 from napari_wbc.core.wholeslide import segment_slide
@@ -125,9 +126,7 @@ def tiled_classes(net, spec: ModelSpec, image: np.ndarray, out) -> np.ndarray:
             out,
             net,
             spec,
-            tile=(288, 352),
-            skip_empty=False,
-            auto_scale=False,
+            Options(tile=(288, 352), skip_empty=False, auto_scale=False),
             keep_work=True,
             until="classified",
         )

@@ -32,14 +32,14 @@ def field(datasets, trained_model):
     from napari_wbc.core.inference import run, segment
     from napari_wbc.core.io import read_image
     from napari_wbc.core.measure import measure_cells
+    from napari_wbc.core.options import Options
     from napari_wbc.models import load_model
 
     path = datasets / "bccd" / "images" / f"{FIELD}.jpg"
     image = read_image(path).data
     net, spec = load_model(trained_model, device="cpu")
-    result = run(
-        segment(image, net, spec, "cpu", PIXEL_SIZE, classifier=load_classifier("classifier", "cpu"))
-    )
+    options = Options(pixel_size=PIXEL_SIZE, device="cpu")
+    result = run(segment(image, net, spec, options, classifier=load_classifier("classifier", "cpu")))
     table = measure_cells(
         result.cells, result.nuclei, PIXEL_SIZE, types=result.types, type_probs=result.type_probs
     )

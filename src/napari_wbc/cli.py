@@ -145,21 +145,14 @@ def _segment_slide(path: Path, args) -> None:
     """A whole slide, in tiles: resumes a stopped run in the same output folder."""
     from .core.celltypes import load_classifier
     from .core.device import pick_device
+    from .core.options import Options
     from .core.wholeslide import segment_slide
     from .models import load_model
 
-    device = pick_device(args.device)
-    net, spec = load_model(args.model, args.weights, device, args.flip_average)
-    gen = segment_slide(
-        path,
-        args.out,
-        net,
-        spec,
-        tile=args.tile,
-        pixel_size=args.pixel_size,
-        device=device,
-        classifier=load_classifier(args.typing, device, args.classifier_weights),
-    )
+    options = Options(pixel_size=args.pixel_size, device=pick_device(args.device), tile=args.tile)
+    net, spec = load_model(args.model, args.weights, options.device, args.flip_average)
+    classifier = load_classifier(args.typing, options.device, args.classifier_weights)
+    gen = segment_slide(path, args.out, net, spec, options, classifier=classifier)
     with _bar(0, f"slide {path.name}", "tile") as bar:
         while True:
             try:

@@ -36,7 +36,7 @@ def segmented(datasets, trained_model):
     path = datasets / "bccd" / "images" / f"{FIELD}.jpg"
     rgb = np.asarray(Image.open(path).convert("RGB"))
     net, spec = load_model(trained_model, device="cpu")
-    result = run(segment(rgb, net, spec, "cpu", None, classifier=load_classifier("classifier", "cpu")))
+    result = run(segment(rgb, net, spec, classifier=load_classifier("classifier", "cpu")))
     table = measure_cells(result.cells, result.nuclei, None, types=result.types, type_probs=result.type_probs)
     return path, result.cells, result.nuclei, table
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .._paths import user_data_dir
+from ..core.options import Options
 
 PREVIEW_SIDE = 2048  # px; the preview class map is at most this big a side (4 MB, redrawn per tile)
 
@@ -94,8 +95,7 @@ def slide_job(
     out: Path,
     name: str,
     model: str,
-    device: str,
-    pixel_size: float | None,
+    options: Options,
     preview: ClassPreview | None,
     cancel: threading.Event,
     flip_average: bool = False,
@@ -103,8 +103,9 @@ def slide_job(
     classifier_weights: str | None = None,
 ):
     """Generator for a thread worker: yields ``(done, total, message)``; returns
-    ``(SlideResult, cell table)``, or None when cancelled. ``classifier_weights``: a fine-tuned
-    classifier's folder (None: the shipped one), as the CLI's ``--classifier-weights``."""
+    ``(SlideResult, cell table)``, or None when cancelled. ``options``: how the slide is
+    segmented (its device, pixel size...); ``classifier_weights``: a fine-tuned classifier's
+    folder (None: the shipped one), as the CLI's ``--classifier-weights``."""
     import pandas as pd
 
     from ..core.celltypes import load_classifier
@@ -112,13 +113,11 @@ def slide_job(
     from ..models import load_model
 
     yield 0, 1, "loading the model"
-    net, spec = load_model(model, device=device, flip_average=flip_average)
-    classifier = load_classifier(typing, device, classifier_weights)
+    net, spec = load_model(model, device=options.device, flip_average=flip_average)
+    classifier = load_classifier(typing, options.device, classifier_weights)
     if cancel.is_set():
         return None
-    steps = segment_slide(
-        slide, out, net, spec, name=name, pixel_size=pixel_size, device=device, classifier=classifier
-    )
+    steps = segment_slide(slide, out, net, spec, options, name=name, classifier=classifier)
     try:
         while True:
             try:

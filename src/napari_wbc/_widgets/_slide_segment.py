@@ -24,6 +24,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from ..core.io import InputError
+from ..core.options import Options
 from ..models import MissingWeightsError
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class SlideSegmentMixin:
             show_error(str(err))
             return None
         pixel_size = float(self.pixel_size.value) if self.pixel_size.value > 0 else None
+        options = Options(pixel_size=pixel_size, device=device)
         resuming = work_folder(out, name).is_dir()
         self._cancel = threading.Event()
         self._preview = ClassPreview(tuple(layer.level_shapes[0][:2]), work_folder(out, name))
@@ -122,8 +124,7 @@ class SlideSegmentMixin:
             out,
             name,
             model,
-            device,
-            pixel_size,
+            options,
             self._preview,
             self._cancel,
             flip_average=self.flip_average.value,

@@ -46,6 +46,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QSizePolicy
 
 from ..core.io import GRAYSCALE_WARNING, MAX_MEGAPIXELS, PIXEL_SIZE_RANGE, InputError, is_grayscale, to_rgb8
+from ..core.options import Options as SegmentOptions  # not ._layers.Options, the folded settings
 from ..models import DEFAULT_MODEL, MissingWeightsError
 from ._layers import CELLS_STYLE, NUCLEI_STYLE, Options, side_by_side, upsert_labels
 from ._slide_segment import SegmentationError, SlideSegmentMixin, slide_path
@@ -143,16 +144,14 @@ def typing_of(choice) -> tuple[str, str | None, str | None]:
 def _segment_job(
     image: np.ndarray,
     model: str,
-    device: str,
-    pixel_size: float | None,
+    options: SegmentOptions,
     flip_average: bool = False,
-    single_cell: bool = False,
     typing: str = "classifier",
     classifier_weights: str | None = None,
 ):
     """Load the models, segment, type, measure: yields (done, total, message), returns
-    (result, table). ``classifier_weights``: a fine-tuned classifier's folder (None: the
-    shipped one)."""
+    (result, table). ``options``: how the field is segmented (its device, pixel size...);
+    ``classifier_weights``: a fine-tuned classifier's folder (None: the shipped one)."""
     from ..core.celltypes import load_classifier
     from ..core.inference import segment
     from ..core.measure import measure_cells
@@ -160,21 +159,12 @@ def _segment_job(
 
     try:
         yield 0, 3, "loading the model"
-        net, spec = load_model(model, device=device, flip_average=flip_average)
-        classifier = load_classifier(typing, device, classifier_weights)
-        result = yield from segment(
-            image,
-            net,
-            spec,
-            device,
-            pixel_size,
-            single_cell=single_cell,
-            classifier=classifier,
-            max_megapixels=MAX_MEGAPIXELS,
-        )
+        net, spec = load_model(model, device=options.device, flip_average=flip_average)
+        classifier = load_classifier(typing, options.device, classifier_weights)
+        result = yield from segment(image, net, spec, options, classifier=classifier)
         types = None if typing == "none" else result.types
         table = measure_cells(
-            result.cells, result.nuclei, pixel_size, types=types, type_probs=result.type_probs
+            result.cells, result.nuclei, options.pixel_size, types=types, type_probs=result.type_probs
         )
     except RuntimeError as err:
         raise SegmentationError(str(err)) from err
@@ -330,16 +320,13 @@ class SegmentWidget(SlideSegmentMixin, Container):
         if is_grayscale(image):  # the network tells white cells by their stain colour
             show_warning(f"{layer.name}: {GRAYSCALE_WARNING}")
         pixel_size = self._pixel_size(layer)
-        worker = _segment_job(
-            image,
-            model,
-            device,
-            pixel_size,
-            self.flip_average.value,
-            self.single_cell.value,
-            typing,
-            classifier_weights,
+        options = SegmentOptions(
+            pixel_size=pixel_size,
+            device=device,
+            single_cell=self.single_cell.value,
+            max_megapixels=MAX_MEGAPIXELS,
         )
+        worker = _segment_job(image, model, options, self.flip_average.value, typing, classifier_weights)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda out: self._show_result(layer, model, pixel_size, *out, typed_by))
         worker.errored.connect(self._on_error)

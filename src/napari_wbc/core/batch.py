@@ -24,7 +24,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -288,7 +288,7 @@ def segment_files(
     message)`` follows the run, ``position`` counting fields done (fractions within one).
     ``overwrite``: replace earlier outputs, else such inputs fail; ``max_megapixels``: the
     most pixels the network sees at once (:func:`.io.check_size`). ``flip_average``: see
-    :func:`napari_wbc.models.load_model`; ``single_cell``: see :func:`.inference.segment`;
+    :func:`napari_wbc.models.load_model`; ``single_cell``: see :class:`.options.Options`;
     ``typing``: see :func:`.celltypes.load_classifier`.
     """
     out = Path(out)
@@ -322,11 +322,13 @@ def segment_files(
     from .device import pick_device
     from .inference import run, segment
     from .measure import count_summary, measure_cells
+    from .options import Options
 
     report(0, len(fields), "loading the model")
     device = pick_device(device)
     net, spec = load_model(model, weights, device, flip_average)
     classifier = load_classifier(typing, device, classifier_weights)
+    options = Options(device=device, single_cell=single_cell, max_megapixels=max_megapixels)
     # which weights made the results (a report names them)
     made_by = {
         "weights_sha256": weights_sha256(spec.name, weights),
@@ -340,17 +342,7 @@ def segment_files(
         smear = read_image(field.path, max_megapixels)
         px = pixel_size or smear.pixel_size
         result = run(
-            segment(
-                smear.data,
-                net,
-                spec,
-                device,
-                px,
-                single_cell=single_cell,
-                classifier=classifier,
-                max_megapixels=max_megapixels,
-            ),
-            step,
+            segment(smear.data, net, spec, replace(options, pixel_size=px), classifier=classifier), step
         )
         types = None if typing == "none" else result.types
         table = measure_cells(result.cells, result.nuclei, px, types=types, type_probs=result.type_probs)

@@ -202,8 +202,10 @@ def collect_examples(
     ``segmented`` (source -> (cells, nuclei, scale)) holds what the segmenter found in
     earlier runs; what is not in it is segmented now and added to it."""
     from .inference import run, segment
+    from .options import Options
 
     net, spec = segmenter
+    options = Options(device=device)
     rng = np.random.default_rng(seed)
     examples = _Examples(crop, context)
     segmented = {} if segmented is None else segmented
@@ -221,7 +223,7 @@ def collect_examples(
             image = add_artefacts(image, rng)
         source = f"{root.name}/{pair.stem}" + ("+artefacts" if painted else "")
         if source not in segmented:
-            result = run(segment(image, net, spec, device))
+            result = run(segment(image, net, spec, options))
             segmented[source] = (result.cells, result.nuclei, result.scale)
         found, found_nuclei, scale = segmented[source]
         ref = ndimage.label(label > 0)[0].astype(np.uint32)
@@ -291,9 +293,10 @@ def cached_examples(
 ) -> dict[str, np.ndarray]:
     """:func:`collect_examples`, kept in ``out/examples_<split>.npz`` for reruns: cut again
     when the data folders (their names and splits), the segmenter's weights or the crop
-    differ. What the segmenter found is kept in ``out/segmented_<split>.npz`` and reused
-    while the data folders and the segmenter's weights are the same, so a new crop costs no
-    segmentation, and the two files can be copied to another machine."""
+    differ. What the segmenter found is kept in ``out/segmented_<split>.npz``, per image
+    (``<data folder name>/<stem>``), and reused while the segmenter's weights are the same,
+    whatever data folders a run takes, so a new crop or another choice of folders costs no
+    segmentation of the images already seen, and the files can be copied to another machine."""
     import hashlib
     import json
 
@@ -333,7 +336,9 @@ def cached_examples(
     arrays = load(out / f"examples_{split}.npz", key)
     if arrays is not None:
         return arrays
-    seg_key, seg_path = key_of(), out / f"segmented_{split}.npz"
+    # per image: any choice of data folders reuses it (one folder's name names one dataset)
+    seg_key = hashlib.sha256(json.dumps({"segmenter": segmenter[1].to_json()}, sort_keys=True).encode())
+    seg_key, seg_path = seg_key.hexdigest()[:16], out / f"segmented_{split}.npz"
     stored = load(seg_path, seg_key) or {}
     segmented = {
         str(source): (stored[f"cells_{n}"], stored[f"nuclei_{n}"], float(stored["scales"][n]))

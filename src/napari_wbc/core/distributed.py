@@ -25,11 +25,12 @@ import json
 import logging
 import uuid
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .inference import Progress
 from .io import InputError
+from .options import Options
 from .slide import slide_name
 from .wholeslide import SlideResult
 
@@ -62,7 +63,7 @@ class _Job:
     error: str | None = None
 
 
-def _task(step: str, path: str, out: str, shard: tuple[int, int], options: dict):
+def _task(step: str, path: str, out: str, shard: tuple[int, int], settings: dict):
     """One step of one shard of one slide, on a worker; never waits for other shards."""
     from ..models import load_model
     from .celltypes import load_classifier
@@ -71,27 +72,18 @@ def _task(step: str, path: str, out: str, shard: tuple[int, int], options: dict)
     from .tiling import TileGrid
     from .wholeslide import segment_slide
 
-    device = pick_device(options["device"])
+    options = settings["options"]
+    device = pick_device(options.device)
+    options = replace(options, device=device)
     net, spec = load_model(
-        options["model"],
-        options["weights"],
+        settings["model"],
+        settings["weights"],
         device,  # cached per process
-        options.get("flip_average", False),
+        settings.get("flip_average", False),
     )
-    classifier = load_classifier(options.get("typing", "classifier"), device)
+    classifier = load_classifier(settings.get("typing", "classifier"), device)
     with open_slide(path) as slide:
-        gen = segment_slide(
-            slide,
-            out,
-            net,
-            spec,
-            tile=options["tile"],
-            pixel_size=options["pixel_size"],
-            device=device,
-            shard=shard,
-            until=step,
-            classifier=classifier,
-        )
+        gen = segment_slide(slide, out, net, spec, options, shard=shard, until=step, classifier=classifier)
         while True:
             try:
                 next(gen)
@@ -150,12 +142,10 @@ def segment_slides(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     shards = shards or total_threads(client)
-    options = {
+    settings = {
         "model": model,
         "weights": None if weights is None else str(Path(weights).resolve()),
-        "device": device,
-        "tile": tile,
-        "pixel_size": pixel_size,
+        "options": Options(pixel_size=pixel_size, device=device, tile=tile),  # device: resolved on the worker
         "flip_average": flip_average,
         "typing": typing,
     }
@@ -182,7 +172,7 @@ def segment_slides(
         for i in indices:
             key = f"napari-wbc-{step}-{job.name}-{i}of{job.shards}-{token}"
             future = client.submit(
-                _task, step, str(job.path), str(out), (i, job.shards), options, key=key, priority=-job.index
+                _task, step, str(job.path), str(out), (i, job.shards), settings, key=key, priority=-job.index
             )
             owner[future.key] = (job, step)
             job.running.add(future)

@@ -55,12 +55,14 @@ def evaluate_dataset(
     from .celltypes import CLASSIFIER, classify_cells, load_classifier
     from .device import pick_device
     from .inference import run, segment
+    from .options import Options
     from .type_metrics import MISSED, confusion_png, type_report
 
     device = pick_device(device)
     folder = resolve_weights(model, weights)
     net, spec = load_model(weights=folder, device=device, flip_average=flip_average)
     classifier = load_classifier(typing, device, classifier_weights)
+    options = Options(device=device)
     pairs = list_pairs(dataset, split)
     if not pairs:
         raise FileNotFoundError(f"{dataset}: no images in split {split!r}")
@@ -76,7 +78,7 @@ def evaluate_dataset(
     ncr_ratios = []
     for i, pair in enumerate(pairs):
         image, label = load_pair(pair)
-        result = run(segment(image, net, spec, device, classifier=classifier))
+        result = run(segment(image, net, spec, options, classifier=classifier))
         types = result.types if typing != "none" else None
         per_image.append(class_map_metrics(result.classes, label))
         network.append(class_map_metrics(result.network, label))

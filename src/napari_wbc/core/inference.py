@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .options import Options
 from .postprocess import DEFAULT_CELL_DIAMETER_PX, centre_cell, instances_from_classes
 
 Progress = tuple[int, int, str]
@@ -242,39 +243,43 @@ def segment(
     image: np.ndarray,
     net,
     spec,
-    device: str = "cpu",
-    pixel_size: float | None = None,
-    auto_scale: bool = True,
-    single_cell: bool = False,
+    options: Options | None = None,
+    *,
     classifier=None,
-    max_megapixels: float | None = None,
 ) -> Generator[Progress, None, Segmentation]:
     """Segment one RGB uint8 field: network, then instances. Yields progress, returns result.
 
-    With ``auto_scale`` (the default) the cells themselves set the scale the network sees: a
-    first pass at the image's own scale measures how wide the white cells are; when they lie
-    outside the width the network sees best (``AUTO_SCALE_RANGE``), the image is resampled so
-    that they are ``AUTO_SCALE_TARGET`` px wide and segmented again, which handles fields
-    from other magnifications. The pixel size does not change this (it only converts px to
-    um in the measurements), so a cell's outline, areas and NCR are the same whether a pixel
-    size is given or not, and whichever (:func:`scale_for_cells`); only when the first pass
-    finds no white cell does the pixel size choose the scale. Without ``auto_scale`` the
-    image is resampled to the network's working pixel size. An under-exposed field
-    (background darker than any training field's) is brightened for the network first
-    (``exposure_gain``).
+    ``options`` (:class:`~.options.Options`; None: the defaults) says how: the device, the
+    pixel size, auto-scale, a single-cell crop, the most megapixels; the slide-only ones
+    (tiles, halo, batch size, skipping empty tiles) do not apply to a field.
 
-    ``single_cell``: the image is a single-cell crop (a CellaVision-style gallery image, as in
-    the Zheng sets), so only the cell at its centre is kept, as id 1; neighbours cut by the
-    crop's edge are dropped.
+    With ``options.auto_scale`` (the default) the cells themselves set the scale the network
+    sees: a first pass at the image's own scale measures how wide the white cells are; when
+    they lie outside the width the network sees best (``AUTO_SCALE_RANGE``), the image is
+    resampled so that they are ``AUTO_SCALE_TARGET`` px wide and segmented again, which
+    handles fields from other magnifications. The pixel size does not change this (it only
+    converts px to um in the measurements), so a cell's outline, areas and NCR are the same
+    whether a pixel size is given or not, and whichever (:func:`scale_for_cells`); only when
+    the first pass finds no white cell does the pixel size choose the scale. Without
+    ``auto_scale`` the image is resampled to the network's working pixel size. An
+    under-exposed field (background darker than any training field's) is brightened for the
+    network first (``exposure_gain``).
+
+    ``options.single_cell``: the image is a single-cell crop (a CellaVision-style gallery
+    image, as in the Zheng sets), so only the cell at its centre is kept, as id 1; neighbours
+    cut by the crop's edge are dropped.
+
+    ``options.max_megapixels``: before each pass, an image that would be bigger at that
+    pass's scale raises an InputError that says why (cells this small, or this pixel size)
+    and what to do, instead of running out of memory.
 
     ``classifier``: (net, spec) of a cell classifier (:func:`.celltypes.load_classifier`);
     it types every cell (and tells which objects are no white cell), in place of a typing
     model's own types.
-
-    ``max_megapixels``: the most pixels the network may see at once; before each pass, an
-    image that would be bigger at that pass's scale raises an InputError that says why
-    (cells this small, or this pixel size) and what to do, instead of running out of memory.
     """
+    options = Options() if options is None else options
+    device, pixel_size, auto_scale = options.device, options.pixel_size, options.auto_scale
+    max_megapixels = options.max_megapixels
     names = type_names(spec) if classifier is None else []
     scale = 1.0 if auto_scale else working_scale(spec, pixel_size)
     gain = exposure_gain(image)
@@ -310,7 +315,7 @@ def segment(
         if names:
             types = assign_types(cells, nuclei, raw[2:], names)
         scores = cell_scores(cells, 1.0 - raw[0])
-    if single_cell:
+    if options.single_cell:
         found = len(np.unique(cells[cells > 0]))
         cells, nuclei, types, scores = _centre_cell_only(cells, nuclei, types, scores)
         if found > 1:

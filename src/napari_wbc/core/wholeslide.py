@@ -28,6 +28,7 @@ import pandas as pd
 from .batch import write_atomic
 from .inference import Progress, brighten, exposure_gain, predict_batch, scale_for_cells, working_scale
 from .io import InputError
+from .options import Options
 from .postprocess import DEFAULT_CELL_DIAMETER_PX
 from .slide import Slide, open_slide
 from .tiling import (
@@ -240,34 +241,31 @@ def segment_slide(
     out: str | Path,
     net,
     spec,
+    options: Options | None = None,
     *,
     name: str | None = None,
-    tile: int | tuple[int, int] | None = None,
-    halo: int | None = None,
-    pixel_size: float | None = None,
-    device: str = "cpu",
-    batch_size: int = 1,
-    skip_empty: bool = True,
     shard: tuple[int, int] = (0, 1),
     poll: float = 2.0,
     keep_work: bool = False,
     until: str = "results",
     classifier=None,
-    auto_scale: bool = True,
 ) -> Generator[Progress, None, SlideResult | None]:
     """Segment a slide tile by tile into ``out``; yields ``(done, total, message)`` per tile.
 
-    ``pixel_size`` (um/px) overrides the file's; it gives the measurements in um. The
-    network sees the slide at the scale a field with the same cells gets
+    ``options`` (:class:`~.options.Options`; None: the defaults) says how the pixels are
+    segmented: the device, tiles, halo, batch size, skipping empty tiles, the pixel size and
+    auto-scale; the field-only ones (a single-cell crop, the most megapixels) do not apply to
+    a slide. ``options.pixel_size`` (um/px) overrides the file's; it gives the measurements
+    in um. The network sees the slide at the scale a field with the same cells gets
     (:func:`_slide_scale`: the cells' width, measured once), so a cell's outline, areas and
-    NCR do not depend on the pixel size or on tiling; without ``auto_scale`` the slide is
-    resampled to the network's working pixel size. ``tile`` (slide px, a side or (height,
-    width)) defaults to ``WORK_TILE`` working px, which bounds the network's memory. ``halo``
-    (slide px) defaults to the widest white cell plus the clean-up margin. Tiles whose
-    neighbourhood shows no nucleus-sized purple region at low resolution are skipped (``skip_empty``).
+    NCR do not depend on the pixel size or on tiling; without ``options.auto_scale`` the
+    slide is resampled to the network's working pixel size. ``name`` (default: the slide's)
+    names the outputs and the work folder.
+
     ``shard=(i, n)``: this process does every n-th tile from the i-th, and shard 0 writes
-    the results once all are done; the others return None. Results do not depend on
-    ``tile``, ``batch_size`` or ``shard``.
+    the results once all are done (waiting for the others, looking every ``poll`` s); the
+    others return None. Results do not depend on ``options.tile``, ``options.batch_size`` or
+    ``shard``. ``keep_work`` keeps the work folder once the results are written.
 
     ``until`` stops this shard early, never waiting for the others (a scheduler that runs
     the steps in order, as :mod:`.distributed` does, uses it): "plan" after setting up the
@@ -287,21 +285,17 @@ def segment_slide(
                     out,
                     net,
                     spec,
+                    options,
                     name=name,
-                    tile=tile,
-                    halo=halo,
-                    pixel_size=pixel_size,
-                    device=device,
-                    batch_size=batch_size,
-                    skip_empty=skip_empty,
                     shard=shard,
                     poll=poll,
                     keep_work=keep_work,
                     until=until,
                     classifier=classifier,
-                    auto_scale=auto_scale,
                 )
             )
+    options = Options() if options is None else options
+    device = options.device
     from ..models import pad_multiple
     from ..models.registry import list_models
 
@@ -314,7 +308,7 @@ def segment_slide(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = name or slide.name
-    px = pixel_size or slide.pixel_size
+    px = options.pixel_size or slide.pixel_size
     if px is None and spec.pixel_size is not None:
         log.warning("%s: no pixel size; areas in px only", name)
     work = out / f".{name}.work"
@@ -322,8 +316,8 @@ def segment_slide(
 
     recover_results(work, out, name)  # finish (or clear) what a killed run was publishing
     gain = round(slide_exposure_gain(slide), 4)
-    scale = _slide_scale(work, slide, net, spec, device, px, gain, auto_scale)
-    plan = _plan(slide, spec, px, tile, halo, skip_empty, scale, gain)
+    scale = _slide_scale(work, slide, net, spec, device, px, gain, options.auto_scale)
+    plan = _plan(slide, spec, px, options.tile, options.halo, options.skip_empty, scale, gain)
     # the classifier's weights too: a rerun with other weights of the same spec types afresh
     plan["typing"] = (
         None if classifier is None else {**classifier[1].to_json(), "weights": _digest(classifier[0])}
@@ -368,7 +362,7 @@ def segment_slide(
 
     for i in todo:
         core = grid.core(i)
-        if skip_empty and (
+        if options.skip_empty and (
             look_nucleus_size(slide, grid.expand(core, grid.halo), cell_width, gain) < MIN_NUCLEUS
         ):
             classified(i).write_text("skipped")
@@ -380,7 +374,7 @@ def segment_slide(
         if batch and shape != batch[0][2]:
             yield from flush()
         batch.append((i, window, shape))
-        if len(batch) >= batch_size:
+        if len(batch) >= options.batch_size:
             yield from flush()
     if batch:
         yield from flush()
