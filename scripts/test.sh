@@ -44,6 +44,11 @@ pytest_run() {  # pytest_run REPORT ARGS...
     "$py" -m pytest -q --junitxml="$reports/$report.xml" "$@"
 }
 
+# the Qt-free stages run on every core: one pytest-xdist worker per core, a test file's tests
+# in one worker (its module fixtures made once), one torch thread per worker
+workers=$("$py" -c "import os; print(len(os.sched_getaffinity(0)))")
+parallel=(-n "$workers" --dist loadfile)
+
 stage_lint() {
     .venv/bin/ruff check . && .venv/bin/ruff format --check .
 }
@@ -66,7 +71,7 @@ sys.meta_path.insert(0, NoNapari())
 sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:napari", "-p", "no:cacheprovider", "-m", "not gui"]))
 EOF
     echo "the tests without napari collect"
-    pytest_run fast -m "not gui and not slow"
+    OMP_NUM_THREADS=1 pytest_run fast -m "not gui and not slow" "${parallel[@]}"
 }
 
 stage_gui() {
@@ -74,7 +79,7 @@ stage_gui() {
 }
 
 stage_slow() {
-    pytest_run slow -m slow
+    OMP_NUM_THREADS=1 pytest_run slow -m slow "${parallel[@]}"
 }
 
 stage_io-py312() {
