@@ -28,6 +28,11 @@ earlier run (the same cells) instead of reviewing again.
 Usage: python bench/finetune_types.py [--fields 0] [--steps 200] [--lr 2e-4] [--batch-size 64]
        [--recipes mixed corrections] [--base-cache runs/celltype] [--out runs/finetune-types]
        [--no-keep-start] [--corrections FOLDER] [--skip-before] [--condition none|gray|hema-|...]
+       [--base WEIGHTS --base-data zheng_d1 zheng_d2]
+
+``--base`` starts from another classifier than the shipped one: with one trained on the Zheng
+sets alone (``--base-data``), the reviewer's bccd fields are a lab it has never seen, which is
+what a new site is for the shipped classifier.
 
 ``--condition`` simulates a lab whose smears the classifier has not seen (one of
 bench/robustness.py's changes: a grayscale camera, another stain...): the reviewer corrects
@@ -70,7 +75,7 @@ def review_field(pair, known_type: str, segmenter, classifier, reviewer: str = "
     image, label = load_pair(pair)
     if change is not None:
         image, label = change(image, label)
-    result = run(segment(image, *segmenter, "cpu", classifier=classifier))
+    result = run(segment(image, *segmenter, classifier=classifier))
     ref = ndimage.label(label > 0)[0].astype(np.uint32)
     iou = _iou_matrix(result.cells, ref)
     wbc = np.zeros(label.shape, bool)
@@ -137,7 +142,14 @@ def main() -> None:
     from napari_wbc.models import SHIPPED, load_model, resolve_weights, sha256
 
     p = argparse.ArgumentParser()
-    p.add_argument("--fields", type=int, default=0, help="bccd val fields to review (0: all with one type)")
+    p.add_argument("--fields", type=int, default=0, help="bccd fields to review (0: all with one type)")
+    p.add_argument(
+        "--review-splits",
+        nargs="+",
+        default=["val"],
+        choices=["train", "val"],
+        help="the bccd splits the reviewer corrects; train only with a --base that never saw bccd",
+    )
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--batch-size", type=int, default=64)
@@ -145,6 +157,18 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--recipes", nargs="+", default=["mixed", "corrections"], choices=["mixed", "corrections"])
     p.add_argument("--base-cache", default="runs/celltype", help="folder with the base examples_*.npz")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="the classifier the lab starts from (a weights folder; default: the shipped one), e.g. one "
+        "trained without bccd (--base-data zheng_d1 zheng_d2) to simulate a lab whose smears it has not seen",
+    )
+    p.add_argument(
+        "--base-data",
+        nargs="+",
+        default=["zheng_d1", "zheng_d2", "bccd"],
+        help="the data folders the base classifier trained on (the 'mixed' recipe draws on them)",
+    )
     p.add_argument("--out", default="runs/finetune-types")
     p.add_argument("--skip-before", action="store_true", help="do not measure the shipped classifier")
     p.add_argument(
@@ -170,15 +194,15 @@ def main() -> None:
     if change is not None:
         test_split = changed_split(DATASETS / "bccd", args.condition, out / "changed", None)
         print(f"condition '{args.condition}': {CONDITIONS[args.condition][0]}", flush=True)
-    shipped = SHIPPED / "celltype"
+    base = Path(args.base) if args.base else SHIPPED / "celltype"
     segmenter_dir = resolve_weights()
     segmenter = load_model(weights=segmenter_dir, device="cpu")
-    classifier = load_classifier("classifier", "cpu", shipped)
+    classifier = load_classifier("classifier", "cpu", base)
     provenance = {
         "model": segmenter[1].name,
         "weights_sha256": sha256(segmenter_dir / "model.safetensors"),
         "classifier": classifier[1].name,
-        "classifier_sha256": sha256(shipped / "model.safetensors"),
+        "classifier_sha256": sha256(base / "model.safetensors"),
         "note": "simulated reviewer: bench/finetune_types.py",
     }
     print(
@@ -188,7 +212,9 @@ def main() -> None:
 
     # 1. review the val fields and save the corrections
     types = image_cell_types(DATASETS / "bccd")
-    pairs = [p for p in list_pairs(DATASETS / "bccd", "val") if p.stem in types]
+    if "train" in args.review_splits and "bccd" in args.base_data:
+        raise SystemExit("the base classifier trained on bccd's train split: review its val fields only")
+    pairs = [p for s in args.review_splits for p in list_pairs(DATASETS / "bccd", s) if p.stem in types]
     pairs = pairs[: args.fields] if args.fields else pairs
     folder = Path(args.corrections) if args.corrections else out / "type_corrections"
     t0 = time.time()
@@ -209,21 +235,26 @@ def main() -> None:
     kinds = {}
     for r in records:
         kinds[r["cell_type"]] = kinds.get(r["cell_type"], 0) + 1
-    what = f"reused {folder}" if args.corrections else f"reviewed {len(pairs)} bccd val fields"
+    what = (
+        f"reused {folder}"
+        if args.corrections
+        else f"reviewed {len(pairs)} bccd {'+'.join(args.review_splits)} fields"
+    )
     print(
         f"{what} in {(time.time() - t0) / 60:.1f} min: cells {statuses}; "
         f"saved {len(records)} corrections ({by_split['train']} train, {by_split['val']} val): {kinds}",
         flush=True,
     )
 
-    # 2. measure the shipped classifier, fine-tune, measure again
-    results = {} if args.skip_before else {"shipped": evaluate(shipped, "the shipped classifier", test_split)}
+    # 2. measure the base classifier, fine-tune, measure again
+    start = "start (--base)" if args.base else "shipped"
+    results = {} if args.skip_before else {start: evaluate(base, f"the {start} classifier", test_split)}
     fits = {}
     for name in args.recipes:
         run_dir = out / name
         data = [folder]
         if name == "mixed":
-            data += [DATASETS / d for d in ("zheng_d1", "zheng_d2", "bccd")]
+            data += [DATASETS / d for d in args.base_data]
             run_dir.mkdir()
             for split in ("train", "val"):
                 cached = Path(args.base_cache) / f"examples_{split}.npz"
@@ -245,7 +276,7 @@ def main() -> None:
             run_dir,
             config,
             "cpu",
-            init_weights=shipped,
+            init_weights=base,
             segmenter=segmenter,
             keep_start=not args.no_keep_start,
         )
@@ -272,7 +303,7 @@ def main() -> None:
         ]
         print("  val accuracy % by step: " + "; ".join(curve), flush=True)
         fits[name]["train_corrections_accuracy"] = {
-            who: learned(weights, folder) for who, weights in (("start", shipped), ("result", run_dir))
+            who: learned(weights, folder) for who, weights in (("start", base), ("result", run_dir))
         }
         print(f"  accuracy on the corrections it trained on: {fits[name]['train_corrections_accuracy']}")
         results[name] = evaluate(run_dir, f"the '{name}' fine-tune", test_split)
