@@ -18,6 +18,7 @@ from napari_wbc.core.io import read_image
 from napari_wbc.core.options import Options
 from napari_wbc.core.slide import build_mosaic_slide
 from napari_wbc.core.wholeslide import segment_slide
+from napari_wbc.core.work_folder import WorkFolder
 from napari_wbc.models import load_model
 
 FIELDS = ("BloodImage_00034", "BloodImage_00242", "BloodImage_00010", "BloodImage_00100")
@@ -63,7 +64,7 @@ def assert_same_files(ref, got, name):
                 assert np.array_equal(x.asarray(), y.asarray()), (name, kind, x.shape)
     for table in ("cells", "summary"):
         assert filecmp.cmp(ref / f"{name}_{table}.csv", got / f"{name}_{table}.csv", shallow=False), table
-    assert not (got / f".{name}.work").exists()
+    assert not WorkFolder(got, name).path.exists()
 
 
 def test_local_cluster_run_equals_the_single_process_run(slides, reference, tmp_path):

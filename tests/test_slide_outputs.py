@@ -24,6 +24,7 @@ from napari_wbc.core.options import Options
 from napari_wbc.core.slide import Slide
 from napari_wbc.core.slide_output import RESULT_FILES, recover_results, result_paths
 from napari_wbc.core.wholeslide import segment_slide
+from napari_wbc.core.work_folder import WorkFolder
 from napari_wbc.models import load_model
 
 NAME = "field"
@@ -57,13 +58,13 @@ def done(tmp_path_factory, datasets, model):
     run(segment_slide(slide, out, *model, OPTIONS, keep_work=True))
     results = read_set(out)
     assert len(results) == 4 and results["cells"].max() >= 2
-    return out / f".{NAME}.work", slide, results
+    return WorkFolder(out, NAME).path, slide, results
 
 
 @pytest.fixture
 def out(tmp_path, done):
     """An output folder with every tile of the run done, and an older complete set of results."""
-    shutil.copytree(done[0], tmp_path / f".{NAME}.work")
+    shutil.copytree(done[0], WorkFolder(tmp_path, NAME).path)
     old = np.ones((4, 4), np.uint32)
     for path in result_paths(tmp_path, NAME).values():
         if path.suffix == ".tif":
@@ -94,7 +95,7 @@ def leftovers(out):
 def rerun(out, done, model):
     result = run(segment_slide(done[1], out, *model, OPTIONS))
     assert assert_all_or_nothing(out, done[2]) == "new"
-    assert leftovers(out) == [] and not (out / f".{NAME}.work").exists()
+    assert leftovers(out) == [] and not WorkFolder(out, NAME).path.exists()
     return result
 
 
@@ -112,7 +113,7 @@ def test_a_run_failing_while_writing_publishes_nothing(out, done, model, monkeyp
         run(segment_slide(done[1], out, *model, OPTIONS))
     monkeypatch.undo()
     assert assert_all_or_nothing(out, done[2]) == "old"  # the earlier results, untouched
-    assert leftovers(out) == [] and not (out / f".{NAME}.work" / "publish").exists()
+    assert leftovers(out) == [] and not WorkFolder(out, NAME).staging.exists()
     rerun(out, done, model)
 
 
@@ -132,7 +133,7 @@ def test_a_run_failing_while_publishing_is_finished_by_the_next(out, done, model
         run(segment_slide(done[1], out, *model, OPTIONS))
     monkeypatch.undo()
     assert assert_all_or_nothing(out, done[2]) == "incomplete"  # the old summary went first
-    recover_results(out / f".{NAME}.work", out, NAME)  # what the next run starts with
+    recover_results(WorkFolder(out, NAME), out, NAME)  # what the next run starts with
     assert assert_all_or_nothing(out, done[2]) == "new"
     rerun(out, done, model)
 

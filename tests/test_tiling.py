@@ -27,6 +27,7 @@ from napari_wbc.core.tiling import (
     nucleus_size,
 )
 from napari_wbc.core.wholeslide import look_nucleus_size, segment_slide, slide_exposure_gain
+from napari_wbc.core.work_folder import WorkFolder
 from napari_wbc.models import load_model
 
 FIXED = Options(auto_scale=False)  # the network's working pixel size, as tiles see it
@@ -238,7 +239,7 @@ def test_bccd_field_tiled_equals_untiled(field, model, tmp_path):
     assert table["label"].tolist() == list(range(1, cells.max() + 1))
     summary = pd.read_csv(result.summary)
     assert summary.loc[0, "white_cells"] == cells.max()
-    assert not (tmp_path / ".field.work").exists()
+    assert not WorkFolder(tmp_path, "field").path.exists()
 
 
 def test_slide_keeps_the_cell_types_of_the_field(field, model, tmp_path):

@@ -18,6 +18,7 @@ from napari_wbc.core.options import Options
 from napari_wbc.core.slide import Slide
 from napari_wbc.core.tiling import TileGrid, network_context
 from napari_wbc.core.wholeslide import segment_slide
+from napari_wbc.core.work_folder import WorkFolder
 from napari_wbc.models import ModelSpec, create_model, pad_multiple
 from napari_wbc.models.registry import list_models, model_module
 
@@ -131,7 +132,7 @@ def tiled_classes(net, spec: ModelSpec, image: np.ndarray, out) -> np.ndarray:
             until="classified",
         )
     )
-    return zarr.open_array(str(out / f".{spec.name}.work" / "classes.zarr"), mode="r")[:]
+    return zarr.open_array(str(WorkFolder(out, spec.name).classes), mode="r")[:]
 
 
 def sure_differences(tiled: np.ndarray, whole: np.ndarray, prob: np.ndarray) -> int:

@@ -12,6 +12,7 @@ import pytest
 import tifffile
 
 from napari_wbc._widgets.segment import SegmentWidget
+from napari_wbc.core.work_folder import WorkFolder
 
 pytestmark = pytest.mark.gui
 
@@ -140,7 +141,7 @@ def test_segment_a_small_slide(
     assert any(str(out) in message for _, message in notifications)
     assert widget.progress_bar.value == widget.progress_bar.max > 0
     assert widget.run_button.enabled and not widget.cancel_button.enabled
-    assert not (out / f".{NAME}.work").exists()
+    assert not WorkFolder(out, NAME).path.exists()
 
     # the measurement table shows the slide's cells, one row per cell
     _, table = viewer.window.add_plugin_dock_widget("napari-wbc", "Cell measurements")
@@ -172,8 +173,7 @@ def test_cancel_keeps_finished_tiles_and_a_rerun_resumes(
     assert ("info", "segmentation cancelled") in notifications
     assert widget.run_button.enabled and not widget.cancel_button.enabled
     assert f"{NAME} cells" not in viewer.layers and not (out / f"{NAME}_cells.tif").exists()
-    work = out / f".{NAME}.work"
-    kept = {int(p.name) + 1 for p in (work / "classified").iterdir()}
+    kept = {i + 1 for i in WorkFolder(out, NAME).classified_tiles()}
     assert first.tiles("classified") == kept - first.tiles("no nuclei, skipped")
     assert len(first.tiles("classified")) == 1 and len(kept) < 4
     assert first.tiles("cells separated") == set()

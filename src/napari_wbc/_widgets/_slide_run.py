@@ -5,14 +5,14 @@ drains) in a thread: one step per tile, a cancel flag checked between steps (the
 folder then holds every finished tile, and the next run on the same output folder
 resumes from there). Cell ids are only assigned once every tile is done, so what can be
 shown while it runs is the class map: after each tile, :class:`ClassPreview` copies the
-newly classified tile cores from the run's work store (``classes.zarr``, a marker per
-tile) into a small in-memory map, every ``factor``-th pixel, which the widget shows as
-a labels layer over the slide until the cells and nuclei arrive.
+newly classified tile cores from the run's work folder (its class map and tile markers,
+:class:`~napari_wbc.core.work_folder.WorkFolder`) into a small in-memory map, every
+``factor``-th pixel, which the widget shows as a labels layer over the slide until the
+cells and nuclei arrive.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -22,6 +22,7 @@ import numpy as np
 
 from .._paths import user_data_dir
 from ..core.options import Options
+from ..core.work_folder import WorkFolder
 
 PREVIEW_SIDE = 2048  # px; the preview class map is at most this big a side (4 MB, redrawn per tile)
 
@@ -34,52 +35,44 @@ def default_output(slide: str | Path, name: str) -> Path:
     return user_data_dir() / "slides" / f"{name}_wbc"
 
 
-def work_folder(out: str | Path, name: str) -> Path:
-    """Where ``segment_slide`` keeps the work in progress of slide ``name`` (see core.wholeslide)."""
-    return Path(out) / f".{name}.work"
-
-
 class ClassPreview:
     """A low-resolution copy of a running slide's class map (0 glass, 1 cytoplasm, 2 nucleus).
 
     The worker thread paints into ``data``; ``dirty`` tells the GUI thread to show it again.
     """
 
-    def __init__(self, shape: tuple[int, int], work: Path, max_side: int = PREVIEW_SIDE):
+    def __init__(self, shape: tuple[int, int], work: WorkFolder, max_side: int = PREVIEW_SIDE):
         self.factor = max(1, math.ceil(max(shape) / max_side))
         f = self.factor
         self.data = np.zeros((-(-shape[0] // f), -(-shape[1] // f)), np.uint8)
-        self.work = Path(work)
+        self.work = work
         self.painted = 0  # tiles painted
         self.dirty = False
-        self._seen: set[str] = set()
+        self._seen: set[int] = set()
         self._store = self._grid = None
 
     def update(self) -> bool:
         """Copy tiles classified since the last call; True when something was painted."""
         from ..core.tiling import TileGrid
 
-        markers = self.work / "classified"
-        if not markers.is_dir():
-            return False
-        new = [m for m in os.listdir(markers) if m not in self._seen]
+        new = [i for i in self.work.classified_tiles() if i not in self._seen]
         if not new:
             return False
         if self._grid is None:
             import zarr
 
-            plan = json.loads((self.work / "plan.json").read_text())
+            plan = self.work.plan()
             self._grid = TileGrid(tuple(plan["shape"]), tuple(plan["tile"]), plan["halo"])
-            self._store = zarr.open_array(str(self.work / "classes.zarr"), mode="r")
+            self._store = zarr.open_array(str(self.work.classes), mode="r")
         f, painted = self.factor, False
-        for marker in new:
-            kind = (markers / marker).read_text()
-            if not kind:  # being written by another process: next time
+        for i in new:
+            how = self.work.how_classified(i)
+            if not how:  # being written by another process: next time
                 continue
-            self._seen.add(marker)
-            if kind == "skipped" or not marker.isdigit():
+            self._seen.add(i)
+            if how == "skipped":
                 continue
-            y0, x0, y1, x1 = self._grid.core(int(marker))
+            y0, x0, y1, x1 = self._grid.core(i)
             y0, x0 = -(-y0 // f) * f, -(-x0 // f) * f  # on the preview's grid of every f-th px
             block = np.asarray(self._store[y0:y1:f, x0:x1:f])
             self.data[y0 // f : y0 // f + block.shape[0], x0 // f : x0 // f + block.shape[1]] = block

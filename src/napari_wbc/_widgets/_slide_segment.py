@@ -25,6 +25,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..core.io import InputError
 from ..core.options import Options
+from ..core.work_folder import WorkFolder
 from ..models import MissingWeightsError
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class SlideSegmentMixin:
         from ..core.device import pick_device
         from ..core.slide import slide_name
         from ..models import resolve_weights
-        from ._slide_run import ClassPreview, work_folder
+        from ._slide_run import ClassPreview
 
         path = slide_path(layer)
         name = slide_name(path)
@@ -116,9 +117,10 @@ class SlideSegmentMixin:
             return None
         pixel_size = float(self.pixel_size.value) if self.pixel_size.value > 0 else None
         options = Options(pixel_size=pixel_size, device=device)
-        resuming = work_folder(out, name).is_dir()
+        work = WorkFolder(out, name)
+        resuming = work.path.is_dir()
         self._cancel = threading.Event()
-        self._preview = ClassPreview(tuple(layer.level_shapes[0][:2]), work_folder(out, name))
+        self._preview = ClassPreview(tuple(layer.level_shapes[0][:2]), work)
         worker = _slide_job(
             str(path),
             out,

@@ -21,7 +21,6 @@ folder, once per worker process. A slide that fails is reported and the others g
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Generator, Sequence
@@ -33,6 +32,7 @@ from .io import InputError
 from .options import Options
 from .slide import slide_name
 from .wholeslide import SlideResult
+from .work_folder import WorkFolder
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _task(step: str, path: str, out: str, shard: tuple[int, int], settings: dict
                 value = stop.value
                 break
         if step == "plan":
-            plan = json.loads((Path(out) / f".{slide.name}.work" / "plan.json").read_text())
+            plan = WorkFolder(out, slide.name).plan()
             grid = TileGrid(tuple(plan["shape"]), tuple(plan["tile"]), plan["halo"])
             return {"name": slide.name, "tiles": len(grid), "device": device}
     return value

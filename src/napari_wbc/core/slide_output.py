@@ -5,12 +5,12 @@ do not depend on how the slide was tiled or in which order tiles were done. Labe
 painted tile record by tile record into chunked zarr stores, then written as pyramidal
 OME-TIFFs; memory holds one tile record and one row per cell.
 
-The results appear all together or not at all: they are written into the work folder
-(``publish/``), marked complete (``publish/READY``), then renamed into the output folder,
-``<name>_summary.csv`` last, so a set without its summary is incomplete. A run killed while
-publishing is finished by the next run of the slide (:func:`recover_results`, which also
-clears what a run killed while writing left); runs of one slide take turns on the lock
-file ``.<name>.lock`` in the output folder.
+The results appear all together or not at all: they are written into the work folder's
+staging folder, marked complete (:attr:`~.work_folder.WorkFolder.ready`), then renamed
+into the output folder, ``<name>_summary.csv`` last, so a set without its summary
+is incomplete. A run killed while publishing is finished by the next run of the slide
+(:func:`recover_results`, which also clears what a run killed while writing left); runs of
+one slide take turns on the lock file ``.<name>.lock`` in the output folder.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import pandas as pd
 
 from .batch import write_atomic, write_csv
 from .measure import count_summary, measure_cells
+from .work_folder import WorkFolder
 
 LABEL_TILE = 256
 # the result files, in the order they are renamed into place: the summary marks a complete set
 RESULT_FILES = {"nuclei": "nuclei.tif", "table": "cells.csv", "cells": "cells.tif", "summary": "summary.csv"}
-STAGING, READY = "publish", "READY"  # in the work folder: the staged results, and their mark
 # .pyramid-* folders that older versions left in the output folder are removed once this old (s)
 STALE_PYRAMID_S = 3600.0
 
@@ -51,16 +51,16 @@ def results_lock(out: Path, name: str):
         yield
 
 
-def recover_results(work: Path, out: Path, name: str) -> None:
+def recover_results(work: WorkFolder, out: Path, name: str) -> None:
     """Finish publishing what a killed run had complete, or remove what it had half-written;
     clear temporaries of older versions. Every run of a slide starts with this."""
     with results_lock(out, name):
-        _recover(Path(work), Path(out), name)
+        _recover(work, Path(out), name)
 
 
-def _recover(work: Path, out: Path, name: str) -> None:
-    staging = work / STAGING
-    if (staging / READY).exists():
+def _recover(work: WorkFolder, out: Path, name: str) -> None:
+    staging = work.staging
+    if work.ready.exists():
         _publish(staging, out, name)
     elif staging.exists():  # killed while writing: nothing of it was published
         shutil.rmtree(staging)
@@ -115,7 +115,7 @@ def _table(z, lut: np.ndarray, shape: tuple[int, int]) -> pd.DataFrame:
     return table
 
 
-def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skipped: int, source=None):
+def write_results(work: WorkFolder, out: Path, name: str, grid, plan: dict, spec, skipped: int, source=None):
     """Assemble the tile records in ``work`` into the files of a :class:`SlideResult` and
     publish them in ``out``, all together; ``source`` (the slide's file) goes in the summary."""
     from .wholeslide import SlideResult
@@ -123,11 +123,11 @@ def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skip
     paths = result_paths(out, name)
     with results_lock(out, name):
         _recover(work, out, name)
-        staging = work / STAGING
+        staging = work.staging
         staging.mkdir()
         try:
-            counts = _write_staged(work, staging, name, grid, plan, spec, skipped, source)
-            write_atomic(staging / READY, lambda p: p.write_text(json.dumps(sorted(os.listdir(staging)))))
+            counts = _write_staged(work, name, grid, plan, spec, skipped, source)
+            write_atomic(work.ready, lambda p: p.write_text(json.dumps(sorted(os.listdir(staging)))))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -145,15 +145,15 @@ def write_results(work: Path, out: Path, name: str, grid, plan: dict, spec, skip
     )
 
 
-def _write_staged(work: Path, staging: Path, name: str, grid, plan: dict, spec, skipped: int, source) -> dict:
-    """Write the result files into ``staging``; the counts."""
+def _write_staged(work: WorkFolder, name: str, grid, plan: dict, spec, skipped: int, source) -> dict:
+    """Write the result files into the work folder's staging folder; the counts."""
     import zarr
 
     from .pyramid import write_pyramid_tiff
 
     shape = tuple(plan["shape"])
     px = plan["pixel_size"]
-    files = [work / "cells" / f"{i}.npz" for i in range(len(grid))]
+    files = [work.cells(i) for i in range(len(grid))]
     firsts = []
     for f in files:
         with np.load(f) as z:
@@ -161,7 +161,7 @@ def _write_staged(work: Path, staging: Path, name: str, grid, plan: dict, spec, 
     ids = global_ids(firsts)
     stores = {
         kind: zarr.create_array(
-            store=str(work / f"{kind}.zarr"),
+            store=str(work.labels(kind)),
             shape=shape,
             dtype=np.uint32,
             chunks=(LABEL_TILE, LABEL_TILE),
@@ -198,7 +198,7 @@ def _write_staged(work: Path, staging: Path, name: str, grid, plan: dict, spec, 
 
         return region
 
-    paths = result_paths(staging, name)
+    paths = result_paths(work.staging, name)
     for kind, store in stores.items():
         write_pyramid_tiff(
             paths[kind], labels(store), shape, np.uint32, tile=LABEL_TILE, pixel_size=px, downsample="nearest"

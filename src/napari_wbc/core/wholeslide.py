@@ -4,11 +4,12 @@
 writes, into ``out``: ``<name>_cells.tif`` and ``<name>_nuclei.tif`` (pyramidal uint32
 OME-TIFF labels, nucleus = owning cell id), ``<name>_cells.csv`` (one row per cell, slide
 px and um) and ``<name>_summary.csv`` (counts). Work in progress lives in
-``out/.<name>.work``: the class map (chunked zarr, one chunk per tile), a marker per
-classified tile and a file per tile's cells, so a stopped run resumes where it was and
-several processes (``shard=(i, n)``) can share one slide. Memory stays that of a few tiles.
-The four result files appear together (:mod:`.slide_output`): a set without its summary is
-incomplete, and the next run of the slide completes or clears it.
+``out/.<name>.work`` (:class:`~.work_folder.WorkFolder`): the class map (chunked zarr, one
+chunk per tile), a marker per classified tile and a file per tile's cells, so a stopped
+run resumes where it was and several processes (``shard=(i, n)``) can share one slide.
+Memory stays that of a few tiles. The four result files appear together
+(:mod:`.slide_output`): a set without its summary is incomplete, and the next run of the
+slide completes or clears it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .tiling import (
     network_context,
     nucleus_size,
 )
+from .work_folder import WorkFolder
 
 log = logging.getLogger(__name__)
 # default tile side in working px: the network's activations for one tile take ~1.5 GB
@@ -130,7 +132,7 @@ def slide_cell_width(
 
 
 def _slide_scale(
-    work: Path, slide: Slide, net, spec, device: str, px, gain: float, auto_scale: bool
+    work: WorkFolder, slide: Slide, net, spec, device: str, px, gain: float, auto_scale: bool
 ) -> float:
     """The network's scale for the slide, as a field's (:func:`.inference.scale_for_cells` of
     :func:`slide_cell_width`), or the pixel size's without ``auto_scale``. Measured once per
@@ -139,14 +141,14 @@ def _slide_scale(
         return working_scale(spec, px)
     key = hashlib.sha256(json.dumps([spec.to_json(), list(slide.shape), gain, px], sort_keys=True).encode())
     key = key.hexdigest()[:16]
-    path = work / "scale.json"
+    path = work.scale_file
     if path.exists():
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return float(stored["scale"])
     width = slide_cell_width(slide, net, spec, device, gain, px)
     scale = scale_for_cells(width, spec, px)
-    work.mkdir(parents=True, exist_ok=True)
+    work.path.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda p: p.write_text(json.dumps({"key": key, "width": width, "scale": scale})))
     return scale
 
@@ -190,21 +192,20 @@ def _plan(slide: Slide, spec, px, tile, halo, skip_empty, scale: float, gain: fl
     }
 
 
-def _open_work(work: Path, plan: dict, shard: tuple[int, int]):
+def _open_work(work: WorkFolder, plan: dict, shard: tuple[int, int]):
     import zarr
 
-    plan_file = work / "plan.json"
-    if plan_file.exists() and json.loads(plan_file.read_text()) != plan:
+    stored = work.plan()
+    if stored is not None and stored != plan:
         if shard[1] > 1:
-            raise InputError(f"{work} holds a run with other settings; delete it to start over")
-        log.warning("%s holds a run with other settings: starting over", work)
-        shutil.rmtree(work)
-    for sub in ("classified", "cells"):
-        (work / sub).mkdir(parents=True, exist_ok=True)
-    if not plan_file.exists():
-        write_atomic(plan_file, lambda p: p.write_text(json.dumps(plan, indent=1)))
+            raise InputError(f"{work.path} holds a run with other settings; delete it to start over")
+        log.warning("%s holds a run with other settings: starting over", work.path)
+        shutil.rmtree(work.path)
+    work.create()
+    if not work.plan_file.exists():
+        write_atomic(work.plan_file, lambda p: p.write_text(json.dumps(plan, indent=1)))
     return zarr.open_array(
-        str(work / "classes.zarr"),
+        str(work.classes),
         mode="a",
         shape=tuple(plan["shape"]),
         chunks=tuple(plan["tile"]),
@@ -311,7 +312,7 @@ def segment_slide(
     px = options.pixel_size or slide.pixel_size
     if px is None and spec.pixel_size is not None:
         log.warning("%s: no pixel size; areas in px only", name)
-    work = out / f".{name}.work"
+    work = WorkFolder(out, name)
     from .slide_output import recover_results
 
     recover_results(work, out, name)  # finish (or clear) what a killed run was publishing
@@ -332,11 +333,8 @@ def segment_slide(
     total = {"classified": len(mine), "cells": 2 * len(mine)}.get(until, 2 * len(mine) + (shard[0] == 0))
     done = 0
 
-    def classified(i: int) -> Path:
-        return work / "classified" / str(i)
-
     # pass 1: class map per tile core
-    todo = [i for i in mine if not classified(i).exists()]
+    todo = [i for i in mine if not work.is_classified(i)]
     done += len(mine) - len(todo)
     cell_width = DEFAULT_CELL_DIAMETER_PX / plan["scale"]  # slide px, what the look is scaled to
     gain = plan["gain"]
@@ -355,7 +353,7 @@ def segment_slide(
         for (i, window, _), prob in zip(batch, probs, strict=True):
             core = grid.core(i)
             store[core[0] : core[2], core[1] : core[3]] = wgrid.to_slide(prob, window, core)
-            classified(i).write_text("network")
+            work.mark(i, "network")
             done += 1
             yield done, total, f"tile {i + 1}/{len(grid)}: classified"
         batch.clear()
@@ -365,7 +363,7 @@ def segment_slide(
         if options.skip_empty and (
             look_nucleus_size(slide, grid.expand(core, grid.halo), cell_width, gain) < MIN_NUCLEUS
         ):
-            classified(i).write_text("skipped")
+            work.mark(i, "skipped")
             done += 1
             yield done, total, f"tile {i + 1}/{len(grid)}: no nuclei, skipped"
             continue
@@ -381,7 +379,7 @@ def segment_slide(
     if until == "classified":
         return None
     yield from _wait(
-        lambda: all(classified(i).exists() for i in range(len(grid))),
+        lambda: all(work.is_classified(i) for i in range(len(grid))),
         poll,
         done,
         total,
@@ -390,10 +388,10 @@ def segment_slide(
 
     # pass 2: cells per tile, from the stored class map
     for i in mine:
-        path = work / "cells" / f"{i}.npz"
+        path = work.cells(i)
         if not path.exists():
             record = TileCells()
-            if classified(i).read_text() != "skipped":
+            if work.how_classified(i) != "skipped":
                 record = cells_in_tile(
                     lambda b: store[b[0] : b[2], b[1] : b[3]], grid, i, cell_diameter=plan["cell_diameter"]
                 )
@@ -407,7 +405,7 @@ def segment_slide(
     if shard[0] != 0 or until == "cells":
         return None
     yield from _wait(
-        lambda: all((work / "cells" / f"{i}.npz").exists() for i in range(len(grid))),
+        lambda: all(work.cells(i).exists() for i in range(len(grid))),
         poll,
         done,
         total,
@@ -415,11 +413,11 @@ def segment_slide(
     )
     from .slide_output import write_results
 
-    skipped = sum(classified(i).read_text() == "skipped" for i in range(len(grid)))
+    skipped = sum(work.how_classified(i) == "skipped" for i in range(len(grid)))
     result = write_results(work, out, name, grid, plan, spec, skipped, source=slide.path)
     yield total, total, "done"
     if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work.path, ignore_errors=True)
     return result
 
 
