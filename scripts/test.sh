@@ -44,8 +44,9 @@ pytest_run() {  # pytest_run REPORT ARGS...
     "$py" -m pytest -q --junitxml="$reports/$report.xml" "$@"
 }
 
-# the Qt-free stages run on every core: one pytest-xdist worker per core, a test file's tests
-# in one worker (its module fixtures made once), one torch thread per worker
+# the pytest stages run on every core: one pytest-xdist worker per core (each GUI worker with
+# its own Xvfb display), a test file's tests in one worker (its module fixtures made once),
+# one torch thread per worker
 workers=$("$py" -c "import os; print(len(os.sched_getaffinity(0)))")
 parallel=(-n "$workers" --dist loadfile)
 
@@ -75,7 +76,7 @@ EOF
 }
 
 stage_gui() {
-    pytest_run gui -m gui
+    OMP_NUM_THREADS=1 pytest_run gui -m gui "${parallel[@]}"
 }
 
 stage_slow() {
