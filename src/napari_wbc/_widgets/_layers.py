@@ -13,7 +13,7 @@ inside them, the chromatin and granules a hematologist judges, stays in view; na
 layer controls fill them (contour 0), and a new run keeps that choice. The review's
 TP/FP/FN colours are faint (``REVIEW_OPACITY``) for the same reason.
 
-The docks stay small (:func:`scroll_form`, :class:`Options`): each scrolls rather than
+The docks stay small (:func:`scroll_form`, :class:`OptionsPanel`): each scrolls rather than
 asking for more height than the screen has, and settings one rarely changes are folded away.
 """
 
@@ -241,7 +241,7 @@ def scroll_form(outer: Container, widgets, min_height: int = DOCK_MIN_HEIGHT) ->
     return form
 
 
-class Options(Container):
+class OptionsPanel(Container):
     """Settings one rarely changes, folded under a button (folded at first)."""
 
     def __init__(self, widgets, title: str = "options", tooltip: str = ""):

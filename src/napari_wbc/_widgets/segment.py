@@ -46,9 +46,9 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QSizePolicy
 
 from ..core.io import GRAYSCALE_WARNING, MAX_MEGAPIXELS, PIXEL_SIZE_RANGE, InputError, is_grayscale, to_rgb8
-from ..core.options import Options as SegmentOptions  # not ._layers.Options, the folded settings
+from ..core.options import Options
 from ..models import DEFAULT_MODEL, MissingWeightsError
-from ._layers import CELLS_STYLE, NUCLEI_STYLE, Options, side_by_side, upsert_labels
+from ._layers import CELLS_STYLE, NUCLEI_STYLE, OptionsPanel, side_by_side, upsert_labels
 from ._slide_segment import SegmentationError, SlideSegmentMixin, slide_path
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def typing_of(choice) -> tuple[str, str | None, str | None]:
 def _segment_job(
     image: np.ndarray,
     model: str,
-    options: SegmentOptions,
+    options: Options,
     flip_average: bool = False,
     typing: str = "classifier",
     classifier_weights: str | None = None,
@@ -247,7 +247,7 @@ class SegmentWidget(SlideSegmentMixin, Container):
             value="" if models else "no trained model found: train one in the Fine-tune a model widget"
         )
         self.status.native.setWordWrap(True)  # long messages must not widen the dock
-        self.settings = Options(
+        self.settings = OptionsPanel(
             [self.device, self.pixel_size, self.flip_average, self.single_cell, self.typing],
             tooltip="device, pixel size, flip-average, single-cell crops, cell types",
         )
@@ -320,7 +320,7 @@ class SegmentWidget(SlideSegmentMixin, Container):
         if is_grayscale(image):  # the network tells white cells by their stain colour
             show_warning(f"{layer.name}: {GRAYSCALE_WARNING}")
         pixel_size = self._pixel_size(layer)
-        options = SegmentOptions(
+        options = Options(
             pixel_size=pixel_size,
             device=device,
             single_cell=self.single_cell.value,

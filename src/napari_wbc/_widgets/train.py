@@ -53,7 +53,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from ..core.io import InputError
 from ..models import DEFAULT_MODEL
-from ._layers import Options, scroll_form, side_by_side
+from ._layers import OptionsPanel, scroll_form, side_by_side
 from ._plot import LossPlot
 
 if TYPE_CHECKING:
@@ -285,7 +285,7 @@ class TrainWidget(Container):
         self.progress_bar = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(value="")
         # the recipe's numbers are filled in per kind of run: folded, the dock stays short
-        self.settings = Options(
+        self.settings = OptionsPanel(
             [self.steps, self.batch_size, self.patch, self.lr, self.val_every, self.device],
             title="training settings",
         )
