@@ -18,7 +18,13 @@ The slides are at 0.1 um/px, the network's working pixel size (no resampling); a
 scanned at 0.25 um/px has 6.25 times as many working px per slide px.
 
 Usage: python bench/slide_throughput.py [--only dense realistic agreement] [--workers 2]
-       [--grid 3 3] [--size 4096] [--tiles 256 512 1024] [--agreement-grid 2 2]
+       [--grid 3 3] [--size 4096] [--tiles 256 512 1024] [--agreement-grid 2 2] [--threads 0 1]
+       [--precision auto|fp32|bf16]
+
+``--threads``: one dense and one realistic run per value, the cells of classified tiles
+separated by that many threads beside the network (0: after it, in turn; -1: the default).
+Each row also gives the busy seconds per stage (``SlideResult.seconds``: scale, read,
+network, cells, results; threads add up).
 """
 
 from __future__ import annotations
@@ -60,34 +66,43 @@ def mosaic(folder: Path, grid: tuple[int, int], name: str) -> Path:
     return build_mosaic_slide(folder / f"{name}.ome.tif", images, grid=grid, pixel_size=PIXEL_SIZE)
 
 
-def timed_run(path: Path, out: Path, tile: int | None = None) -> tuple[object, float, float]:
+PRECISION = "auto"  # --precision
+
+
+def timed_run(
+    path: Path, out: Path, tile: int | None = None, threads: int | None = None
+) -> tuple[object, float, float]:
     from napari_wbc.core.inference import run
     from napari_wbc.core.options import Options
     from napari_wbc.core.wholeslide import segment_slide
 
     net, spec = load()
     t0, c0 = time.perf_counter(), cpu_s()
-    result = run(segment_slide(path, out, net, spec, Options(device="cpu", tile=tile)))
+    options = Options(device="cpu", tile=tile, threads=threads, precision=PRECISION)
+    result = run(segment_slide(path, out, net, spec, options))
     return result, time.perf_counter() - t0, cpu_s() - c0
 
 
-def dense(folder: Path, grid: tuple[int, int], workers: int) -> dict:
+def dense(folder: Path, grid: tuple[int, int], workers: int, threads: int | None = None) -> dict:
+    from napari_wbc.core.options import Options
     from napari_wbc.core.slide import open_slide
 
     path = mosaic(folder, grid, "dense")
     with open_slide(path) as slide:
         h, w = slide.shape
     mp = h * w / 1e6
-    result, wall, cpu = timed_run(path, folder / "dense-single")
+    result, wall, cpu = timed_run(path, folder / f"dense-single{threads}", threads=threads)
     row = {
         "slide_px": f"{w}x{h}",
         "megapixels": round(mp, 2),
+        "cell_threads": Options(threads=threads).cell_threads(),
         "tiles": result.tiles,
         "skipped": result.skipped,
         "cells": result.counts["white_cells"],
         "single_s": round(wall, 1),
         "single_cpu_s": round(cpu, 1),
         "single_mp_s": round(mp / wall, 3),
+        **{f"{k}_s": round(v, 1) for k, v in result.seconds.items()},
     }
     if workers:
         from distributed import Client, LocalCluster
@@ -104,10 +119,10 @@ def dense(folder: Path, grid: tuple[int, int], workers: int) -> dict:
         ):
             client.run(load)  # workers start and load the model: not part of the slide's time
             t1 = time.perf_counter()
-            (outcome,) = run(segment_slides([path], folder / "dense-dist", client, device="cpu"))
+            (outcome,) = run(segment_slides([path], folder / "dense-dist", client, Options(device="cpu")))
             t2 = time.perf_counter()
         assert outcome.error is None, outcome.error
-        same = (folder / "dense-single" / "dense_cells.csv").read_bytes() == (
+        same = (folder / f"dense-single{threads}" / "dense_cells.csv").read_bytes() == (
             folder / "dense-dist" / "dense_cells.csv"
         ).read_bytes()
         row.update(
@@ -121,9 +136,10 @@ def dense(folder: Path, grid: tuple[int, int], workers: int) -> dict:
     return row
 
 
-def realistic(folder: Path, size: int, rbc_per_wbc: float, seed: int) -> dict:
+def realistic(folder: Path, size: int, rbc_per_wbc: float, seed: int, threads: int | None = None) -> dict:
     from scipy import ndimage
 
+    from napari_wbc.core.options import Options
     from napari_wbc.core.slide import open_slide
     from napari_wbc.core.tiling import TileGrid
     from napari_wbc.core.wholeslide import _plan
@@ -134,7 +150,7 @@ def realistic(folder: Path, size: int, rbc_per_wbc: float, seed: int) -> dict:
     t0 = time.perf_counter()
     path = slide.write(folder / "realistic.ome.tif")
     build = time.perf_counter() - t0
-    result, wall, cpu = timed_run(path, folder / "realistic-out")
+    result, wall, cpu = timed_run(path, folder / f"realistic-out{threads}", threads=threads)
     import pandas as pd
 
     _, spec = load()
@@ -164,6 +180,7 @@ def realistic(folder: Path, size: int, rbc_per_wbc: float, seed: int) -> dict:
     return {
         "slide_px": f"{size}x{size}",
         "megapixels": round(mp, 1),
+        "cell_threads": Options(threads=threads).cell_threads(),
         "build_s": round(build, 1),
         "red_cell_area": info["carpet_fraction"],
         "red_cells": info["red_cells"],
@@ -176,6 +193,7 @@ def realistic(folder: Path, size: int, rbc_per_wbc: float, seed: int) -> dict:
         "segment_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
         "mp_s": round(mp / wall, 3),
+        **{f"{k}_s": round(v, 1) for k, v in result.seconds.items()},
         "cells_found": result.counts["white_cells"],
         "cells_in_placed_fields": int(inside.sum()),
         "cells_elsewhere": int((~inside).sum()),
@@ -247,7 +265,7 @@ def agreement(folder: Path, grid: tuple[int, int], tiles: list[int]) -> list[dic
 def table(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -266,20 +284,33 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiles", type=int, nargs="+", default=[256, 512, 1024], help="agreement: tile sides")
     p.add_argument("--agreement-grid", type=int, nargs=2, default=[2, 2])
+    p.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[-1],
+        help="dense, realistic: cell-separating threads, one run each (0: after the network; -1: default)",
+    )
+    p.add_argument("--precision", default="auto", help="the network's arithmetic: auto, fp32 or bf16")
     args = p.parse_args()
+    global PRECISION
+    PRECISION = args.precision
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     with tempfile.TemporaryDirectory(prefix="slide-throughput-") as tmp:
         folder = Path(tmp)
-        if "dense" in args.only:
-            row = dense(folder, tuple(args.grid), args.workers)
-            print(json.dumps(row), flush=True)
-            print("\ndense\n" + table([row]), flush=True)
-        if "realistic" in args.only:
-            row = realistic(folder, args.size, args.rbc_per_wbc, args.seed)
-            print(json.dumps(row), flush=True)
-            print("\nrealistic\n" + table([row]), flush=True)
+        threads = [None if t < 0 else t for t in args.threads]
+        for name, measure in (
+            ("dense", lambda t, first: dense(folder, tuple(args.grid), args.workers if first else 0, t)),
+            ("realistic", lambda t, first: realistic(folder, args.size, args.rbc_per_wbc, args.seed, t)),
+        ):
+            if name in args.only:
+                rows = []
+                for k, t in enumerate(threads):
+                    rows.append(measure(t, k == 0))
+                    print(json.dumps(rows[-1]), flush=True)
+                print(f"\n{name}\n" + table(rows), flush=True)
         if "agreement" in args.only:
             rows = agreement(folder, tuple(args.agreement_grid), args.tiles)
             print("\nagreement\n" + table(rows), flush=True)

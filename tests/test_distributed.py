@@ -79,7 +79,7 @@ def test_local_cluster_run_equals_the_single_process_run(slides, reference, tmp_
         Client(cluster) as client,
     ):
         gen = segment_slides(
-            [slides["mosaic"], slides["broken"], slides["one"]], out, client, device="cpu", tile=TILE
+            [slides["mosaic"], slides["broken"], slides["one"]], out, client, Options(device="cpu", tile=TILE)
         )
         mosaic, broken, one = run(gen, lambda *step: steps.append(step))
     assert mosaic.error is None and one.error is None

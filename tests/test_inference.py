@@ -124,3 +124,26 @@ def test_cell_type_is_the_majority_of_its_nucleus_with_mean_probability():
     assert types[2] == ("b", 1.0)
     full = np.stack([np.full((4, 6), 0.1), np.full((4, 6), 0.2), prob[0] * 0.7, prob[1] * 0.7])
     assert np.allclose(collapse_types(full)[2], 0.7 * prob.sum(0))
+
+
+def test_bfloat16_where_asked_or_on_a_cuda_gpu():
+    from napari_wbc.core.inference import bfloat16
+
+    assert not bfloat16("auto", "cpu") and not bfloat16("auto", "mps")
+    assert bfloat16("auto", "cuda") and bfloat16("auto", "cuda:1")
+    assert bfloat16("bf16", "cpu") and not bfloat16("fp32", "cuda")
+    with pytest.raises(ValueError, match="precision"):
+        bfloat16("fp16", "cuda")
+
+
+def test_bfloat16_gives_the_cells_float32_gives(datasets, trained_model):
+    """The GPU's default arithmetic, on the CPU: the same cells, outlines within 1%."""
+    net, spec = load_model(trained_model)
+    image, _ = load_pair(list_pairs(datasets / "bccd", "test")[0])
+    fp32, bf16 = (run(segment(image, net, spec, Options(precision=p))) for p in ("fp32", "bf16"))
+    assert bf16.scale == pytest.approx(fp32.scale, rel=0.01)  # the cells measured as wide
+    assert set(np.unique(fp32.cells)) == set(np.unique(bf16.cells)) and fp32.cells.max() >= 1
+    for label in range(1, int(fp32.cells.max()) + 1):
+        a, b = fp32.cells == label, bf16.cells == label
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.99
+    assert np.mean(fp32.classes != bf16.classes) < 3e-3

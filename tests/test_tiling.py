@@ -4,6 +4,8 @@ Cheap checks (no trained network) cover the geometry and the stitching on synthe
 maps; the real model runs on bccd fields and on a mosaic slide built from them.
 """
 
+import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import tifffile
 
 from napari_wbc.core.inference import run, segment
-from napari_wbc.core.io import read_image
+from napari_wbc.core.io import InputError, read_image
 from napari_wbc.core.options import Options
 from napari_wbc.core.postprocess import instances_from_classes
 from napari_wbc.core.slide import Slide, build_mosaic_slide, open_slide
@@ -340,8 +342,12 @@ def test_batches_workers_and_resume_give_the_same_ids(field, model, tmp_path):
     image, cells, _ = field
     net, spec = model
     slide = Slide.from_array(image, None, "field")
-    batched = run(segment_slide(slide, tmp_path / "batch", net, spec, replace(TILED, batch_size=3)))
+    serial = replace(TILED, batch_size=3, threads=0)  # cells separated after the network
+    batched = run(segment_slide(slide, tmp_path / "batch", net, spec, serial))
     assert np.array_equal(read_result(batched)[0], cells)
+    # the time by stage (threads add up; a thread's wait for tiles is not counted)
+    assert set(batched.seconds) == {"scale", "read", "network", "cells", "results"}
+    assert min(batched.seconds.values()) >= 0 and batched.seconds["network"] > 0
 
     # two workers sharing one output folder, interleaved; the first writes the results
     workers = [
@@ -405,18 +411,16 @@ def test_mosaic_tiled_equals_untiled_across_seams_and_corners(mosaic, model, tmp
     sizes = np.bincount(cells.ravel())[1:]
     big, second = (int(i) + 1 for i in np.argsort(sizes)[::-1][:2])
     corner = deep_point(cells, big)
+    # cells separated after the network (0 threads) or beside it (2, 3), the same either way
     configs = [
-        (tuple(int(v) for v in corner), None, 1),  # a four-tile corner inside the biggest cell
-        (tuple(int(v) for v in deep_point(cells, second)), 48, 1),  # small halo: cut cells grow
-        ((304, 320), 64, 2),  # two tiles and their halos lie in the glass
+        (tuple(int(v) for v in corner), None, 1, 0),  # a four-tile corner inside the biggest cell
+        (tuple(int(v) for v in deep_point(cells, second)), 48, 1, 3),  # small halo: cut cells grow
+        ((304, 320), 64, 2, 2),  # two tiles and their halos lie in the glass
     ]
     skipped = 0
-    for tile, halo, batch in configs:
-        result = run(
-            segment_slide(
-                path, tmp_path / f"{tile}", *model, replace(FIXED, tile=tile, halo=halo, batch_size=batch)
-            )
-        )
+    for tile, halo, batch, threads in configs:
+        options = replace(FIXED, tile=tile, halo=halo, batch_size=batch, threads=threads)
+        result = run(segment_slide(path, tmp_path / f"{tile}", *model, options))
         got_cells, got_nuclei = read_result(result)
         assert np.array_equal(got_cells, cells), (tile, halo)
         assert np.array_equal(got_nuclei, nuclei), (tile, halo)
@@ -438,6 +442,58 @@ def test_mosaic_tiled_equals_untiled_across_seams_and_corners(mosaic, model, tmp
     }
     assert len(four) == 4
     assert skipped > 0, "no tile of empty glass was skipped"
+
+
+def test_tiles_read_ahead_in_order_and_errors_reach_the_caller():
+    from napari_wbc.core.wholeslide import _ahead
+
+    assert list(_ahead(iter(range(10)), depth=2)) == list(range(10))
+
+    def failing():
+        yield 1
+        raise InputError("slide.tif: tile 2 is damaged")
+
+    got = []
+    with pytest.raises(InputError, match="tile 2"):
+        for item in _ahead(failing()):
+            got.append(item)
+    assert got == [1]
+
+    made = []
+
+    def endless():
+        while True:
+            made.append(len(made))
+            yield made[-1]
+
+    ahead = _ahead(endless(), depth=2)
+    assert next(ahead) == 0
+    ahead.close()  # the thread stops: it makes at most the items the queue holds, and one more
+    n = len(made)
+    time.sleep(0.3)
+    assert len(made) == n <= 4
+
+
+def test_a_failing_cell_thread_stops_the_run_with_its_error(field, model, tmp_path, monkeypatch):
+    import napari_wbc.core.wholeslide as wholeslide
+
+    image, _, _ = field
+    slide = Slide.from_array(image, None, "field")
+    real = wholeslide.cells_in_tile
+
+    def cells_in_tile(read, grid, index, **kw):
+        if index == 1:
+            raise OSError("disk full")
+        return real(read, grid, index, **kw)
+
+    monkeypatch.setattr(wholeslide, "cells_in_tile", cells_in_tile)
+    with pytest.raises(OSError, match="disk full"):
+        run(segment_slide(slide, tmp_path / "out", *model, replace(TILED, threads=2)))
+    ours = [t.name for t in threading.enumerate() if t.name.startswith(("cells", "tiles ahead"))]
+    assert not ours  # no thread left waiting for tiles
+    monkeypatch.setattr(wholeslide, "cells_in_tile", real)
+    result = run(segment_slide(slide, tmp_path / "out", *model, replace(TILED, threads=2)))
+    assert np.array_equal(read_result(result)[0], field[1])
 
 
 def test_cli_routes_slides_to_the_tiled_engine(field, model, tmp_path):

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .io import MAX_MEGAPIXELS, READABLE, InputError, check_regular, read_header, read_image
+from .options import Options
 
 log = logging.getLogger(__name__)
 
@@ -263,19 +264,16 @@ def _write_summary(out: Path, rows: list[dict]) -> None:
 def segment_files(
     inputs,
     out,
+    options: Options | None = None,
+    *,
     model=None,
     weights=None,
-    device="auto",
-    pixel_size=None,
     flip_average=False,
-    single_cell=False,
     typing="classifier",
     classifier_weights=None,
+    overwrite: bool = False,
     on_done=None,
     on_error=None,
-    *,
-    overwrite: bool = False,
-    max_megapixels: float | None = MAX_MEGAPIXELS,
     on_warning=None,
     progress=None,
 ) -> int:
@@ -286,11 +284,15 @@ def segment_files(
     once of every input that failed, ``on_warning(path, message)`` of results to doubt (a
     grayscale field), ``on_done(name)`` of every input done; ``progress(position, total,
     message)`` follows the run, ``position`` counting fields done (fractions within one).
-    ``overwrite``: replace earlier outputs, else such inputs fail; ``max_megapixels``: the
-    most pixels the network sees at once (:func:`.io.check_size`). ``flip_average``: see
-    :func:`napari_wbc.models.load_model`; ``single_cell``: see :class:`.options.Options`;
-    ``typing``: see :func:`.celltypes.load_classifier`.
+    ``options`` (:class:`.options.Options`) as for :func:`.inference.segment`; its device
+    may be "auto" (a GPU if there is one), its ``pixel_size`` overrides the files' own, and
+    its ``max_megapixels`` (default ``MAX_MEGAPIXELS``) also refuses bigger files before
+    they are read (:func:`.io.check_size`). None: those defaults. ``overwrite``: replace
+    earlier outputs, else such inputs fail. ``flip_average``: see
+    :func:`napari_wbc.models.load_model`; ``typing``: see :func:`.celltypes.load_classifier`.
     """
+    options = Options(device="auto", max_megapixels=MAX_MEGAPIXELS) if options is None else options
+    max_megapixels = options.max_megapixels
     out = Path(out)
     failures = 0
 
@@ -322,13 +324,11 @@ def segment_files(
     from .device import pick_device
     from .inference import run, segment
     from .measure import count_summary, measure_cells
-    from .options import Options
 
     report(0, len(fields), "loading the model")
-    device = pick_device(device)
-    net, spec = load_model(model, weights, device, flip_average)
-    classifier = load_classifier(typing, device, classifier_weights)
-    options = Options(device=device, single_cell=single_cell, max_megapixels=max_megapixels)
+    options = replace(options, device=pick_device(options.device))
+    net, spec = load_model(model, weights, options.device, flip_average)
+    classifier = load_classifier(typing, options.device, classifier_weights)
     # which weights made the results (a report names them)
     made_by = {
         "weights_sha256": weights_sha256(spec.name, weights),
@@ -340,7 +340,7 @@ def segment_files(
             report(i + done / max(total, 1), len(fields), f"{field.path.name}: {message}")
 
         smear = read_image(field.path, max_megapixels)
-        px = pixel_size or smear.pixel_size
+        px = options.pixel_size or smear.pixel_size
         result = run(
             segment(smear.data, net, spec, replace(options, pixel_size=px), classifier=classifier), step
         )

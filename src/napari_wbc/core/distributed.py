@@ -122,12 +122,10 @@ def segment_slides(
     slides: Sequence[str | Path],
     out: str | Path,
     client,
+    options: Options | None = None,
     *,
     model: str | None = None,
     weights: str | Path | None = None,
-    device: str = "auto",
-    tile: int | tuple[int, int] | None = None,
-    pixel_size: float | None = None,
     shards: int | None = None,
     flip_average: bool = False,
     typing: str = "classifier",
@@ -137,15 +135,19 @@ def segment_slides(
     Yields ``(done, total, message)`` as each task finishes (``total`` grows as slides are
     planned and shrinks when one fails) and returns a :class:`SlideOutcome` per slide, in
     the order given. ``shards`` per slide default to the cluster's worker threads (at most
-    one per tile). ``device`` is resolved on each worker ("auto": its GPU if it has one).
+    one per tile). ``options`` (:class:`.options.Options`, default: device "auto") as for
+    :func:`.wholeslide.segment_slide`; its device is resolved on each worker ("auto": its GPU
+    if it has one). Each task separates cells in its own thread: the cluster's workers are
+    the parallelism.
     """
+    options = Options(device="auto") if options is None else options
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     shards = shards or total_threads(client)
     settings = {
         "model": model,
         "weights": None if weights is None else str(Path(weights).resolve()),
-        "options": Options(pixel_size=pixel_size, device=device, tile=tile),  # device: resolved on the worker
+        "options": replace(options, threads=0),  # device: resolved on the worker
         "flip_average": flip_average,
         "typing": typing,
     }

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .options import Options
+from .options import PRECISIONS, Options
 from .postprocess import DEFAULT_CELL_DIAMETER_PX, centre_cell, instances_from_classes
 
 Progress = tuple[int, int, str]
@@ -127,15 +127,21 @@ def _rescaled(image: np.ndarray, scale: float) -> np.ndarray:
 
 
 def predict_probabilities(
-    net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0, keep_types: bool = False
+    net,
+    spec,
+    image: np.ndarray,
+    device: str = "cpu",
+    scale: float = 1.0,
+    keep_types: bool = False,
+    precision: str = "auto",
 ) -> np.ndarray:
     """(C, H, W) float32 class probabilities for an (H, W, 3) uint8 image.
 
     C is 3 (background, cytoplasm, nucleus) unless ``keep_types``, which keeps a typing
-    model's one nucleus channel per cell type.
+    model's one nucleus channel per cell type. ``precision``: see :func:`predict_batch`.
     """
     h, w = image.shape[:2]
-    prob = predict_batch(net, spec, [_rescaled(image, scale)], device, keep_types)[0]
+    prob = predict_batch(net, spec, [_rescaled(image, scale)], device, keep_types, precision)[0]
     if prob.shape[1:] != (h, w):
         prob = np.stack([_resize(p, (h, w), 1) for p in prob])
     return prob
@@ -158,18 +164,34 @@ def to_tensor(net, spec, images: list[np.ndarray], device: str = "cpu"):
     return torch.from_numpy(np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2))).to(device)
 
 
+def bfloat16(precision: str, device: str) -> bool:
+    """Whether the network runs in bfloat16: ``precision`` "bf16", or "auto" on a CUDA GPU
+    (float32 elsewhere: the CPU path is the reference)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    return precision == "bf16" or (precision == "auto" and str(device).startswith("cuda"))
+
+
 def predict_batch(
-    net, spec, images: list[np.ndarray], device: str = "cpu", keep_types: bool = False
+    net,
+    spec,
+    images: list[np.ndarray],
+    device: str = "cpu",
+    keep_types: bool = False,
+    precision: str = "auto",
 ) -> list[np.ndarray]:
     """(C, h, w) float32 probabilities for equally shaped (h, w, 3) uint8 images, in one pass.
 
     Normalised as the model was trained, padded to the network's multiple, cropped back;
-    C = 3 unless ``keep_types`` (see :func:`predict_probabilities`).
+    C = 3 unless ``keep_types`` (see :func:`predict_probabilities`). The batch goes in
+    channels-last (as :func:`napari_wbc.models.load_model` lays out a semantic network), in
+    bfloat16 autocast where :func:`bfloat16` says so (``precision``).
     """
     import torch
 
-    t = to_tensor(net, spec, images, device)
-    with torch.inference_mode():
+    t = to_tensor(net, spec, images, device).contiguous(memory_format=torch.channels_last)
+    kind = torch.device(device).type
+    with torch.inference_mode(), torch.autocast(kind, torch.bfloat16, enabled=bfloat16(precision, device)):
         out = net(t).float()
         refuse_non_finite(out, spec)
         prob = torch.softmax(out, 1).cpu().numpy()
@@ -222,21 +244,26 @@ def _classes(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
     return np.where(nuclei > 0, 2, np.where(cells > 0, 1, 0)).astype(np.uint8)
 
 
-def network_pass(net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0):
+def network_pass(
+    net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0, precision: str = "auto"
+):
     """The network on one field, for any kind of model: ``(classes, raw)``, the (H, W) uint8
     class map (0 background, 1 cytoplasm, 2 nucleus) and what the instance step needs:
     (cells, nuclei, scores) from an instance model, (C, H, W) probabilities (one nucleus
-    channel per type for a typing model) from a semantic one."""
+    channel per type for a typing model) from a semantic one (``precision``: see
+    :func:`predict_batch`)."""
     if spec.kind == "instance":
         cells, nuclei, scores = detect_cells(net, spec, image, device, scale)
         return _classes(cells, nuclei), (cells, nuclei, scores)
-    prob = predict_probabilities(net, spec, image, device, scale, keep_types=True)
+    prob = predict_probabilities(net, spec, image, device, scale, keep_types=True, precision=precision)
     return collapse_types(prob).argmax(0).astype(np.uint8), prob
 
 
-def network_classes(net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0) -> np.ndarray:
+def network_classes(
+    net, spec, image: np.ndarray, device: str = "cpu", scale: float = 1.0, precision: str = "auto"
+) -> np.ndarray:
     """The class map straight from the network (what validation and auto-scale look at)."""
-    return network_pass(net, spec, image, device, scale)[0]
+    return network_pass(net, spec, image, device, scale, precision)[0]
 
 
 def segment(
@@ -289,7 +316,7 @@ def segment(
     yield 0, 4, "running the network"
     if max_megapixels is not None:
         _check_working_size(image, scale, max_megapixels, pixel_size=None if auto_scale else pixel_size)
-    network, raw = network_pass(net, spec, image, device, scale)
+    network, raw = network_pass(net, spec, image, device, scale, options.precision)
     if auto_scale:
         width = typical_cell_width(network)
         scale = scale_for_cells(width, spec, pixel_size)
@@ -302,7 +329,7 @@ def segment(
                 (f"white cells are ~{width:.0f} px wide" if width else "no white cell at this scale")
                 + f": segmenting again at {scale:.2f}x",
             )
-            network, raw = network_pass(net, spec, image, device, scale)
+            network, raw = network_pass(net, spec, image, device, scale, options.precision)
     yield 2, 4, "separating cells"
     types = None
     if isinstance(raw, tuple):  # an instance model's cells

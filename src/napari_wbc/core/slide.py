@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,7 @@ class Slide:
     name: str = "slide"
     closers: list = field(default_factory=list, repr=False)
     path: Path | None = None  # the file it was opened from
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def from_array(cls, array: np.ndarray, pixel_size: float | None = None, name: str = "image") -> Slide:
@@ -195,7 +197,8 @@ class Slide:
         """(y1 - y0, x1 - x0, 3) uint8 region in the coordinates of ``level`` (clipped to it)."""
         h, w = self.levels[level].shape
         y0, x0, y1, x1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
-        return self.levels[level].read(y0, x0, y1, x1)
+        with self._lock:  # one reader at a time: a TIFF file handle seeks
+            return self.levels[level].read(y0, x0, y1, x1)
 
     def look(self, y0: int, x0: int, y1: int, x1: int, max_downsample: float) -> np.ndarray:
         """A low-resolution look at a level-0 region, at most ``max_downsample`` coarser.

@@ -17,17 +17,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import shutil
+import threading
 import time
-from collections.abc import Generator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .batch import write_atomic
-from .inference import Progress, brighten, exposure_gain, predict_batch, scale_for_cells, working_scale
+from .inference import (
+    Progress,
+    bfloat16,
+    brighten,
+    exposure_gain,
+    predict_batch,
+    scale_for_cells,
+    working_scale,
+)
 from .io import InputError
 from .options import Options
 from .postprocess import DEFAULT_CELL_DIAMETER_PX
@@ -65,6 +77,10 @@ class SlideResult:
     skipped: int
     pixel_size: float | None
     scale: float
+    # busy seconds of this run per stage (threads add up): "scale" (exposure and the cells'
+    # width), "read" (tiles read, skip looks, resampling), "network", "cells" (separated,
+    # typed, measured; waiting for tiles left out), "results" (label pyramids and tables)
+    seconds: dict = field(default_factory=dict)
 
 
 def slide_exposure_gain(slide: Slide, samples: int = 4, side: int = 256) -> float:
@@ -93,7 +109,13 @@ def look_nucleus_size(slide: Slide, box, cell_width: float, gain: float = 1.0) -
 
 
 def slide_cell_width(
-    slide: Slide, net, spec, device: str = "cpu", gain: float = 1.0, pixel_size: float | None = None
+    slide: Slide,
+    net,
+    spec,
+    device: str = "cpu",
+    gain: float = 1.0,
+    pixel_size: float | None = None,
+    precision: str = "auto",
 ) -> float | None:
     """How wide the slide's white cells are (px), measured as :func:`.inference.segment`
     measures a field's: the network at the slide's own scale, then
@@ -125,28 +147,29 @@ def slide_cell_width(
         )
     widths = []
     for box in boxes:
-        width = typical_cell_width(network_classes(net, spec, brighten(slide.read(*box), gain), device))
+        image = brighten(slide.read(*box), gain)
+        width = typical_cell_width(network_classes(net, spec, image, device, precision=precision))
         if width is not None:
             widths.append(width)
     return float(np.median(widths)) if widths else None
 
 
-def _slide_scale(
-    work: WorkFolder, slide: Slide, net, spec, device: str, px, gain: float, auto_scale: bool
-) -> float:
+def _slide_scale(work: WorkFolder, slide: Slide, net, spec, px, gain: float, options: Options) -> float:
     """The network's scale for the slide, as a field's (:func:`.inference.scale_for_cells` of
     :func:`slide_cell_width`), or the pixel size's without ``auto_scale``. Measured once per
     work folder (``scale.json``), so every process of a run uses the same."""
-    if not auto_scale:
+    if not options.auto_scale:
         return working_scale(spec, px)
-    key = hashlib.sha256(json.dumps([spec.to_json(), list(slide.shape), gain, px], sort_keys=True).encode())
+    bf16 = bfloat16(options.precision, options.device)
+    key = [spec.to_json(), list(slide.shape), gain, px] + (["bf16"] if bf16 else [])
+    key = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
     key = key.hexdigest()[:16]
     path = work.scale_file
     if path.exists():
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return float(stored["scale"])
-    width = slide_cell_width(slide, net, spec, device, gain, px)
+    width = slide_cell_width(slide, net, spec, options.device, gain, px, options.precision)
     scale = scale_for_cells(width, spec, px)
     work.path.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda p: p.write_text(json.dumps({"key": key, "width": width, "scale": scale})))
@@ -316,14 +339,18 @@ def segment_slide(
     from .slide_output import recover_results
 
     recover_results(work, out, name)  # finish (or clear) what a killed run was publishing
-    gain = round(slide_exposure_gain(slide), 4)
-    scale = _slide_scale(work, slide, net, spec, device, px, gain, options.auto_scale)
+    busy = _Busy()
+    with busy("scale"):
+        gain = round(slide_exposure_gain(slide), 4)
+        scale = _slide_scale(work, slide, net, spec, px, gain, options)
     plan = _plan(slide, spec, px, options.tile, options.halo, options.skip_empty, scale, gain)
     # the classifier's weights too: a rerun with other weights of the same spec types afresh
     plan["typing"] = (
         None if classifier is None else {**classifier[1].to_json(), "weights": _digest(classifier[0])}
     )
     plan["align"] = pad_multiple(net)
+    if bfloat16(options.precision, device):  # bfloat16 class maps differ a little: not mixed with float32
+        plan["bf16"] = True
     store = _open_work(work, plan, shard)
     if until == "plan":
         return None
@@ -333,7 +360,9 @@ def segment_slide(
     total = {"classified": len(mine), "cells": 2 * len(mine)}.get(until, 2 * len(mine) + (shard[0] == 0))
     done = 0
 
-    # pass 1: class map per tile core
+    # pass 1: class map per tile core; tiles are read and resampled a batch ahead of the
+    # network (a thread), and the cells of each tile whose neighbourhood is classified are
+    # separated, typed and measured by other threads while the network goes on
     todo = [i for i in mine if not work.is_classified(i)]
     done += len(mine) - len(todo)
     cell_width = DEFAULT_CELL_DIAMETER_PX / plan["scale"]  # slide px, what the look is scaled to
@@ -341,67 +370,104 @@ def segment_slide(
     if gain != 1.0 and todo:
         yield done, total, f"under-exposed slide: tiles brightened {gain:.2f}x for the network"
 
-    batch: list[tuple[int, tuple, tuple]] = []
-
-    def flush():
-        nonlocal done
-        images = []
-        for _, window, _ in batch:
-            source = wgrid.source(window)
-            images.append(wgrid.to_work(brighten(slide.read(*source), gain), source, window))
-        probs = predict_batch(net, spec, images, device)
-        for (i, window, _), prob in zip(batch, probs, strict=True):
+    def network_input():
+        """("skipped", i) per tile with no nucleus near it, ("batch", [(i, window, image)...])
+        per batch of tiles of one working shape, read, brightened and resampled."""
+        batch: list[tuple[int, tuple, np.ndarray]] = []
+        for i in todo:
             core = grid.core(i)
-            store[core[0] : core[2], core[1] : core[3]] = wgrid.to_slide(prob, window, core)
-            work.mark(i, "network")
-            done += 1
-            yield done, total, f"tile {i + 1}/{len(grid)}: classified"
-        batch.clear()
+            with busy("read"):
+                empty = options.skip_empty and (
+                    look_nucleus_size(slide, grid.expand(core, grid.halo), cell_width, gain) < MIN_NUCLEUS
+                )
+            if empty:
+                yield "skipped", i
+                continue
+            with busy("read"):
+                window = wgrid.window(core)
+                source = wgrid.source(window)
+                image = wgrid.to_work(brighten(slide.read(*source), gain), source, window)
+            if batch and image.shape != batch[0][2].shape:
+                yield "batch", batch
+                batch = []
+            batch.append((i, window, image))
+            if len(batch) >= options.batch_size:
+                yield "batch", batch
+                batch = []
+        if batch:
+            yield "batch", batch
 
-    for i in todo:
-        core = grid.core(i)
-        if options.skip_empty and (
-            look_nucleus_size(slide, grid.expand(core, grid.halo), cell_width, gain) < MIN_NUCLEUS
-        ):
-            work.mark(i, "skipped")
-            done += 1
-            yield done, total, f"tile {i + 1}/{len(grid)}: no nuclei, skipped"
-            continue
-        window = wgrid.window(core)
-        shape = (window[2] - window[0], window[3] - window[1])
-        if batch and shape != batch[0][2]:
-            yield from flush()
-        batch.append((i, window, shape))
-        if len(batch) >= options.batch_size:
-            yield from flush()
-    if batch:
-        yield from flush()
-    if until == "classified":
-        return None
-    yield from _wait(
-        lambda: all(work.is_classified(i) for i in range(len(grid))),
-        poll,
-        done,
-        total,
-        "waiting for other workers to classify their tiles",
-    )
-
-    # pass 2: cells per tile, from the stored class map
-    for i in mine:
+    def separate(i: int) -> None:
+        """Pass 2 of tile ``i``: its cells (from the stored class map), types and measurements."""
         path = work.cells(i)
-        if not path.exists():
+        if path.exists():
+            return
+        classified.wait(i)  # whether the tile was skipped is known once it is classified
+        with busy("cells"):
             record = TileCells()
             if work.how_classified(i) != "skipped":
-                record = cells_in_tile(
-                    lambda b: store[b[0] : b[2], b[1] : b[3]], grid, i, cell_diameter=plan["cell_diameter"]
-                )
+                record = cells_in_tile(classified.read, grid, i, cell_diameter=plan["cell_diameter"])
             types = probs = None
             if classifier is not None and len(record.first):
                 types, probs = _classify(record, slide, gain, classifier, plan["scale"], device)
             table = _measure(record, px, types, probs)
             _save_cells(path, record, table)
-        done += 1
-        yield done, total, f"tile {i + 1}/{len(grid)}: cells separated"
+
+    threads = options.cell_threads() if until != "classified" else 0
+    # one process does every tile: a tile's cells need not wait for the end of pass 1
+    overlap = threads > 0 and shard[1] == 1
+    classified = _Classified(store, grid, [i for i in range(len(grid)) if work.is_classified(i)], busy)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="cells") if threads else None
+    pending: dict = {}  # tile -> its pass-2 future, in tile order
+    try:
+        if overlap:
+            pending = {i: pool.submit(separate, i) for i in mine}
+        for kind, item in _ahead(network_input()):
+            if kind == "skipped":
+                work.mark(item, "skipped")
+                classified.add(item)
+                done += 1
+                yield done, total, f"tile {item + 1}/{len(grid)}: no nuclei, skipped"
+                continue
+            with busy("network"):
+                probs = predict_batch(
+                    net, spec, [image for _, _, image in item], device, precision=options.precision
+                )
+            for (i, window, _), prob in zip(item, probs, strict=True):
+                core = grid.core(i)
+                with busy("network"):
+                    store[core[0] : core[2], core[1] : core[3]] = wgrid.to_slide(prob, window, core)
+                work.mark(i, "network")
+                classified.add(i)
+                done += 1
+                yield done, total, f"tile {i + 1}/{len(grid)}: classified"
+            while pending and next(iter(pending.values())).done():  # cells ready, in tile order
+                i = next(iter(pending))
+                pending.pop(i).result()
+                done += 1
+                yield done, total, f"tile {i + 1}/{len(grid)}: cells separated"
+        if until == "classified":
+            return None
+        yield from _wait(
+            lambda: all(work.is_classified(i) for i in range(len(grid))),
+            poll,
+            done,
+            total,
+            "waiting for other workers to classify their tiles",
+        )
+        # pass 2: the cells of every tile not yet done
+        if not overlap:
+            classified.add(*range(len(grid)))
+            pending = {i: pool.submit(separate, i) if pool else None for i in mine}
+        for i, future in pending.items():
+            future.result() if future is not None else separate(i)
+            done += 1
+            yield done, total, f"tile {i + 1}/{len(grid)}: cells separated"
+        pending = {}
+    finally:
+        classified.stop()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     if shard[0] != 0 or until == "cells":
         return None
     yield from _wait(
@@ -414,11 +480,124 @@ def segment_slide(
     from .slide_output import write_results
 
     skipped = sum(work.how_classified(i) == "skipped" for i in range(len(grid)))
-    result = write_results(work, out, name, grid, plan, spec, skipped, source=slide.path)
+    with busy("results"):
+        result = write_results(work, out, name, grid, plan, spec, skipped, source=slide.path)
+    result.seconds = busy.seconds()
     yield total, total, "done"
     if not keep_work:
         shutil.rmtree(work.path, ignore_errors=True)
     return result
+
+
+class _Busy:
+    """Seconds spent per stage, added up over threads (``with busy("network"): ...``)."""
+
+    def __init__(self):
+        self._seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._seconds[stage] = self._seconds.get(stage, 0.0) + seconds
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t)
+
+    def seconds(self) -> dict[str, float]:
+        with self._lock:
+            return {k: round(v, 3) for k, v in self._seconds.items()}
+
+
+class _Stopped(Exception):
+    """The run stopped (an error, or its generator closed) while a thread waited for tiles."""
+
+
+class _Classified:
+    """The tiles whose class maps are stored; :meth:`read` of the class map over a box waits
+    until every tile under it is, so that cells are separated while the network classifies
+    the tiles after them. Reads reach beyond a tile's halo only for objects crossing it,
+    and wait for those tiles too."""
+
+    def __init__(self, store, grid: TileGrid, classified: Iterable[int], busy: _Busy):
+        self.store, self.grid, self.busy = store, grid, busy
+        self._done = set(classified)
+        self._stopped = False
+        self._changed = threading.Condition()
+
+    def add(self, *tiles: int) -> None:
+        with self._changed:
+            self._done.update(tiles)
+            self._changed.notify_all()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+
+    def wait(self, *tiles: int) -> float:
+        """Wait until ``tiles`` are classified; the seconds waited. Raises :class:`_Stopped`
+        if the run stops first."""
+        need = set(tiles)
+        t = time.perf_counter()
+        with self._changed:
+            self._changed.wait_for(lambda: self._stopped or need <= self._done)
+            if not need <= self._done:
+                raise _Stopped
+        return time.perf_counter() - t
+
+    def read(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The class map over a slide box, once every tile under it is classified."""
+        (ty, tx), cols = self.grid.tile, self.grid.cols
+        rows = range(box[0] // ty, (box[2] - 1) // ty + 1)
+        waited = self.wait(*(r * cols + c for r in rows for c in range(box[1] // tx, (box[3] - 1) // tx + 1)))
+        self.busy.add("cells", -waited)  # a tile's cells are timed with their reads: waiting is not work
+        return self.store[box[0] : box[2], box[1] : box[3]]
+
+
+def _ahead(items: Iterator, depth: int = 2) -> Iterator:
+    """The items of ``items``, made by a thread up to ``depth`` ahead of the caller (its
+    errors are raised here; closing the iterator stops the thread)."""
+    made: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def make() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        made.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            made.put((end, None))
+        except BaseException as err:  # raised in the caller's thread
+            made.put((end, err))
+
+    thread = threading.Thread(target=make, name="tiles ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = made.get()
+            if err is not None:
+                raise err
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let it finish the tile in hand and see the stop
+            try:
+                made.get(timeout=0.1)
+            except queue.Empty:
+                pass
 
 
 def _wait(ready, poll: float, done: int, total: int, message: str):
