@@ -7,7 +7,10 @@
    in bfloat16: time per field, class-map pixels that differ, fields whose cell count
    differs, and Dice of the cell and nucleus masks against the reference for each.
 
-Usage: python bench/precision.py [--fields 73] [--device cpu] [--repeats 3]
+3. With ``--cpu-reference N`` on a GPU: the first N fields in float32 on the CPU too (the
+   reference path), and the class-map pixels the GPU's float32 and bfloat16 change.
+
+Usage: python bench/precision.py [--fields 73] [--device cpu] [--repeats 3] [--cpu-reference 0]
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def main() -> None:
     p.add_argument("--fields", type=int, default=73)
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the tile per layout")
+    p.add_argument("--cpu-reference", type=int, default=0, help="fields also segmented on the CPU")
     args = p.parse_args()
     device = pick_device(args.device)
     net, spec = load_model(device=device)
@@ -101,6 +105,21 @@ def main() -> None:
     for precision in ("fp32", "bf16"):
         d = np.mean(scores[precision], 0) * 100
         print(f"| {precision} | {statistics.median(seconds[precision]):.3f} | {d[0]:.2f} | {d[1]:.2f} |")
+    if args.cpu_reference and device != "cpu":
+        cpu_net, _ = load_model(device="cpu")
+        changed = {"fp32": [], "bf16": []}
+        for pair in pairs[: args.cpu_reference]:
+            image, _ = load_pair(pair)
+            ref = run(segment(image, cpu_net, spec, Options(device="cpu", precision="fp32"))).classes
+            for precision in changed:
+                got = run(segment(image, net, spec, Options(device=device, precision=precision))).classes
+                changed[precision].append(float(np.mean(got != ref)))
+        print(f"\nagainst the CPU's float32 (the reference), {len(changed['fp32'])} fields:")
+        for precision, v in changed.items():
+            print(
+                f"  {device} {precision}: class-map pixels that differ, median {100 * np.median(v):.4f}%, "
+                f"max {100 * max(v):.4f}%"
+            )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ scanned at 0.25 um/px has 6.25 times as many working px per slide px.
 
 Usage: python bench/slide_throughput.py [--only dense realistic agreement] [--workers 2]
        [--grid 3 3] [--size 4096] [--tiles 256 512 1024] [--agreement-grid 2 2] [--threads 0 1]
-       [--precision auto|fp32|bf16]
+       [--precision auto|fp32|bf16] [--device cpu|cuda]
 
 ``--threads``: one dense and one realistic run per value, the cells of classified tiles
 separated by that many threads beside the network (0: after it, in turn; -1: the default).
@@ -35,9 +35,12 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from napari_wbc.core.options import Options
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_slides import (  # noqa: E402
@@ -46,6 +49,8 @@ from synthetic_slides import (  # noqa: E402
     red_cell_quarters,
     smear_edge_slide,
 )
+
+SETTINGS = Options(device="cpu")  # the device and precision of every run (--device, --precision)
 
 
 def cpu_s() -> float:
@@ -56,7 +61,7 @@ def cpu_s() -> float:
 def load():
     from napari_wbc.models import load_model
 
-    return load_model(device="cpu")
+    return load_model(device=SETTINGS.device)
 
 
 def mosaic(folder: Path, grid: tuple[int, int], name: str) -> Path:
@@ -66,25 +71,20 @@ def mosaic(folder: Path, grid: tuple[int, int], name: str) -> Path:
     return build_mosaic_slide(folder / f"{name}.ome.tif", images, grid=grid, pixel_size=PIXEL_SIZE)
 
 
-PRECISION = "auto"  # --precision
-
-
 def timed_run(
     path: Path, out: Path, tile: int | None = None, threads: int | None = None
 ) -> tuple[object, float, float]:
     from napari_wbc.core.inference import run
-    from napari_wbc.core.options import Options
     from napari_wbc.core.wholeslide import segment_slide
 
     net, spec = load()
     t0, c0 = time.perf_counter(), cpu_s()
-    options = Options(device="cpu", tile=tile, threads=threads, precision=PRECISION)
+    options = replace(SETTINGS, tile=tile, threads=threads)
     result = run(segment_slide(path, out, net, spec, options))
     return result, time.perf_counter() - t0, cpu_s() - c0
 
 
 def dense(folder: Path, grid: tuple[int, int], workers: int, threads: int | None = None) -> dict:
-    from napari_wbc.core.options import Options
     from napari_wbc.core.slide import open_slide
 
     path = mosaic(folder, grid, "dense")
@@ -119,7 +119,7 @@ def dense(folder: Path, grid: tuple[int, int], workers: int, threads: int | None
         ):
             client.run(load)  # workers start and load the model: not part of the slide's time
             t1 = time.perf_counter()
-            (outcome,) = run(segment_slides([path], folder / "dense-dist", client, Options(device="cpu")))
+            (outcome,) = run(segment_slides([path], folder / "dense-dist", client, SETTINGS))
             t2 = time.perf_counter()
         assert outcome.error is None, outcome.error
         same = (folder / f"dense-single{threads}" / "dense_cells.csv").read_bytes() == (
@@ -139,7 +139,6 @@ def dense(folder: Path, grid: tuple[int, int], workers: int, threads: int | None
 def realistic(folder: Path, size: int, rbc_per_wbc: float, seed: int, threads: int | None = None) -> dict:
     from scipy import ndimage
 
-    from napari_wbc.core.options import Options
     from napari_wbc.core.slide import open_slide
     from napari_wbc.core.tiling import TileGrid
     from napari_wbc.core.wholeslide import _plan
@@ -217,7 +216,6 @@ def agreement(folder: Path, grid: tuple[int, int], tiles: list[int]) -> list[dic
     import tifffile
 
     from napari_wbc.core.inference import run, segment
-    from napari_wbc.core.options import Options
     from napari_wbc.core.slide import open_slide
     from napari_wbc.core.tiling import TileGrid, canonical_labels
 
@@ -226,7 +224,7 @@ def agreement(folder: Path, grid: tuple[int, int], tiles: list[int]) -> list[dic
         image = slide.read(0, 0, *slide.shape)
     net, spec = load()
     t0 = time.perf_counter()
-    ref = run(segment(image, net, spec, Options(auto_scale=False)))
+    ref = run(segment(image, net, spec, replace(SETTINGS, auto_scale=False)))
     whole_s = time.perf_counter() - t0
     cells = canonical_labels(ref.cells)
     nuclei = np.where(ref.nuclei > 0, cells, 0)
@@ -292,9 +290,12 @@ def main() -> None:
         help="dense, realistic: cell-separating threads, one run each (0: after the network; -1: default)",
     )
     p.add_argument("--precision", default="auto", help="the network's arithmetic: auto, fp32 or bf16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto...")
     args = p.parse_args()
-    global PRECISION
-    PRECISION = args.precision
+    from napari_wbc.core.device import pick_device
+
+    global SETTINGS
+    SETTINGS = Options(device=pick_device(args.device), precision=args.precision)
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
