@@ -82,3 +82,32 @@ def test_ncr_needs_iou_of_one_half():
     from napari_wbc.core.evaluate import ncr_ratios_of_matches
 
     assert ncr_ratios_of_matches(cells, cells, reference, label) == []
+
+
+def _voc(path, boxes):
+    """A Pascal VOC file with WBC boxes (x0, y0, x1, y1) and one platelet."""
+    objects = "".join(
+        f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+        f"<ymax>{y1}</ymax></bndbox></object>"
+        for name, (x0, y0, x1, y1) in [("Platelets", (0, 0, 3, 3)), *(("WBC", b) for b in boxes)]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<annotation>{objects}</annotation>")
+
+
+def test_reference_count_is_the_boxes_and_the_masked_cells_they_miss(tmp_path):
+    from napari_wbc.core.dataset import Pair
+    from napari_wbc.core.evaluate import reference_count
+
+    pair = Pair("set", "f", tmp_path / "images" / "f.jpg", tmp_path / "labels" / "f.png", "test")
+    label = np.zeros((60, 100), np.uint8)
+    label[5:25, 5:25] = 1  # two touching cells, one mask region, two boxes
+    label[5:25, 25:45] = 1
+    label[40:58, 80:100] = 1  # a cell cut by the frame: masked, not boxed
+    voc = tmp_path / "annotations_voc" / "f.xml"
+    _voc(voc, [(5, 5, 24, 24), (25, 5, 44, 24)])
+    assert reference_count(pair, label) == 3
+    _voc(voc, [(5, 5, 24, 24), (25, 5, 44, 24), (80, 40, 99, 57), (60, 5, 70, 15)])  # a box without mask
+    assert reference_count(pair, label) == 4
+    voc.unlink()  # no boxes at all: the mask's regions
+    assert reference_count(pair, label) == 2

@@ -27,16 +27,23 @@ from .metrics import METRICS, class_map_metrics, mean_metrics
 
 
 def reference_count(pair, label) -> int:
-    """White cells in a reference: the VOC WBC boxes when the dataset has them, else the
-    connected white-cell regions of the mask."""
-    import xml.etree.ElementTree as ET
-
+    """White cells in a reference: the VOC WBC boxes when the dataset has them, plus each
+    white-cell region of the mask that lies mostly outside every box (bccd's boxes miss a
+    cell that its mask and its type labels hold in 3 of 73 test fields, cells cut by the
+    frame); without boxes, the connected white-cell regions of the mask."""
     from scipy import ndimage
 
-    voc = pair.image.parent.parent / "annotations_voc" / f"{pair.stem}.xml"
-    if voc.exists():
-        return sum(o.findtext("name") == "WBC" for o in ET.parse(voc).getroot().iter("object"))
-    return int(ndimage.label(label > 0)[1])
+    from .celltype_data import voc_boxes
+
+    regions, n = ndimage.label(label > 0)
+    boxes = voc_boxes(pair.image.parent.parent, pair.stem).get("WBC")
+    if boxes is None:
+        return int(n)
+    boxed = np.zeros(label.shape, bool)
+    for y0, x0, y1, x1 in boxes:
+        boxed[max(0, y0) : y1 + 1, max(0, x0) : x1 + 1] = True
+    inside = ndimage.mean(boxed, regions, np.arange(1, n + 1)) if n else np.zeros(0)
+    return len(boxes) + int((np.asarray(inside) < 0.5).sum())
 
 
 def evaluate_dataset(
