@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_wbc.core.measure import count_summary, describe_counts, measure_cells
@@ -89,7 +90,9 @@ def test_cell_types_give_a_differential_count():
     counts = count_summary(table)
     assert counts["n_neutrophil"] == 2 and counts["n_lymphocyte"] == 1 and counts["n_monocyte"] == 0
     assert counts["pct_neutrophil"] == pytest.approx(200 / 3) and counts["excluded"] == 0
-    assert describe_counts(counts) == "3 white cells (3 complete): 2 neutrophil (67%), 1 lymphocyte (33%)"
+    assert describe_counts(counts) == (
+        "3 white cells (3 complete): 2 neutrophil (67%, 95% CI 9-99%), 1 lymphocyte (33%, 1-91%)"
+    )
 
 
 def test_not_a_white_cell_is_left_out_of_the_count_and_unidentified_counts_apart():
@@ -115,6 +118,22 @@ def test_not_a_white_cell_is_left_out_of_the_count_and_unidentified_counts_apart
     assert counts["n_eosinophil"] == 1 and counts["pct_lymphocyte"] == 20.0
     assert counts["mean_ncr"] == pytest.approx(table["ncr"][table["cell_type"] != "not_wbc"].mean())
     assert describe_counts(counts) == (
-        "5 white cells (5 complete): 2 neutrophil (40%), 1 lymphocyte (20%), 1 eosinophil (20%), "
-        "1 unidentified (20%); 1 not a white cell (excluded)"
+        "5 white cells (5 complete): 2 neutrophil (40%, 95% CI 5-85%), 1 lymphocyte (20%, 1-72%), "
+        "1 eosinophil (20%, 1-72%), 1 unidentified (20%, 1-72%); 1 not a white cell (excluded)"
     )
+
+
+def test_each_share_of_the_differential_has_ruemkes_confidence_interval():
+    """Exact binomial 95% intervals, as Ruemke's table for manual differentials gives them."""
+    from napari_wbc.core.celltypes import differential, share_interval
+
+    assert share_interval(5, 100) == pytest.approx((1.64, 11.28), abs=0.01)  # 5% of 100 cells
+    assert share_interval(10, 200) == pytest.approx((2.42, 9.00), abs=0.01)  # 5% of 200 cells
+    assert share_interval(0, 20)[0] == 0 and share_interval(20, 20)[1] == 100
+    assert all(np.isnan(share_interval(0, 0)))
+    table = pd.DataFrame({"cell_type": ["neutrophil"] * 95 + ["monocyte"] * 5 + ["not_wbc"] * 3})
+    d = differential(table)
+    assert d.loc["monocyte", ["count", "percent"]].tolist() == [5, 5.0]
+    assert d.loc["monocyte", ["ci_low", "ci_high"]].tolist() == pytest.approx([1.64, 11.28], abs=0.01)
+    # none of 100 seen: the smear may still hold up to 3.6%
+    assert d.loc["eosinophil", ["ci_low", "ci_high"]].tolist() == pytest.approx([0, 3.62], abs=0.01)

@@ -139,6 +139,10 @@ def test_the_counts_are_the_tables_and_the_csv_lists_every_cell(report):
     for kind in CELL_TYPES:
         assert diff.loc[kind, "count"] == counts[f"n_{kind}"] == by_type.get(kind, 0)
         assert diff.loc[kind, "percent"] == pytest.approx(counts[f"pct_{kind}"], abs=0.01)
+        # each share's 95% interval holds it and narrows with the cells counted (N_CELLS here)
+        low, high = diff.loc[kind, ["ci95_low", "ci95_high"]]
+        assert low <= counts[f"pct_{kind}"] <= high and high - low < 10
+        assert f"<td>{low:.0f}–{high:.0f}</td>" in page
         if counts[f"n_{kind}"]:  # the page's section of that type counts all of them
             assert f">{kind.capitalize()}: {counts[f'n_{kind}']} (" in page
     totals = csv[csv["section"] == "total"].set_index("type")["count"]

@@ -123,17 +123,24 @@ def count_summary(table: pd.DataFrame) -> dict[str, int | float]:
 
 
 def describe_counts(counts: dict) -> str:
-    """'12 white cells (11 complete)', with the differential count when cells are typed:
-    '...: 7 neutrophil (58%), 3 lymphocyte (25%), 2 monocyte (17%); 1 not a white cell'."""
+    """'12 white cells (11 complete)', with the differential count when cells are typed, each
+    share with its 95% confidence interval (:func:`.celltypes.share_interval`): '...: 7
+    neutrophil (58%, 95% CI 28-85%), 3 lymphocyte (25%, 5-57%), 2 monocyte (17%, 2-48%);
+    1 not a white cell (excluded)'."""
+    from .celltypes import share_interval
+
     text = f"{counts['white_cells']} white cells ({counts['complete_cells']} complete)"
+    typed = {k.removeprefix("n_"): n for k, n in counts.items() if k.startswith("n_")}
     kinds = sorted(
-        ((n, k.removeprefix("n_")) for k, n in counts.items() if k.startswith("n_") and n),
-        key=lambda item: (item[1] == UNIDENTIFIED, -item[0]),
+        ((n, kind) for kind, n in typed.items() if n), key=lambda item: (item[1] == UNIDENTIFIED, -item[0])
     )
-    if kinds:
-        text += ": " + ", ".join(
-            f"{n} {kind} ({counts.get('pct_' + kind, float('nan')):.0f}%)" for n, kind in kinds
-        )
+    shares = []
+    for n, kind in kinds:
+        low, high = share_interval(n, sum(typed.values()))
+        ci = f"{'95% CI ' if not shares else ''}{low:.0f}-{high:.0f}%"
+        shares.append(f"{n} {kind} ({counts.get('pct_' + kind, float('nan')):.0f}%, {ci})")
+    if shares:
+        text += ": " + ", ".join(shares)
     if counts.get("excluded"):
         text += f"; {counts['excluded']} not a white cell (excluded)"
     return text

@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..models import weights_sha256
 from .batch import write_atomic
+from .celltypes import share_interval
 from .dataset import CELL_TYPES, NOT_WBC, UNIDENTIFIED
 from .io import InputError
 from .measure import count_summary, describe_counts
@@ -90,18 +91,22 @@ def _stats(values: pd.Series) -> tuple[float, float, float]:
 
 
 def report_tables(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(per type, flagged cells)``: per type (the five, then unidentified) its count and
-    percent and the median, min and max of NCR and the cell and nucleus areas; the flagged
+    """``(per type, flagged cells)``: per type (the five, then unidentified) its count,
+    percent and the percent's 95% confidence interval (``ci95_low``, ``ci95_high``), and the
+    median, min and max of NCR and the cell and nucleus areas; the flagged
     cells (low confidence, touching the border, reclassified, excluded by the reviewer)."""
     t = start_review(table)
     counts = count_summary(t)
     cell_area, nucleus_area, unit = _area_columns(t)
     unit = "um2" if unit != "px" else "px"
     kinds = t["cell_type"].map(text)
+    typed = sum(counts.get(f"n_{kind}", 0) for kind in (*CELL_TYPES, UNIDENTIFIED))
     rows = []
     for kind in (*CELL_TYPES, UNIDENTIFIED):
         own = t[kinds == kind]
-        row = {"type": kind, "count": counts.get(f"n_{kind}", len(own)), "percent": counts.get(f"pct_{kind}")}
+        n = counts.get(f"n_{kind}", len(own))
+        row = {"type": kind, "count": n, "percent": counts.get(f"pct_{kind}")}
+        row["ci95_low"], row["ci95_high"] = share_interval(n, typed)
         for column, name in (
             ("ncr", "ncr"),
             (cell_area, f"cell_area_{unit}"),
@@ -212,6 +217,10 @@ def _range(median, lo, hi, digits: int) -> str:
     return f"{_fmt(median, digits)} <span class=r>({_fmt(lo, digits)}–{_fmt(hi, digits)})</span>"
 
 
+def _interval(low: float, high: float) -> str:
+    return f"{low:.0f}–{high:.0f}" if math.isfinite(low) else "–"
+
+
 TITLES = {
     **{kind: kind.capitalize() for kind in CELL_TYPES},
     UNIDENTIFIED: "Unidentified",
@@ -319,6 +328,8 @@ def _report_html(
         out.append(f'<div class="banner no"><b>Not signed off</b><ul>{items}</ul></div>')
     # the differential
     out.append("<h2>Differential</h2><table><tr><th>type</th><th>count</th><th>%</th>")
+    ci = "where the share of so few cells may lie (exact binomial, as in Ruemke's table)"
+    out.append(f'<th title="{e(ci)}">95% CI</th>')
     out.append(f"<th>NCR <span class=r>median (range)</span></th><th>cell area, {unit}</th>")
     out.append(f"<th>nucleus area, {unit}</th></tr>")
     for row in per_type.itertuples(index=False):
@@ -331,16 +342,19 @@ def _report_html(
         out.append(
             f"<tr{apart}><td>{link}</td>"
             f"<td>{row['count']}</td><td>{_fmt(row['percent'], 1)}</td>"
+            f"<td>{_interval(row['ci95_low'], row['ci95_high'])}</td>"
             f"<td>{_range(row['ncr_median'], row['ncr_min'], row['ncr_max'], 2)}</td>"
             f"<td>{_range(row[area + '_median'], row[area + '_min'], row[area + '_max'], digits)}</td>"
             f"<td>{_range(row[nuc + '_median'], row[nuc + '_min'], row[nuc + '_max'], digits)}</td></tr>"
         )
-    out.append(f'<tr class="total"><td>white cells counted</td><td>{counts["white_cells"]}</td><td>100</td>')
+    out.append(
+        f'<tr class="total"><td>white cells counted</td><td>{counts["white_cells"]}</td><td>100</td><td></td>'
+    )
     out.append(f"<td>{_fmt(counts.get('mean_ncr'), 2)} <span class=r>mean</span></td><td></td><td></td></tr>")
     excluded = counts.get("excluded", 0)
     name = "excluded: not a white cell"
     link = f'<a href="#type-{NOT_WBC}">{name}</a>' if excluded else name
-    out.append(f'<tr class="apart"><td>{link}</td><td>{excluded}</td>' + "<td></td>" * 4 + "</tr></table>")
+    out.append(f'<tr class="apart"><td>{link}</td><td>{excluded}</td>' + "<td></td>" * 5 + "</tr></table>")
     status = t["review_status"].value_counts()
     tally = [
         f"{status.get(s, 0)} {STATUS_TEXT.get(s, s)}"
