@@ -445,9 +445,9 @@ def test_mosaic_tiled_equals_untiled_across_seams_and_corners(mosaic, model, tmp
 
 
 def test_tiles_read_ahead_in_order_and_errors_reach_the_caller():
-    from napari_wbc.core.wholeslide import _ahead
+    from napari_wbc.core.pipeline import ahead
 
-    assert list(_ahead(iter(range(10)), depth=2)) == list(range(10))
+    assert list(ahead(iter(range(10)), depth=2)) == list(range(10))
 
     def failing():
         yield 1
@@ -455,7 +455,7 @@ def test_tiles_read_ahead_in_order_and_errors_reach_the_caller():
 
     got = []
     with pytest.raises(InputError, match="tile 2"):
-        for item in _ahead(failing()):
+        for item in ahead(failing()):
             got.append(item)
     assert got == [1]
 
@@ -466,9 +466,9 @@ def test_tiles_read_ahead_in_order_and_errors_reach_the_caller():
             made.append(len(made))
             yield made[-1]
 
-    ahead = _ahead(endless(), depth=2)
-    assert next(ahead) == 0
-    ahead.close()  # the thread stops: it makes at most the items the queue holds, and one more
+    made_ahead = ahead(endless(), depth=2)
+    assert next(made_ahead) == 0
+    made_ahead.close()  # the thread stops: it makes at most the items the queue holds, and one more
     n = len(made)
     time.sleep(0.3)
     assert len(made) == n <= 4

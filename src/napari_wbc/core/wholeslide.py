@@ -17,13 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import queue
 import shutil
-import threading
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +39,7 @@ from .inference import (
 )
 from .io import InputError
 from .options import Options
+from .pipeline import Busy, ClassifiedTiles, ahead
 from .postprocess import DEFAULT_CELL_DIAMETER_PX
 from .slide import Slide, open_slide
 from .tiling import (
@@ -339,7 +337,7 @@ def segment_slide(
     from .slide_output import recover_results
 
     recover_results(work, out, name)  # finish (or clear) what a killed run was publishing
-    busy = _Busy()
+    busy = Busy()
     with busy("scale"):
         gain = round(slide_exposure_gain(slide), 4)
         scale = _slide_scale(work, slide, net, spec, px, gain, options)
@@ -416,13 +414,13 @@ def segment_slide(
     threads = options.cell_threads() if until != "classified" else 0
     # one process does every tile: a tile's cells need not wait for the end of pass 1
     overlap = threads > 0 and shard[1] == 1
-    classified = _Classified(store, grid, [i for i in range(len(grid)) if work.is_classified(i)], busy)
+    classified = ClassifiedTiles(store, grid, [i for i in range(len(grid)) if work.is_classified(i)], busy)
     pool = ThreadPoolExecutor(threads, thread_name_prefix="cells") if threads else None
     pending: dict = {}  # tile -> its pass-2 future, in tile order
     try:
         if overlap:
             pending = {i: pool.submit(separate, i) for i in mine}
-        for kind, item in _ahead(network_input()):
+        for kind, item in ahead(network_input()):
             if kind == "skipped":
                 work.mark(item, "skipped")
                 classified.add(item)
@@ -487,117 +485,6 @@ def segment_slide(
     if not keep_work:
         shutil.rmtree(work.path, ignore_errors=True)
     return result
-
-
-class _Busy:
-    """Seconds spent per stage, added up over threads (``with busy("network"): ...``)."""
-
-    def __init__(self):
-        self._seconds: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def add(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            self._seconds[stage] = self._seconds.get(stage, 0.0) + seconds
-
-    @contextmanager
-    def __call__(self, stage: str):
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(stage, time.perf_counter() - t)
-
-    def seconds(self) -> dict[str, float]:
-        with self._lock:
-            return {k: round(v, 3) for k, v in self._seconds.items()}
-
-
-class _Stopped(Exception):
-    """The run stopped (an error, or its generator closed) while a thread waited for tiles."""
-
-
-class _Classified:
-    """The tiles whose class maps are stored; :meth:`read` of the class map over a box waits
-    until every tile under it is, so that cells are separated while the network classifies
-    the tiles after them. Reads reach beyond a tile's halo only for objects crossing it,
-    and wait for those tiles too."""
-
-    def __init__(self, store, grid: TileGrid, classified: Iterable[int], busy: _Busy):
-        self.store, self.grid, self.busy = store, grid, busy
-        self._done = set(classified)
-        self._stopped = False
-        self._changed = threading.Condition()
-
-    def add(self, *tiles: int) -> None:
-        with self._changed:
-            self._done.update(tiles)
-            self._changed.notify_all()
-
-    def stop(self) -> None:
-        with self._changed:
-            self._stopped = True
-            self._changed.notify_all()
-
-    def wait(self, *tiles: int) -> float:
-        """Wait until ``tiles`` are classified; the seconds waited. Raises :class:`_Stopped`
-        if the run stops first."""
-        need = set(tiles)
-        t = time.perf_counter()
-        with self._changed:
-            self._changed.wait_for(lambda: self._stopped or need <= self._done)
-            if not need <= self._done:
-                raise _Stopped
-        return time.perf_counter() - t
-
-    def read(self, box: tuple[int, int, int, int]) -> np.ndarray:
-        """The class map over a slide box, once every tile under it is classified."""
-        (ty, tx), cols = self.grid.tile, self.grid.cols
-        rows = range(box[0] // ty, (box[2] - 1) // ty + 1)
-        waited = self.wait(*(r * cols + c for r in rows for c in range(box[1] // tx, (box[3] - 1) // tx + 1)))
-        self.busy.add("cells", -waited)  # a tile's cells are timed with their reads: waiting is not work
-        return self.store[box[0] : box[2], box[1] : box[3]]
-
-
-def _ahead(items: Iterator, depth: int = 2) -> Iterator:
-    """The items of ``items``, made by a thread up to ``depth`` ahead of the caller (its
-    errors are raised here; closing the iterator stops the thread)."""
-    made: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-    end = object()
-
-    def make() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        made.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            made.put((end, None))
-        except BaseException as err:  # raised in the caller's thread
-            made.put((end, err))
-
-    thread = threading.Thread(target=make, name="tiles ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, err = made.get()
-            if err is not None:
-                raise err
-            if item is end:
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # let it finish the tile in hand and see the stop
-            try:
-                made.get(timeout=0.1)
-            except queue.Empty:
-                pass
 
 
 def _wait(ready, poll: float, done: int, total: int, message: str):
