@@ -172,6 +172,21 @@ def test_running_again_updates_the_layers(viewer, qtbot, trained_model, notifica
     assert set(np.unique(viewer.layers[f"{SAMPLE} nuclei"].data)) == {0, 1}
 
 
+def test_bfloat16_from_the_options_gives_the_same_cells(viewer, qtbot, trained_model, notifications):
+    viewer.open_sample("napari-wbc", "two_cells")
+    widget = _widget(viewer)
+    assert widget.precision.value == "auto"  # fp32 on this CPU
+    _run(qtbot, widget)
+    fp32 = np.asarray(viewer.layers[f"{SAMPLE} cells"].data).copy()
+    widget.precision.value = "bf16"
+    _run(qtbot, widget)
+    assert _errors(notifications) == []
+    bf16 = np.asarray(viewer.layers[f"{SAMPLE} cells"].data)
+    assert len(np.unique(bf16)) == len(np.unique(fp32)) == 3
+    assert 0.98 < 2 * ((bf16 > 0) & (fp32 > 0)).sum() / ((bf16 > 0).sum() + (fp32 > 0).sum())
+    assert (bf16 != fp32).any()  # it did run in bfloat16 (measured: 35 of 307,200 px differ)
+
+
 def test_typing_can_be_switched_off(viewer, qtbot, trained_model, notifications):
     viewer.open_sample("napari-wbc", "two_cells")
     widget = _widget(viewer)

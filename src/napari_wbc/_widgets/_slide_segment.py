@@ -116,7 +116,7 @@ class SlideSegmentMixin:
             show_error(str(err))
             return None
         pixel_size = float(self.pixel_size.value) if self.pixel_size.value > 0 else None
-        options = Options(pixel_size=pixel_size, device=device)
+        options = Options(pixel_size=pixel_size, device=device, precision=self.precision.value)
         work = WorkFolder(out, name)
         resuming = work.path.is_dir()
         self._cancel = threading.Event()

@@ -10,7 +10,7 @@ owns the measurements (``features``, one row per cell) and the counts
 (``metadata["counts"]``); the measurement table widget is docked to show them. After an
 image's first segmentation the view shows the whole image (the docks have narrowed the
 canvas since it was opened); a later run keeps the user's view. Settings one rarely changes
-(device, pixel size, flip-average, single-cell crops, cell types) are folded under "options",
+(device, precision, pixel size, flip-average, single-cell crops, cell types) are folded under "options",
 so that the widget stays short. "cell types" offers the shipped cell-type classifier and every
 classifier fine-tuned since (the Train widget's, in :func:`napari_wbc.models.user_model_dir`,
 by name), for a field or a whole slide alike; the one used is recorded in the cells layer's
@@ -46,7 +46,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QSizePolicy
 
 from ..core.io import GRAYSCALE_WARNING, MAX_MEGAPIXELS, PIXEL_SIZE_RANGE, InputError, is_grayscale, to_rgb8
-from ..core.options import Options
+from ..core.options import PRECISIONS, Options
 from ..models import DEFAULT_MODEL, MissingWeightsError
 from ._layers import CELLS_STYLE, NUCLEI_STYLE, OptionsPanel, side_by_side, upsert_labels
 from ._slide_segment import SegmentationError, SlideSegmentMixin, slide_path
@@ -64,6 +64,9 @@ TIPS = {
     "image": "RGB smear field to segment",
     "model": "trained network (shipped, or trained in the Fine-tune a model widget or `napari-wbc train`)",
     "device": "where the network runs; auto picks a GPU when there is one",
+    "precision": "the network's arithmetic: bf16 (bfloat16) is about twice as fast on a GPU and on a CPU "
+    "with AVX512-BF16, outlines within a fraction of a percent of fp32's; auto: bf16 on a CUDA GPU, "
+    "fp32 elsewhere",
     "pixel_size": "micrometres per pixel; 0 = take it from the file, else unknown. "
     "With a pixel size the image is resampled to the model's scale and "
     "areas are also given in um^2",
@@ -219,6 +222,9 @@ class SegmentWidget(SlideSegmentMixin, Container):
         self.device = ComboBox(
             label="device", choices=available_devices(), value="auto", tooltip=TIPS["device"]
         )
+        self.precision = ComboBox(
+            label="precision", choices=PRECISIONS, value="auto", tooltip=TIPS["precision"]
+        )
         self.pixel_size = FloatSpinBox(
             label="pixel size (µm/px)",
             value=0.0,
@@ -248,8 +254,8 @@ class SegmentWidget(SlideSegmentMixin, Container):
         )
         self.status.native.setWordWrap(True)  # long messages must not widen the dock
         self.settings = OptionsPanel(
-            [self.device, self.pixel_size, self.flip_average, self.single_cell, self.typing],
-            tooltip="device, pixel size, flip-average, single-cell crops, cell types",
+            [self.device, self.precision, self.pixel_size, self.flip_average, self.single_cell, self.typing],
+            tooltip="device, precision, pixel size, flip-average, single-cell crops, cell types",
         )
         # compact by folding the options away (not by scrolling): the count in the status stays in view
         self.extend(
@@ -323,6 +329,7 @@ class SegmentWidget(SlideSegmentMixin, Container):
         options = Options(
             pixel_size=pixel_size,
             device=device,
+            precision=self.precision.value,
             single_cell=self.single_cell.value,
             max_megapixels=MAX_MEGAPIXELS,
         )
