@@ -24,8 +24,9 @@ class Options:
     - ``auto_scale``: the white cells' width sets the network's scale; off: the pixel size's scale.
     - ``device``: the torch device that runs the networks ("cpu", "cuda", "mps"...).
     - ``precision``: the segmentation network's arithmetic: "fp32", "bf16" (bfloat16 autocast:
-      1.9x on a CPU with AVX512-BF16, class maps within a few pixels in 10,000), or "auto":
-      bf16 on a CUDA GPU, fp32 elsewhere (the CPU path is the reference).
+      1.9x on a CPU with AVX512-BF16; on the bccd test fields a median 0.014% of class-map
+      pixels change, Dice cell -0.14 points), or "auto": bf16 on a CUDA GPU, fp32 elsewhere
+      (the CPU path is the reference).
     - ``single_cell``: fields: a single-cell crop; only its centre cell is kept, as id 1.
     - ``max_megapixels``: fields: the most pixels the network may see at once (InputError over it).
     - ``tile``: slides: tile side or (height, width) in slide px; None: ``WORK_TILE`` working px.
