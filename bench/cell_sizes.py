@@ -34,9 +34,8 @@ def main() -> None:
             for target, source, size in zip(z["target"], z["source"], z["size"], strict=True):
                 if target < len(CELL_TYPES) and ":ref:" in source:
                     cues.setdefault((source.split("/")[0], CELL_TYPES[target]), []).append(size)
-    print(
-        "| dataset | type | cells | diameter px, median (IQR) | size cue, median (IQR) |\n|---|---|---|---|---|"
-    )
+    print("| dataset | type | cells | diameter px, median (IQR) | size cue, median (IQR) |")
+    print("|---|---|---|---|---|")
     for name in ("zheng_d1", "zheng_d2", "bccd"):
         types = image_cell_types(DATASETS / name)
         widths: dict[str, list[float]] = {}
