@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..models import weights_sha256
 from .batch import write_atomic
-from .celltypes import share_interval
+from .celltypes import differential
 from .dataset import CELL_TYPES, NOT_WBC, UNIDENTIFIED
 from .io import InputError
 from .measure import count_summary, describe_counts
@@ -100,13 +100,12 @@ def report_tables(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     cell_area, nucleus_area, unit = _area_columns(t)
     unit = "um2" if unit != "px" else "px"
     kinds = t["cell_type"].map(text)
-    typed = sum(counts.get(f"n_{kind}", 0) for kind in (*CELL_TYPES, UNIDENTIFIED))
+    shares = differential(t)  # the percents' 95% intervals
     rows = []
     for kind in (*CELL_TYPES, UNIDENTIFIED):
         own = t[kinds == kind]
-        n = counts.get(f"n_{kind}", len(own))
-        row = {"type": kind, "count": n, "percent": counts.get(f"pct_{kind}")}
-        row["ci95_low"], row["ci95_high"] = share_interval(n, typed)
+        row = {"type": kind, "count": counts.get(f"n_{kind}", len(own)), "percent": counts.get(f"pct_{kind}")}
+        row["ci95_low"], row["ci95_high"] = shares.loc[kind, ["ci_low", "ci_high"]]
         for column, name in (
             ("ncr", "ncr"),
             (cell_area, f"cell_area_{unit}"),
