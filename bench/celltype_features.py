@@ -1,6 +1,6 @@
 """What the cell-type classifier's colour augmentation costs on the labs it was trained on.
 
-A probe, not a classifier the app uses: 29 measured features per crop (the size cue; cell
+A probe, not a classifier the app uses: 30 measured features per crop (the size cue, two numbers; cell
 area, NCR; the nucleus's solidity, eccentricity, roundness, lobes (``core.lobes``) and
 holes; the cell's solidity and eccentricity; mean, spread and blue/red balance of the
 optical density of nucleus and cytoplasm, against the crop's own background) and a small
@@ -46,7 +46,7 @@ def features(rgb: np.ndarray, label: np.ndarray, size: np.ndarray) -> np.ndarray
             return [*o.mean(0), *o.std(0), balance, np.percentile(o.sum(1), 90)]
 
         n, c = nucleus.sum(), cell.sum()
-        row = [s, np.log(c + 1), n / max(c, 1)]
+        row = [*np.atleast_1d(s), np.log(c + 1), n / max(c, 1)]
         if n > 3:
             r = measure.regionprops(nucleus.astype(np.uint8))[0]
             row += [

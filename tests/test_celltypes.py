@@ -65,7 +65,9 @@ def test_network_input_and_size_cue():
     assert x.shape == (2, 5, 8, 8)
     assert torch.allclose(x[:, :3], torch.full((2, 3, 8, 8), 2.0))  # (1 - 0.5) / 0.25
     assert x[0, 3].sum() == 16 and x[0, 4].sum() == 4 and x[1, 3:].sum() == 0
-    assert size_cue(np.array([100.0, 50.0]), 2.0) == pytest.approx([np.log(2.0), 0.0])
+    # width in red-cell diameters (log), and whether the field has that ruler
+    assert size_cue(np.array([100.0, 50.0]), 50.0) == pytest.approx(np.array([[np.log(2.0), 1], [0, 1]]))
+    assert (size_cue(np.array([100.0, 50.0]), None) == 0).all()
 
 
 def test_rules_not_a_white_cell_and_unidentified():
@@ -157,7 +159,7 @@ def test_forward_save_load_and_training_lowers_the_loss(tmp_path):
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     losses = []
     for _ in range(15):
-        loss = torch.nn.functional.cross_entropy(net(x, torch.zeros(16)), y)
+        loss = torch.nn.functional.cross_entropy(net(x, torch.zeros(16, 2)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from napari_wbc.cli import main
 from napari_wbc.core.celltype_data import _box_masks, correction_examples, voc_boxes
-from napari_wbc.core.celltypes import cell_crops, size_cue
+from napari_wbc.core.celltypes import cell_crops, field_ruler, size_cue
 from napari_wbc.core.corrections import (
     read_corrections,
     save_type_corrections,
@@ -97,7 +97,9 @@ def test_saved_corrections_are_valid_carry_provenance_and_give_the_classifiers_i
     folder = tmp_path / "type_corrections"
     image, cells, nuclei, table, kind, n_white = reviewed_field(fields[0])
     source = {**PROVENANCE, "source": str(fields[0].image)}
-    result = save_type_corrections(folder, image, cells, nuclei, table, source, scale=0.7)
+    result = save_type_corrections(folder, image, cells, nuclei, table, source)
+    red_cell = field_ruler(image, cells)  # bccd's red cells: about 90 px
+    assert 60 < red_cell < 130
     # the reviewed cells with a type to learn: the white cells and two excluded objects
     assert result["split"] == "train" and result["unchanged"] == 0
     assert len(result["saved"]) == n_white + 2
@@ -107,7 +109,7 @@ def test_saved_corrections_are_valid_carry_provenance_and_give_the_classifiers_i
     assert [r["label"] for r in records] == [*range(1, n_white + 1), n_white + 1, n_white + 2]
     for r in records:
         assert {k: r[k] for k in PROVENANCE} == PROVENANCE and r["source"] == str(fields[0].image)
-        assert r["reviewed_by"] == "dr who" and r["reviewed_at"] == NOW and r["scale"] == 0.7
+        assert r["reviewed_by"] == "dr who" and r["reviewed_at"] == NOW and r["red_cell_px"] == red_cell
         for part in ("crop", "mask"):
             assert sha256(folder / r["files"][part]) == r["sha256"][part]
         crop = np.asarray(Image.open(folder / r["files"]["crop"]))
@@ -130,7 +132,7 @@ def test_saved_corrections_are_valid_carry_provenance_and_give_the_classifiers_i
     ids = [r["label"] for r in records]
     rgb, label, width = cell_crops(image, cells, nuclei, ids, 64, 1.5)
     assert np.array_equal(ex["small"], rgb) and np.array_equal(ex["small_label"], label)
-    assert np.allclose(ex["size"], size_cue(width, 0.7))
+    assert np.allclose(ex["size"], size_cue(width, red_cell)) and (ex["size"][:, 1] == 1).all()
     assert list(ex["target"]) == [CLASSES.index(kind)] * n_white + [CLASSES.index("not_wbc")] * 2
     assert len(correction_examples([folder], "val", 64, 1.5)["target"]) == 0
 
@@ -140,7 +142,7 @@ def test_saved_corrections_are_valid_carry_provenance_and_give_the_classifiers_i
         folder, image2, cells2, nuclei2, table2, {**PROVENANCE, "source": str(fields[1].image)}
     )
     assert second["split"] == "val" and read_corrections(folder, "val")
-    assert 0.3 < read_corrections(folder, "val")[0]["scale"] <= 1.0  # estimated as the segmenter does
+    assert read_corrections(folder, "val")[0]["red_cell_px"] == field_ruler(image2, cells2)
 
 
 def test_a_slide_saves_its_cells_read_around_each_one(tmp_path, fields):
@@ -160,25 +162,25 @@ def test_a_slide_saves_its_cells_read_around_each_one(tmp_path, fields):
         array[:] = labels
         lazy.append([array])  # napari's multiscale: a list of levels
     source = {**PROVENANCE, "source": "slide.ome.tif"}
-    field = save_type_corrections(tmp_path / "field", image, cells, nuclei, table, source, scale=0.7)
-    slide = save_type_corrections(tmp_path / "slide", Slide.from_array(image, 0.1), *lazy, table, source, 0.7)
+    field = save_type_corrections(tmp_path / "field", image, cells, nuclei, table, source)
+    slide = save_type_corrections(tmp_path / "slide", Slide.from_array(image, 0.1), *lazy, table, source)
     assert len(slide["saved"]) == len(field["saved"]) == n_white + 2
     assert validate_corrections(tmp_path / "slide") == []
     for a, b in zip(read_corrections(tmp_path / "field"), read_corrections(tmp_path / "slide"), strict=True):
-        assert (a["label"], a["origin"], a["cell_type"], a["scale"]) == (
+        # the slide's ruler is read around each cell: here, all of this small field
+        assert (a["label"], a["origin"], a["cell_type"], a["red_cell_px"]) == (
             b["label"],
             b["origin"],
             b["cell_type"],
-            0.7,
+            b["red_cell_px"],
         )
+        assert 60 < a["red_cell_px"] < 130
         assert a["sha256"] == b["sha256"]  # the same crop and mask files
-    # the slide stands for the field: saved again, nothing new; the scale estimated from its table
+    # the slide stands for the field: saved again, nothing new
     again = save_type_corrections(tmp_path / "slide", Slide.from_array(image, 0.1), *lazy, table, source)
     assert again == {"saved": [], "unchanged": n_white + 2, "split": "train"}
     fresh = save_type_corrections(tmp_path / "other", Slide.from_array(image, 0.1), *lazy, table, source)
-    assert (
-        0.3 < read_corrections(tmp_path / "other")[0]["scale"] <= 1.0 and len(fresh["saved"]) == n_white + 2
-    )
+    assert len(fresh["saved"]) == n_white + 2
     # a table of other cells is refused before anything is written
     with pytest.raises(InputError, match="the table names cells the labels lack"):
         save_type_corrections(
@@ -248,7 +250,7 @@ def saver_process(root, saver, rounds, start, results):
     saved = []
     for n in range(rounds):
         try:
-            got = save_type_corrections(root, *marked_field(saver, n), {"source": "smear.png"}, scale=1.0)
+            got = save_type_corrections(root, *marked_field(saver, n), {"source": "smear.png"})
             saved.append((saver, n, got["saved"], got["split"]))
         except Exception as err:  # a crash is a failure of the test, reported by the parent
             saved.append((saver, n, f"error: {type(err).__name__}: {err}", None))
@@ -312,9 +314,10 @@ def test_tiny_fine_tune_from_corrections_end_to_end(tmp_path, fields, capsys):
     assert spec.extra["trained"]["corrections"] == history["corrections"]
     # the start weights kept (no step beat them), or too few val white cells to choose the
     # threshold again: either way the start's threshold is kept, and the card says why
-    assert spec.extra["unidentified_below"] == 0.42
+    start = json.loads((shipped / "config.json").read_text())["unidentified_below"]
+    assert spec.extra["unidentified_below"] == start
     kept = history["best"]["step"] == 0
-    why = "no step beat the start weights" if kept else "kept the unidentified threshold 0.42"
+    why = "no step beat the start weights" if kept else f"kept the unidentified threshold {start}"
     assert any(why in note for note in history["notes"])
     assert why in (out / "CARD.md").read_text()
     assert "type corrections" in (out / "CARD.md").read_text()

@@ -246,7 +246,8 @@ def test_bccd_field_tiled_equals_untiled(field, model, tmp_path):
 
 def test_slide_keeps_the_cell_types_of_the_field(field, model, tmp_path):
     """Cells typed on a slide, tile by tile from the slide's pixels, get the types the same
-    pixels get as a field."""
+    pixels get as a field. The size cue's ruler (the red cells' diameter) is measured in each
+    tile and its margin rather than in the whole field, so the confidences may differ a little."""
     from napari_wbc.core.celltypes import load_classifier
 
     image, cells, _ = field
@@ -259,7 +260,7 @@ def test_slide_keeps_the_cell_types_of_the_field(field, model, tmp_path):
     old = {k: int(ref.cells[canonical == k][0]) for k in table["label"]}
     assert table["cell_type"].tolist() == [ref.types[old[k]][0] for k in table["label"]]
     np.testing.assert_allclose(
-        table["type_confidence"], [ref.types[old[k]][1] for k in table["label"]], atol=1e-5
+        table["type_confidence"], [ref.types[old[k]][1] for k in table["label"]], atol=0.01
     )
     probs = table[[c for c in table.columns if c.startswith("p_")]]
     assert probs.shape[1] == 6 and np.allclose(probs.sum(axis=1), 1, atol=1e-4)

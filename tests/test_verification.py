@@ -201,7 +201,7 @@ def test_differential_is_the_count_summary_with_not_wbc_excluded():
 
 def test_weights_sha256_of_the_shipped_classifier():
     # the sha256 its model card states
-    assert weights_sha256("celltype") == "ac4a1179f5ecc45ce0c917eda86de42f5ddcb4326bb8bd2c0c6c189f97eb7544"
+    assert weights_sha256("celltype") == "98b124f7309195a617fbc67a4d809bd423a7700b7037c1299ba2d7d88ee39bb0"
     assert weights_sha256("wbcnet") is None  # no trained weights
     assert weights_sha256(None) is None
 

@@ -578,7 +578,10 @@ def test_signing_off_a_slide_keeps_its_reviewed_cells_as_training_data(
     assert {(r["source"], r["model"], r["classifier"]) for r in records} == {(slide, "mifnet", "celltype")}
     # the same crops and masks as the field in memory gives
     reviewed = _features(layer).reset_index()
-    field = save_type_corrections(tmp_path / "field", rgb, cells, nuclei, reviewed, {}, records[0]["scale"])
-    expect = {r["label"]: r["sha256"] for r in read_corrections(tmp_path / "field")}
+    field = save_type_corrections(tmp_path / "field", rgb, cells, nuclei, reviewed, {})
+    expect = {r["label"]: r for r in read_corrections(tmp_path / "field")}
     assert len(field["saved"]) == len(records)
-    assert {r["label"]: r["sha256"] for r in records} == expect
+    assert {r["label"]: r["sha256"] for r in records} == {k: r["sha256"] for k, r in expect.items()}
+    # the slide's ruler (its red cells' diameter) is read around each cell, the field's in all of it
+    for r in records:
+        assert r["red_cell_px"] == pytest.approx(expect[r["label"]]["red_cell_px"], rel=0.05)

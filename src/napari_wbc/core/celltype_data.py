@@ -16,7 +16,7 @@ Per image of a split, the default segmenter runs as a user would run it; then:
 
 Type corrections folders (:mod:`.corrections`: the cells a reviewer typed, with their crops
 and masks) are a second source (:func:`correction_examples`): every cell in force is an
-example of the type the reviewer gave it, at the scale its field was segmented at.
+example of the type the reviewer gave it, with its field's ruler (the red cells' diameter).
 
 Each example is stored as a crop ``BIG_CONTEXT`` times the cell's side (at the classifier's
 resolution or finer, :func:`big_side`, for augmentation) and as the crop the classifier sees
@@ -34,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..models.celltype import CLASSES
-from .celltypes import cell_crops, size_cue
+from .celltypes import cell_crops, field_ruler, size_cue
 from .dataset import NOT_WBC, image_cell_types, list_pairs, load_pair
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,17 @@ def voc_boxes(root: Path, stem: str) -> dict[str, list[tuple[int, int, int, int]
             continue
         out.setdefault(obj.findtext("name") or "", []).append((y0, x0, y1, x1))
     return out
+
+
+def red_cell_box_sides(root: Path, stem: str, shape: tuple[int, int]) -> list[int]:
+    """The shorter side (px) of each VOC red-cell box of a field of ``shape`` that the frame
+    does not cut: what the field's annotation says of its red cells' diameter."""
+    h, w = shape
+    return [
+        min(y1 - y0, x1 - x0)
+        for y0, x0, y1, x1 in voc_boxes(root, stem).get("RBC", [])
+        if y0 > 2 and x0 > 2 and y1 < h - 2 and x1 < w - 2
+    ]
 
 
 def add_artefacts(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -124,7 +135,7 @@ class _Examples:
             k: [] for k in ("big", "big_label", "small", "small_label", "size", "target", "source")
         }
 
-    def add(self, image, cells, nuclei, ids, target: int, scale: float, source: str):
+    def add(self, image, cells, nuclei, ids, target: int, red_cell: float | None, source: str):
         if not len(ids):
             return
         big, big_label, width = cell_crops(image, cells, nuclei, ids, self.big, BIG_CONTEXT)
@@ -134,7 +145,7 @@ class _Examples:
             ("big_label", big_label),
             ("small", small),
             ("small_label", small_label),
-            ("size", size_cue(width, scale)),
+            ("size", size_cue(width, red_cell)),
         ):
             self.parts[key].append(value)
         self.parts["target"].append(np.full(len(ids), target, np.int64))
@@ -146,7 +157,7 @@ class _Examples:
             "big_label": (0, self.big, self.big),
             "small": (0, self.crop, self.crop, 3),
             "small_label": (0, self.crop, self.crop),
-            "size": (0,),
+            "size": (0, 2),
             "target": (0,),
             "source": (0,),
         }
@@ -179,7 +190,7 @@ def correction_examples(roots, split: str, crop: int = 64, context: float = 1.5)
                 nuclei,
                 [1],
                 CLASSES.index(record["cell_type"]),
-                float(record.get("scale", 1.0)),
+                record.get("red_cell_px"),
                 f"{root.name}/{stem}:corrected:{record['id']}",
             )
     return examples.arrays()
@@ -225,7 +236,8 @@ def collect_examples(
         if source not in segmented:
             result = run(segment(image, net, spec, options))
             segmented[source] = (result.cells, result.nuclei, result.scale)
-        found, found_nuclei, scale = segmented[source]
+        found, found_nuclei, _ = segmented[source]
+        ruler = field_ruler(image, found)
         ref = ndimage.label(label > 0)[0].astype(np.uint32)
         ref_nuclei = np.where(label == 2, ref, 0).astype(np.uint32)
         iou = _iou_matrix(found, ref)
@@ -239,11 +251,11 @@ def collect_examples(
                     ref_nuclei,
                     list(range(1, int(ref.max()) + 1)),
                     target,
-                    scale,
+                    ruler,
                     source + ":ref",
                 )
             matched = [i + 1 for i in range(iou.shape[0]) if iou.shape[1] and iou[i].max() >= 0.5]
-            examples.add(image, found, found_nuclei, matched, target, scale, source + ":seg")
+            examples.add(image, found, found_nuclei, matched, target, ruler, source + ":seg")
         if complete:
             wbc = np.zeros(label.shape, bool)
             for y0, x0, y1, x1 in boxes.get("WBC", []):
@@ -259,7 +271,7 @@ def collect_examples(
                 found_nuclei,
                 false,
                 CLASSES.index(NOT_WBC),
-                scale,
+                ruler,
                 source + ":false",
             )
             if not painted:
@@ -273,7 +285,7 @@ def collect_examples(
                             *masks,
                             [1],
                             CLASSES.index(NOT_WBC),
-                            scale,
+                            ruler,
                             f"{source}:{name.lower()}",
                         )
         if progress:
@@ -332,7 +344,7 @@ def cached_examples(
         return hashlib.sha256(split_csv.read_bytes()).hexdigest()[:16] if split_csv.exists() else ""
 
     out = Path(out)
-    key = key_of(crop=crop, context=context, big=[big_side(crop, context), BIG_CONTEXT])
+    key = key_of(crop=crop, context=context, big=[big_side(crop, context), BIG_CONTEXT], size_cue="red cells")
     arrays = load(out / f"examples_{split}.npz", key)
     if arrays is not None:
         return arrays

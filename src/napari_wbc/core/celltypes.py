@@ -19,8 +19,6 @@ from .dataset import CELL_TYPES, NOT_WBC, TYPING, UNIDENTIFIED
 
 CLASSIFIER = "celltype"  # the shipped classifier's name
 DEFAULT_UNIDENTIFIED_BELOW = 0.5
-# size cue: log of the cell's width at the working scale over a typical cell's 100 px
-TYPICAL_WIDTH = 100.0
 
 
 def cell_crops(
@@ -99,10 +97,27 @@ def crops_to_tensor(rgb: np.ndarray, label: np.ndarray, spec, device: str = "cpu
     return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
 
-def size_cue(width: np.ndarray, scale: float):
-    """The classifier's size input for cells ``width`` px wide in an image resampled by
-    ``scale`` for the segmenter."""
-    return np.log(np.maximum(np.asarray(width, np.float64) * scale, 1.0) / TYPICAL_WIDTH).astype(np.float32)
+def size_cue(width: np.ndarray, red_cell: float | None) -> np.ndarray:
+    """The classifier's size input (N, 2) for cells ``width`` px wide in a field whose red
+    cells are ``red_cell`` px across (:func:`.ruler.red_cell_diameter`): the log of the
+    width in red-cell diameters, and 1; (0, 0) where the field has no ruler."""
+    width = np.asarray(width, np.float64)
+    out = np.zeros((len(width), 2), np.float32)
+    if red_cell is not None and red_cell > 0:
+        out[:, 0] = np.log(np.maximum(width, 1.0) / red_cell)
+        out[:, 1] = 1.0
+    return out
+
+
+def field_ruler(image: np.ndarray, objects: np.ndarray, origin: tuple[int, int] = (0, 0)) -> float | None:
+    """The red-cell diameter (px) of ``image``, the segmented ``objects`` (placed at
+    ``origin`` in it) left out."""
+    from .ruler import red_cell_diameter
+
+    exclude = np.zeros(np.asarray(image).shape[:2], bool)
+    h, w = objects.shape
+    exclude[origin[0] : origin[0] + h, origin[1] : origin[1] + w] = objects > 0
+    return red_cell_diameter(image, exclude)
 
 
 def predict_crops(net, spec, rgb, label, sizes, device: str = "cpu", batch: int = 128) -> np.ndarray:
@@ -118,7 +133,7 @@ def predict_crops(net, spec, rgb, label, sizes, device: str = "cpu", batch: int 
             x = crops_to_tensor(rgb[i : i + batch], label[i : i + batch], spec, device)
             s = torch.from_numpy(np.asarray(sizes[i : i + batch], np.float32)).to(device)
             views = [torch.rot90(v, k, (2, 3)) for v in (x, x.flip(3)) for k in range(4)]
-            logits = net(torch.cat(views), s.repeat(len(views))).float()
+            logits = net(torch.cat(views), s.repeat(len(views), 1)).float()
             refuse_non_finite(logits, spec)
             prob = torch.softmax(logits, 1).reshape(len(views), len(x), -1).mean(0)
             out.append(prob.cpu().numpy())
@@ -149,13 +164,12 @@ def classify_cells(
     image: np.ndarray,
     cells: np.ndarray,
     nuclei: np.ndarray,
-    scale: float = 1.0,
     device: str = "cpu",
     origin: tuple[int, int] = (0, 0),
 ):
     """Types of every cell in ``cells``: ``(types, probs)`` with ``types`` cell id ->
     (type, confidence) after :func:`decide` and ``probs`` cell id -> {class: probability}.
-    ``scale`` is the factor the segmenter resampled the image by (the size cue)."""
+    The size cue's ruler is measured in ``image`` (:func:`field_ruler`)."""
     from scipy import ndimage
 
     ids = [
@@ -168,7 +182,7 @@ def classify_cells(
     size = int(spec.extra.get("crop", 64))
     context = float(spec.extra.get("context", 1.5))
     rgb, label, width = cell_crops(image, cells, nuclei, ids, size, context, origin)
-    prob = predict_crops(net, spec, rgb, label, size_cue(width, scale), device)
+    prob = predict_crops(net, spec, rgb, label, size_cue(width, field_ruler(image, cells, origin)), device)
     below = float(spec.extra.get("unidentified_below", DEFAULT_UNIDENTIFIED_BELOW))
     decided = decide(prob, spec.classes, below)
     types = dict(zip(ids, decided, strict=True))

@@ -15,7 +15,8 @@ per saved cell what the classifier's input is made of:
   field's pixels, 16 hex), ``label`` (the cell's id in the field), ``origin`` (y, x of the
   crop in the field), ``cell_type`` (the reviewer's: one of the five types or ``not_wbc``),
   ``suggested_type`` (the classifier's), ``review_status``, ``reviewed_by``, ``reviewed_at``,
-  ``scale`` (the segmenter's resampling of the field, for the classifier's size cue),
+  ``red_cell_px`` (the field's red-cell diameter, :mod:`.ruler`, the classifier's size cue's
+  ruler; null when the field shows too few red cells),
   ``split``, ``files`` and their ``sha256``, and ``supersedes`` (the id of the record of the
   same cell, same outline, that this one retypes).
 
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .celltypes import field_ruler
 from .dataset import (
     CELL_TYPES,
     MANIFEST,
@@ -59,6 +61,7 @@ from .dataset import (
 from .io import InputError
 
 KIND = "type_correction"
+RULER_WINDOW = 1024  # a slide's red cells are measured in this much around each saved cell (px)
 SAVE_CONTEXT = 2.5  # crop side / the cell's larger side
 SAVED_STATUSES = ("confirmed", "reclassified", "excluded")
 TRAINABLE = (*CELL_TYPES, NOT_WBC)  # the classifier's classes (models.celltype.CLASSES)
@@ -95,33 +98,6 @@ def _reviewed_rows(table) -> list[tuple[int, str, dict]]:
         }
         rows.append((int(row["label"]), kind, review))
     return rows
-
-
-def _estimated_scale(cells: np.ndarray, nuclei: np.ndarray) -> float:
-    """The factor the segmenter would resample this field by (its first pass measures the
-    white cells' width the same way): the size cue's scale when the caller does not know it."""
-    from .inference import scale_for_cells, typical_cell_width
-    from .review import classes_from_instances
-
-    width = typical_cell_width(classes_from_instances(cells, nuclei))
-    return 1.0 if width is None else float(scale_for_cells(width, None, None))
-
-
-def _table_scale(table) -> float:
-    """:func:`_estimated_scale` from a slide's table (its labels are too big to read whole):
-    the same rule, the median width of the larger white cells with a nucleus."""
-    import pandas as pd
-
-    from .inference import scale_for_cells
-
-    t = table[table["cell_type"].astype(str) != NOT_WBC] if "cell_type" in table else table
-    area = pd.to_numeric(t["cell_area_px"], errors="coerce").fillna(0).to_numpy(float)
-    nucleus = pd.to_numeric(t.get("nucleus_area_px", pd.Series(area, index=t.index)), errors="coerce")
-    ok = (nucleus.fillna(0).to_numpy(float) > 0.02 * area) & (area >= 200)
-    ok &= area >= 0.3 * (area.max() if len(area) else 0)
-    if not ok.any():
-        return 1.0
-    return float(scale_for_cells(float(np.median(np.sqrt(4 * area[ok] / np.pi))), None, None))
 
 
 def _box_around(cells, label: int, centre: tuple[float, float], area: float):
@@ -188,21 +164,19 @@ def save_type_corrections(
     nuclei: np.ndarray,
     table,
     provenance: dict | None = None,
-    scale: float | None = None,
 ) -> dict:
     """Save the reviewed cells of one field (or one slide) into the corrections folder ``root``.
 
     ``image`` (a field, RGB), ``cells`` and ``nuclei`` (instance maps, nucleus id = cell
     id): numpy arrays, or a slide's lazy ones (dask, zarr, a :class:`.slide.Slide`, napari's
     list of levels: the full resolution is read, a window around each reviewed cell, found
-    by its centroid and area in the table; the scale is then estimated from the table),
+    by its centroid and area in the table, and the ruler in a window around it),
     ``table`` the measurement table with the review columns (``label``,
     ``cell_type``, ``review_status``, ``suggested_type``, ``reviewed_by``, ``reviewed_at``;
     a table with only the older ``reviewed`` flag works too), ``provenance`` what the
     records should say of where the cells come from (``source`` image path, ``model``,
-    ``weights_sha256``, ``classifier``, ``classifier_sha256``, ...), ``scale`` the
-    segmenter's resampling of the field (None: estimated from the cells as the segmenter
-    measures them). Returns ``{"saved": [ids], "unchanged": n, "split": split}``.
+    ``weights_sha256``, ``classifier``, ``classifier_sha256``, ...). Returns
+    ``{"saved": [ids], "unchanged": n, "split": split}``.
     Raises :class:`.io.InputError` (nothing saved) for maps that do not fit the image or each other, or a
     table that names cells the maps lack.
     """
@@ -241,7 +215,10 @@ def save_type_corrections(
             for lab, _, _ in rows
         }
         field = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
-        scale = float(scale) if scale is not None else _estimated_scale(cells, nuclei)
+        field_red_cell = field_ruler(image, cells)
+
+        def ruler(y0, x0, y1, x1):
+            return field_red_cell
 
         def read(array, y0, x0, y1, x1):
             return array[y0:y1, x0:x1]
@@ -252,13 +229,18 @@ def save_type_corrections(
             raise InputError(f"labels {plane_shape(cells)} and image {plane_shape(image)} differ in shape")
         boxes = _slide_boxes(cells, table, rows)
         field = labels_fingerprint(cells, table, "cells")["sha256"][:16]
-        scale = float(scale) if scale is not None else _table_scale(table)
+
+        def ruler(y0, x0, y1, x1):  # as a slide's tile is typed: its surroundings
+            cy, cx, side = (y0 + y1) // 2, (x0 + x1) // 2, max(RULER_WINDOW, 4 * max(y1 - y0, x1 - x0))
+            top, left = max(0, cy - side // 2), max(0, cx - side // 2)
+            window = (top, left, min(h, top + side), min(w, left + side))
+            return field_ruler(read(image, *window), read(cells, *window))
 
         def read(array, y0, x0, y1, x1):
             return np.asarray(read_window(array, y0, x0, y1, x1, OUTSIDE if array is image else None))
 
     h, w = plane_shape(image)
-    items = []  # (label, type, review, crop, mask, origin, mask sha256)
+    items = []  # (label, type, review, crop, mask, origin, mask sha256, red-cell diameter)
     for label, kind, review in rows:
         y0, y1, x0, x1 = boxes[label]
         side = int(np.ceil(SAVE_CONTEXT * max(y1 - y0, x1 - x0)))
@@ -267,7 +249,8 @@ def save_type_corrections(
         mask = np.where(read(cells, *window) == label, 1, 0).astype(np.uint8)
         mask[(read(nuclei, *window) == label) & (mask > 0)] = 2
         digest = hashlib.sha256(mask.tobytes() + str(mask.shape).encode()).hexdigest()[:16]
-        items.append((label, kind, review, read(image, *window), mask, [window[0], window[1]], digest))
+        crop, red_cell = read(image, *window), ruler(y0, x0, y1, x1)
+        items.append((label, kind, review, crop, mask, [window[0], window[1]], digest, red_cell))
 
     for sub in FOLDERS:
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -282,7 +265,7 @@ def save_type_corrections(
         used = {r.get("id") for r in records}
         new_records, temps, placed = [], {}, []
         date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        for label, kind, review, crop, mask, origin, digest in items:
+        for label, kind, review, crop, mask, origin, digest, red_cell in items:
             earlier = by_cell.get((field, label, digest))
             if earlier is not None and earlier.get("cell_type") == kind:
                 result["unchanged"] += 1
@@ -300,7 +283,7 @@ def save_type_corrections(
                 "origin": origin,
                 "cell_type": kind,
                 **review,
-                "scale": scale,
+                "red_cell_px": red_cell,
                 "split": split,
                 "files": files,
                 "sha256": {},

@@ -107,7 +107,7 @@ def evaluate_dataset(
                 typed["pipeline"].append(types.get(cell, (MISSED,))[0] if cell else MISSED)
             if classifier is not None:
                 nuclei = np.where(label == 2, reference, 0)
-                alone, _ = classify_cells(*classifier, image, reference, nuclei, result.scale, device)
+                alone, _ = classify_cells(*classifier, image, reference, nuclei, device)
                 typed["reference"] += [alone[r][0] for r in refs]
         if progress:
             progress(i + 1, len(pairs))

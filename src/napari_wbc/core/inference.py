@@ -352,7 +352,7 @@ def segment(
         from .celltypes import classify_cells
 
         yield 3, 4, "typing cells"
-        types, probs = classify_cells(*classifier, image, cells, nuclei, scale, device)
+        types, probs = classify_cells(*classifier, image, cells, nuclei, device)
     yield 4, 4, "done"
     return Segmentation(_classes(cells, nuclei), cells, nuclei, scale, network, types, scores, probs)
 

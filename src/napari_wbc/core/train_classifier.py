@@ -6,7 +6,8 @@ folder so a rerun starts at once. Each step draws a batch weighted against class
 (a class's examples are drawn in proportion to ``count ** (1 - BALANCE)``: basophils, a
 handful in all three sets, are seen far more often than their share) and augments every
 crop with :func:`.augment.augment` (any rotation, a small zoom and shift, stain, lamp,
-camera, blur, noise, grayscale); the size cue is jittered too. Loss: cross-entropy with
+camera, blur, noise, grayscale); the size cue is jittered too, and now and then taken away
+(as on a field with no ruler). Loss: cross-entropy with
 label smoothing. Validation on the val crops every ``val_every`` steps keeps the best
 weights by the mean of the white cells' accuracy and the mean per-class recall
 (:func:`_scores`); at the end the
@@ -64,7 +65,8 @@ from .train import load_checkpoint, save_checkpoint, take_step, warmup_share
 
 log = logging.getLogger(__name__)
 BALANCE = 0.75
-SIZE_JITTER = 0.15  # sd of the noise added to the size cue (log units)
+SIZE_JITTER = 0.1  # sd of the noise added to the size cue (log units): the ruler's own spread
+RULER_DROP = 0.15  # share of the cells drawn as if their field had no ruler
 UNIDENTIFIED_COST = 0.5  # an unidentified cell costs the reviewer half of what a wrong type does
 MAX_UNIDENTIFIED = 0.10
 CORRECTIONS_SHARE = 0.5  # of each batch, when corrections are mixed with base data
@@ -243,7 +245,9 @@ class _Batches:
         ex = self.ex
         idx = rng.choice(len(self.weights), self.batch, p=self.weights)
         pairs = [augment(ex["big"][i], ex["big_label"][i], self.aug, rng, self.scale_range) for i in idx]
-        sizes = ex["size"][idx] + rng.normal(0, SIZE_JITTER, len(idx)).astype(np.float32)
+        sizes = ex["size"][idx].copy()
+        sizes[:, 0] += (rng.normal(0, SIZE_JITTER, len(idx)) * sizes[:, 1]).astype(np.float32)
+        sizes[rng.random(len(idx)) < RULER_DROP] = 0.0
         return (
             np.stack([p[0] for p in pairs]),
             np.stack([p[1] for p in pairs]).astype(np.uint8),

@@ -407,7 +407,7 @@ def segment_slide(
                 record = cells_in_tile(classified.read, grid, i, cell_diameter=plan["cell_diameter"])
             types = probs = None
             if classifier is not None and len(record.first):
-                types, probs = _classify(record, slide, gain, classifier, plan["scale"], device)
+                types, probs = _classify(record, slide, gain, classifier, device)
             table = _measure(record, px, types, probs)
             _save_cells(path, record, table)
 
@@ -493,7 +493,7 @@ def _wait(ready, poll: float, done: int, total: int, message: str):
         time.sleep(poll)
 
 
-def _classify(record: TileCells, slide: Slide, gain: float, classifier, scale: float, device: str):
+def _classify(record: TileCells, slide: Slide, gain: float, classifier, device: str):
     """The classifier's types of a tile's cells, from the slide's pixels around them (with
     room for the crop's context)."""
     from .celltypes import classify_cells
@@ -508,7 +508,6 @@ def _classify(record: TileCells, slide: Slide, gain: float, classifier, scale: f
         image,
         record.cells,
         record.nuclei,
-        scale,
         device,
         origin=(record.origin[0] - y0, record.origin[1] - x0),
     )

@@ -9,10 +9,10 @@ Input (``core.celltypes.cell_crops``): a square crop centred on the cell, 1.5x t
 larger side, resampled to ``CROP`` px, as 5 channels: the RGB image normalised like every
 model's input, and the masks of this cell and of its nucleus (neighbours are not masked, so
 the network knows which object it is asked about). The crop is scaled to the cell, so the
-network judges shape, nucleus and granule texture and colour; the cell's width at the
-segmenter's working scale (0.1 um/px when the pixel size is known, else the auto-scaled
-field) comes in as one more number, ``log(width / 100 px)``, a size cue that scale
-augmentation keeps weak.
+network judges shape, nucleus and granule texture and colour; the cell's size comes in as
+two more numbers (``core.celltypes.size_cue``): its width in the field's own red-cell
+diameters (``core.ruler``: about 7.5 um in every smear), as a log, and whether the field
+has that ruler at all (a crop of one cell on clean glass has not).
 
 Output: logits over ``CLASSES``: neutrophil, lymphocyte, monocyte, eosinophil, basophil
 (the datasets' coding 1..5) and ``not_wbc`` (platelets and clumps, red cells and their
@@ -38,6 +38,7 @@ CLASSES = (*CELL_TYPES, NOT_WBC)
 CROP = 64  # input side, px
 CONTEXT = 1.5  # crop side / the cell's larger side
 STEM, WIDTHS = 24, (32, 64, 128, 192)
+SIZE_INPUTS = 2  # log(width / red-cell diameter), and 1 if the field has that ruler
 TRAINING = {
     "optimizer": "adam",
     "lr": 2e-3,
@@ -88,14 +89,15 @@ class CellTypeNet(nn.Module):
         widths = (STEM, *WIDTHS)
         self.stages = nn.Sequential(*(_Stage(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)))
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(WIDTHS[-1] + 1, num_classes)
+        self.head = nn.Linear(WIDTHS[-1] + SIZE_INPUTS, num_classes)
 
     def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, classes) for crops ``x`` (B, 5, CROP, CROP) and size cues ``size`` (B,)."""
+        """Logits (B, classes) for crops ``x`` (B, 5, CROP, CROP) and size cues ``size``
+        (B, 2); None: no ruler."""
         f = self.stages(self.stem(x)).mean((2, 3))
         if size is None:
-            size = torch.zeros(len(x), device=x.device, dtype=f.dtype)
-        f = torch.cat([f, size.to(f.dtype)[:, None]], 1)
+            size = torch.zeros(len(x), SIZE_INPUTS, device=x.device, dtype=f.dtype)
+        f = torch.cat([f, size.to(f.dtype).reshape(len(x), SIZE_INPUTS)], 1)
         return self.head(self.drop(f))
 
 
