@@ -4,9 +4,13 @@ Reads the val examples a ``napari-wbc train --model celltype`` run cut (``OUT/ex
 all at one crop) and prints, for each classifier and each combination of two or more, the
 share of val white cells whose most likely class is their type (8-view averaged, as the
 pipeline types), the val score that picks a run's weights, the recall per class and the
-white-cell accuracy per data folder.
+white-cell accuracy per data folder. ``--condition`` changes the crops' colours first, as
+another lab's stain or camera would (``bench/robustness.py``'s colour conditions; they act on
+each pixel, so a changed crop is the crop of the changed field); ``--no-ensembles`` prints the
+classifiers alone.
 
 Usage: python bench/celltype_val.py EXAMPLES_VAL.npz WEIGHTS [WEIGHTS ...]
+       [--condition hema+|hema-|dim|gray] [--no-ensembles]
 """
 
 from __future__ import annotations
@@ -15,19 +19,26 @@ import argparse
 import itertools
 
 import numpy as np
+from robustness import CONDITIONS  # bench/, beside this script
 
 from napari_wbc.core.celltypes import predict_crops
 from napari_wbc.core.train_classifier import _scores
 from napari_wbc.models import load_model
+
+COLOUR_CONDITIONS = ("none", "hema+", "hema-", "dim", "gray")
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("examples", help="a run's examples_val.npz")
     p.add_argument("weights", nargs="+", help="classifier weights folders (their crop must be the examples')")
+    p.add_argument("--condition", choices=COLOUR_CONDITIONS, default="none")
+    p.add_argument("--no-ensembles", action="store_true")
     args = p.parse_args()
     with np.load(args.examples) as z:
         ex = {k: z[k] for k in z.files}
+    change = CONDITIONS[args.condition][1]
+    ex["small"] = np.stack([change(crop, None)[0] for crop in ex["small"]])
     probs = {}
     for w in args.weights:
         net, spec = load_model(None, w)
@@ -48,12 +59,12 @@ def main() -> None:
         recall = ", ".join(f"{k} {100 * v:.0f}" for k, v in s["recall"].items())
         print(f"| {name} | {100 * s['white_cell_accuracy']:.1f} | {s['score']:.3f} | {recall} | {per} |")
 
-    print(f"{int(wbc.sum())} val white cells, {int((~wbc).sum())} negatives")
+    print(f"{int(wbc.sum())} val white cells, {int((~wbc).sum())} negatives; {CONDITIONS[args.condition][0]}")
     print("| classifier(s) | white cells % | val score | recall % | white cells % per folder |")
     print("|---|---|---|---|---|")
     for w, prob in probs.items():
         show(w, prob)
-    for n in range(2, len(probs) + 1):
+    for n in range(2, 1 if args.no_ensembles else len(probs) + 1):
         for combo in itertools.combinations(probs, n):
             show(" + ".join(combo), np.mean([probs[c] for c in combo], 0))
 

@@ -9,7 +9,7 @@ folder and scored by ``evaluate_dataset``, no pixel size given, so the pipeline'
 scale estimate has to cope with the magnification changes.
 
 Usage: python bench/robustness.py [--datasets zheng_d1 zheng_d2 bccd] [--max-images 30]
-       [--conditions none half ...] [--flip-average]
+       [--conditions none half ...] [--flip-average] [--classifier-weights DIR]
 Prints a Markdown table (pipeline Dice cell / nucleus %, count exact, cell-type accuracy of the
 whole pipeline) per condition.
 """
@@ -123,6 +123,9 @@ def main() -> None:
     p.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
     p.add_argument("--max-images", type=int, default=30, help="first N test images of each split")
     p.add_argument("--flip-average", action="store_true")
+    p.add_argument(
+        "--classifier-weights", default=None, help="a classifier weights folder (default: shipped)"
+    )
     args = p.parse_args()
     names = args.datasets
     heads = [f"{n}: Dice cell / nucleus, count exact, type accuracy" for n in names]
@@ -134,7 +137,13 @@ def main() -> None:
             for name in names:
                 root = changed_split(DATASETS / name, condition, Path(tmp), args.max_images)
                 r = evaluate_dataset(
-                    root, "test", args.model, args.weights, args.device, flip_average=args.flip_average
+                    root,
+                    "test",
+                    args.model,
+                    args.weights,
+                    args.device,
+                    flip_average=args.flip_average,
+                    classifier_weights=args.classifier_weights,
                 )
                 m = r["metrics"]
                 types = r.get("types", {}).get("accuracy")
@@ -146,6 +155,7 @@ def main() -> None:
     print(
         f"\n{args.max_images} first test images per split; weights {r['weights']} "
         f"(sha256 {r['weights_sha256'][:16]}...), device {r['device']}, flip-averaged {r['flip_average']}"
+        + (f"; classifier sha256 {r['classifier']['weights_sha256'][:16]}..." if r.get("classifier") else "")
     )
 
 

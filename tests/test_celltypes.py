@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_wbc.core.celltypes import cell_crops, crops_to_tensor, decide, differential, size_cue
-from napari_wbc.core.dataset import CELL_TYPES
+from napari_wbc.core.dataset import CELL_TYPES, list_pairs, load_pair
 from napari_wbc.core.train_classifier import _scores, choose_threshold, fine_tune_loss
 from napari_wbc.core.type_metrics import type_report
 from napari_wbc.models import ModelSpec, create_model, load_model, save_model
@@ -194,11 +194,11 @@ def test_fine_tune_loss_holds_base_examples_where_the_start_was_and_learns_the_c
     assert (logits.grad[group == 0].abs().sum(1) > 1e-3).all()
 
 
-def test_napari_wbc_train_celltype_end_to_end(tmp_path, datasets):
+def test_napari_wbc_train_celltype_end_to_end(tmp_path, datasets, monkeypatch):
     """`napari-wbc train --model celltype` on a tiny copy of bccd (two train fields, one val
     field): examples collected with the shipped segmenter, a few steps with a worker process,
     weights that load at the crop asked for, with the unidentified threshold chosen on val;
-    examples at another crop cut from the kept segmentations."""
+    examples at another crop cut from the kept segmentations and rulers."""
     import shutil
 
     from napari_wbc.cli import main
@@ -247,16 +247,31 @@ def test_napari_wbc_train_celltype_end_to_end(tmp_path, datasets):
         assert CLASSES.index("neutrophil") in kinds and CLASSES.index("not_wbc") in kinds
         assert any(":ref:" in s for s in z["source"]) and any(":seg:" in s for s in z["source"])
         sources = sorted(z["source"].tolist())
-    # another crop is cut from what the segmenter found, kept beside the examples: no
-    # segmentation (this net would refuse it)
+    # another crop is cut from what the segmenter found and the fields' rulers, kept beside
+    # the examples: no segmentation (this net would refuse it), no ruler measured again
+    from napari_wbc.core import celltype_data
     from napari_wbc.core.celltype_data import big_side, cached_examples
+    from napari_wbc.core.celltypes import field_ruler
+
+    with np.load(out / "segmented_train.npz") as z:
+        kept = dict(zip(z["sources"].tolist(), z["rulers"].tolist(), strict=True))
+        first = z["sources"][0]
+        image = load_pair(next(p for p in list_pairs(data, "train") if p.stem in first))[0]
+        assert "+" not in first and kept[first] == pytest.approx(field_ruler(image, z["cells_0"]))
+    # the bccd fields as they are show their red cells (NaN: no ruler)
+    assert len(kept) == 3 and not np.isnan([r for k, r in kept.items() if "+" not in k]).any()
 
     class Refuses(torch.nn.Module):
         def forward(self, x):
             raise AssertionError("segmented again")
 
+    def measures(*args):
+        raise AssertionError("ruler measured again")
+
     segmenter = (Refuses(), load_model()[1])
-    ex = cached_examples(out, [data], "train", segmenter, crop=CROP, context=1.5)
+    with monkeypatch.context() as m:
+        m.setattr(celltype_data, "field_ruler", measures)
+        ex = cached_examples(out, [data], "train", segmenter, crop=CROP, context=1.5)
     assert ex["small"].shape[1:] == (CROP, CROP, 3) and ex["big"].shape[1:3] == (big_side(CROP, 1.5),) * 2
     assert sorted(ex["source"].tolist()) == sources
     # kept per image: with another split (or other data folders) only the images not seen

@@ -201,7 +201,7 @@ def test_differential_is_the_count_summary_with_not_wbc_excluded():
 
 def test_weights_sha256_of_the_shipped_classifier():
     # the sha256 its model card states
-    assert weights_sha256("celltype") == "98b124f7309195a617fbc67a4d809bd423a7700b7037c1299ba2d7d88ee39bb0"
+    assert weights_sha256("celltype") == "899520b7d796bcdb5e7950e17fe3b6e23c1b8e13f27a69b37c4aeae14715b308"
     assert weights_sha256("wbcnet") is None  # no trained weights
     assert weights_sha256(None) is None
 

@@ -210,8 +210,9 @@ def collect_examples(
 ) -> dict[str, np.ndarray]:
     """Classifier examples from the ``split`` of each dataset folder (see the module doc).
     ``segmenter`` is (net, spec) of the segmentation model whose cells will be typed.
-    ``segmented`` (source -> (cells, nuclei, scale)) holds what the segmenter found in
-    earlier runs; what is not in it is segmented now and added to it."""
+    ``segmented`` (source -> (cells, nuclei, scale, red-cell diameter)) holds what the
+    segmenter found in earlier runs and the field's ruler with those cells left out; what is
+    not in it is segmented and measured now and added to it."""
     from .inference import run, segment
     from .options import Options
 
@@ -236,8 +237,9 @@ def collect_examples(
         if source not in segmented:
             result = run(segment(image, net, spec, options))
             segmented[source] = (result.cells, result.nuclei, result.scale)
-        found, found_nuclei, _ = segmented[source]
-        ruler = field_ruler(image, found)
+        if len(segmented[source]) == 3:  # not measured yet
+            segmented[source] = (*segmented[source], field_ruler(image, segmented[source][0]))
+        found, found_nuclei, _, ruler = segmented[source]
         ref = ndimage.label(label > 0)[0].astype(np.uint32)
         ref_nuclei = np.where(label == 2, ref, 0).astype(np.uint32)
         iou = _iou_matrix(found, ref)
@@ -352,17 +354,24 @@ def cached_examples(
     seg_key = hashlib.sha256(json.dumps({"segmenter": segmenter[1].to_json()}, sort_keys=True).encode())
     seg_key, seg_path = seg_key.hexdigest()[:16], out / f"segmented_{split}.npz"
     stored = load(seg_path, seg_key) or {}
-    segmented = {
-        str(source): (stored[f"cells_{n}"], stored[f"nuclei_{n}"], float(stored["scales"][n]))
-        for n, source in enumerate(stored.get("sources", []))
-    }
-    known = len(segmented)
+    segmented = {}
+    for n, source in enumerate(stored.get("sources", [])):
+        found = (stored[f"cells_{n}"], stored[f"nuclei_{n}"], float(stored["scales"][n]))
+        if "rulers" in stored:  # NaN: the field has no ruler; kept before rulers were: measured now
+            ruler = float(stored["rulers"][n])
+            found = (*found, None if np.isnan(ruler) else ruler)
+        segmented[str(source)] = found
+    known = {k: len(v) for k, v in segmented.items()}
     arrays = collect_examples(
         roots, split, segmenter, device, crop, context, progress=progress, segmented=segmented
     )
-    if len(segmented) != known:
+    if {k: len(v) for k, v in segmented.items()} != known:
         sources = list(segmented)
-        parts = {"sources": np.array(sources), "scales": np.array([segmented[k][2] for k in sources])}
+        parts = {
+            "sources": np.array(sources),
+            "scales": np.array([segmented[k][2] for k in sources]),
+            "rulers": np.array([np.nan if segmented[k][3] is None else segmented[k][3] for k in sources]),
+        }
         for n, k in enumerate(sources):
             parts[f"cells_{n}"], parts[f"nuclei_{n}"] = (
                 np.asarray(a, np.uint16 if a.max(initial=0) < 2**16 else np.uint32) for a in segmented[k][:2]

@@ -46,7 +46,7 @@ from .verification import (
 )
 
 # a cell typed with less confidence than this is flagged in the report (the classifier calls
-# cells under its ``unidentified_below``, 0.34 for the shipped one, unidentified)
+# cells under its ``unidentified_below``, 0.3 for the shipped one, unidentified)
 LOW_CONFIDENCE = 0.6
 REPORT_THUMB = 128  # the report's thumbnails are larger: people would rather look than read
 # the report's thumbnails are JPEG at this quality, colour not subsampled (the 1 px outlines stay

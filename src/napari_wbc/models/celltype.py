@@ -46,13 +46,16 @@ TRAINING = {
     "batch_size": 64,
     "patch": CROP,
     # crops are scaled to the cell, so the zoom range is small; any rotation, every colour
-    # augmentation of core.augment (stain, lamp, camera, blur, noise, grayscale)
+    # augmentation of core.augment (stain, lamp, camera, blur, noise, grayscale). The stain
+    # jitter on 30% of the crops, not 90%: on the val crops 88/87% of white cells against
+    # 85/81/81% (seeds), and as good or better under changed stains, dim light and grayscale
+    # (session 13, docs/benchmarks.md)
     "augment": {
         "scale": (0.85, 1.18),
         "rotation": 180.0,
         "shift": 0.06,
         "elastic_p": 0.2,
-        "stain_p": 0.9,
+        "stain_p": 0.3,
         "stain_scale": 0.35,
         "blur_p": 0.3,
         "noise_p": 0.3,
