@@ -294,6 +294,31 @@ def test_napari_wbc_train_celltype_end_to_end(tmp_path, datasets, monkeypatch):
     calls = len(seen)
     cached_examples(out, [data], "train", (Refuses(), real[1]), crop=CROP + 8, context=1.5)
     assert calls == len(seen)
+    # a cache kept before rulers were, holding a field of a folder this run does not take:
+    # the fields used are measured once and kept, the other stays as it was
+    seg = out / "segmented_train.npz"
+    with np.load(seg) as z:
+        old = {k: z[k] for k in z.files if k != "rulers"}
+    n = len(old["sources"])
+    old["sources"] = np.append(old["sources"], "zheng_d1/001")
+    old["scales"] = np.append(old["scales"], 1.0)
+    old[f"cells_{n}"], old[f"nuclei_{n}"] = old["cells_0"], old["nuclei_0"]
+    np.savez_compressed(seg, **old)
+    (out / "examples_train.npz").unlink()
+    measured = []
+
+    def counts(image, objects):
+        measured.append(1)
+        return field_ruler(image, objects)
+
+    with monkeypatch.context() as m:
+        m.setattr(celltype_data, "field_ruler", counts)
+        cached_examples(out, [data], "train", segmenter, crop=CROP + 8, context=1.5)
+    with np.load(seg) as z:
+        again = dict(zip(z["sources"].tolist(), z["rulers"].tolist(), strict=True))
+    assert len(measured) == len(again) - 1 and again.pop("zheng_d1/001") == celltype_data.NOT_MEASURED
+    assert kept.keys() <= again.keys()  # the split changed above: more train fields now
+    assert np.allclose([again[k] for k in kept], list(kept.values()), equal_nan=True)
 
 
 def test_the_weights_are_picked_by_the_white_cells_not_by_the_many_negatives():

@@ -295,6 +295,17 @@ def collect_examples(
     return examples.arrays()
 
 
+NOT_MEASURED = -1.0  # a kept segmentation whose field's ruler is not measured yet
+
+
+def _stored_ruler(found: tuple) -> float:
+    """The ruler of a kept segmentation as stored: its diameter, NaN for none, or
+    ``NOT_MEASURED`` (kept before rulers were, and not used since)."""
+    if len(found) < 4:
+        return NOT_MEASURED
+    return np.nan if found[3] is None else found[3]
+
+
 def cached_examples(
     out,
     roots,
@@ -357,8 +368,8 @@ def cached_examples(
     segmented = {}
     for n, source in enumerate(stored.get("sources", [])):
         found = (stored[f"cells_{n}"], stored[f"nuclei_{n}"], float(stored["scales"][n]))
-        if "rulers" in stored:  # NaN: the field has no ruler; kept before rulers were: measured now
-            ruler = float(stored["rulers"][n])
+        ruler = float(stored["rulers"][n]) if "rulers" in stored else NOT_MEASURED
+        if ruler != NOT_MEASURED:  # NaN: the field has no ruler
             found = (*found, None if np.isnan(ruler) else ruler)
         segmented[str(source)] = found
     known = {k: len(v) for k, v in segmented.items()}
@@ -370,7 +381,7 @@ def cached_examples(
         parts = {
             "sources": np.array(sources),
             "scales": np.array([segmented[k][2] for k in sources]),
-            "rulers": np.array([np.nan if segmented[k][3] is None else segmented[k][3] for k in sources]),
+            "rulers": np.array([_stored_ruler(segmented[k]) for k in sources]),
         }
         for n, k in enumerate(sources):
             parts[f"cells_{n}"], parts[f"nuclei_{n}"] = (
