@@ -7,10 +7,13 @@ pipeline types), the val score that picks a run's weights, the recall per class 
 white-cell accuracy per data folder. ``--condition`` changes the crops' colours first, as
 another lab's stain or camera would (``bench/robustness.py``'s colour conditions; they act on
 each pixel, so a changed crop is the crop of the changed field); ``--no-ensembles`` prints the
-classifiers alone.
+classifiers alone. ``--type-prior TAU ...`` also prints each classifier with its five type
+probabilities reweighted by count ** (TAU x BALANCE), count the type's train examples (the
+run's ``examples_train.npz`` beside the val file): TAU 1 undoes the class-balanced drawing of
+training batches, so the types come out in the training data's proportions.
 
 Usage: python bench/celltype_val.py EXAMPLES_VAL.npz WEIGHTS [WEIGHTS ...]
-       [--condition hema+|hema-|dim|gray] [--no-ensembles]
+       [--condition hema+|hema-|dim|gray] [--no-ensembles] [--type-prior TAU [TAU ...]]
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 from robustness import CONDITIONS  # bench/, beside this script
 
 from napari_wbc.core.celltypes import predict_crops
-from napari_wbc.core.train_classifier import _scores
+from napari_wbc.core.train_classifier import BALANCE, _scores
 from napari_wbc.models import load_model
 
 COLOUR_CONDITIONS = ("none", "hema+", "hema-", "dim", "gray")
@@ -34,6 +37,7 @@ def main() -> None:
     p.add_argument("weights", nargs="+", help="classifier weights folders (their crop must be the examples')")
     p.add_argument("--condition", choices=COLOUR_CONDITIONS, default="none")
     p.add_argument("--no-ensembles", action="store_true")
+    p.add_argument("--type-prior", type=float, nargs="+", default=[], metavar="TAU")
     args = p.parse_args()
     with np.load(args.examples) as z:
         ex = {k: z[k] for k in z.files}
@@ -64,6 +68,20 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for w, prob in probs.items():
         show(w, prob)
+    if args.type_prior:
+        from pathlib import Path
+
+        with np.load(Path(args.examples).with_name("examples_train.npz")) as z:
+            counts = np.bincount(z["target"], minlength=prob.shape[1]).astype(np.float64)
+        for w, prob in probs.items():
+            for tau in args.type_prior:
+                weight = np.ones(prob.shape[1])
+                weight[:5] = counts[:5] ** (tau * BALANCE) / counts[:5].max() ** (tau * BALANCE)
+                reweighted = prob * weight
+                reweighted[:, :5] *= prob[:, :5].sum(1, keepdims=True) / reweighted[:, :5].sum(
+                    1, keepdims=True
+                )
+                show(f"{w}, type prior {tau}", reweighted)
     for n in range(2, 1 if args.no_ensembles else len(probs) + 1):
         for combo in itertools.combinations(probs, n):
             show(" + ".join(combo), np.mean([probs[c] for c in combo], 0))

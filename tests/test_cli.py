@@ -126,6 +126,31 @@ def test_evaluate_writes_json_and_markdown(tmp_path, datasets, capsys):
     assert "Single-cell crop mode" in report
 
 
+def test_evaluate_shows_the_cells_typed_wrong(tmp_path, datasets):
+    """zheng_d2 test crops 005 (a neutrophil, typed right) and 066 (labelled neutrophil; the
+    shipped classifier reads its round nucleus and thin rim as a lymphocyte's)."""
+    root = tmp_path / "mini"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for stem in ("005", "066"):
+        shutil.copy(datasets / "zheng_d2" / "images" / f"{stem}.png", root / "images")
+        shutil.copy(datasets / "zheng_d2" / "labels" / f"{stem}.png", root / "labels")
+    (root / "split.csv").write_text("stem,split\n005,test\n066,test\n")
+    (root / "class_labels.csv").write_text("image ID,class label\n5,1\n66,1\n")
+    assert main(["evaluate", "--dataset", str(root), "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    types = json.loads((tmp_path / "eval" / "mini_test_mifnet.json").read_text())["types"]
+    assert types["cells"] == 2 and types["accuracy"] == 0.5
+    (wrong,) = types["wrong_cells"]
+    assert (wrong["field"], wrong["reference"], wrong["typed"]) == ("066", "neutrophil", "lymphocyte")
+    assert 0.5 < wrong["confidence"] <= 1
+    assert (
+        "Typed wrong (1): 066 neutrophil -> lymphocyte"
+        in (tmp_path / "eval" / "mini_test_mifnet.md").read_text()
+    )
+    picture = np.asarray(Image.open(tmp_path / "eval" / "mini_test_mifnet_wrong_types.png"))
+    assert picture.shape[2] == 3 and picture.shape[1] > 128 and picture.std() > 20  # the cell, not a blank
+
+
 def test_segment_types_every_cell_and_writes_the_differential(tmp_path, datasets):
     """BloodImage_00007 (a test field, never trained on) shows one neutrophil."""
     image = datasets / "bccd" / "images" / "BloodImage_00007.jpg"

@@ -63,7 +63,7 @@ def evaluate_dataset(
     from .device import pick_device
     from .inference import run, segment
     from .options import Options
-    from .type_metrics import MISSED, confusion_png, type_report
+    from .type_metrics import MISSED, confusion_png, type_report, wrong_cells_png
 
     device = pick_device(device)
     folder = resolve_weights(model, weights)
@@ -82,6 +82,7 @@ def evaluate_dataset(
     per_image, network, annotated, count_errors, predictions, references = [], [], [], [], [], []
     single, all_objects = [], []
     typed = {"truth": [], "pipeline": [], "reference": []}
+    wrong, wrong_thumbs = [], []  # the cells the whole pipeline types wrong, and their pictures
     ncr_ratios = []
     for i, pair in enumerate(pairs):
         image, label = load_pair(pair)
@@ -103,8 +104,20 @@ def evaluate_dataset(
             refs = list(range(1, int(reference.max()) + 1))
             for r in refs:
                 cell = _best_match(reference == r, result.cells)
-                typed["truth"].append(known_types[pair.stem])
-                typed["pipeline"].append(types.get(cell, (MISSED,))[0] if cell else MISSED)
+                truth = known_types[pair.stem]
+                kind, confidence = types.get(cell, (MISSED, None)) if cell else (MISSED, None)
+                typed["truth"].append(truth)
+                typed["pipeline"].append(kind)
+                if kind != truth:
+                    wrong.append(
+                        {"field": pair.stem, "reference": truth, "typed": kind, "confidence": confidence}
+                    )
+                    shown = (
+                        (result.cells, result.nuclei, cell)
+                        if cell
+                        else (reference, np.where(label == 2, reference, 0), r)
+                    )
+                    wrong_thumbs.append(_cell_picture(image, *shown))
             if classifier is not None:
                 nuclei = np.where(label == 2, reference, 0)
                 alone, _ = classify_cells(*classifier, image, reference, nuclei, device)
@@ -143,7 +156,7 @@ def evaluate_dataset(
                 "weights_sha256": sha256(where / "model.safetensors"),
                 "unidentified_below": classifier[1].extra.get("unidentified_below"),
             }
-        result["types"] = type_report(typed["truth"], typed["pipeline"])
+        result["types"] = {**type_report(typed["truth"], typed["pipeline"]), "wrong_cells": wrong}
         if typed["reference"]:
             result["types_reference_cells"] = type_report(typed["truth"], typed["reference"])
     if out is not None:
@@ -156,9 +169,25 @@ def evaluate_dataset(
                 out / f"{stem}_confusion.png",
                 f"{result['dataset']} {split}: cell types, whole pipeline ({spec.name})",
             )
+        if wrong:
+            wrong_cells_png(
+                wrong,
+                wrong_thumbs,
+                out / f"{stem}_wrong_types.png",
+                f"{result['dataset']} {split}: the cells typed wrong, whole pipeline ({spec.name})",
+            )
         (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
         (out / f"{stem}.md").write_text(format_markdown(result) + "\n")
     return result
+
+
+def _cell_picture(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, label: int) -> np.ndarray:
+    """A thumbnail of cell ``label`` (its nucleus carries the same id in ``nuclei``), 2.5x
+    its width, its outlines drawn."""
+    from .thumbnails import thumbnail
+
+    width = 2 * np.sqrt((cells == label).sum() / np.pi)
+    return thumbnail(image, cells, nuclei, label, side_px=2.5 * max(width, 8.0))
 
 
 def _count_figures(errors: list[int]) -> dict:

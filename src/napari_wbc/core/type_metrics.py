@@ -71,6 +71,17 @@ def format_type_report(report: dict, title: str) -> str:
             + " | ".join(map(str, row))
             + f" | {_pct(c['recall'])} | {_pct(c['precision'])} |"
         )
+    wrong = report.get("wrong_cells")
+    if wrong:
+        lines += [
+            "",
+            f"Typed wrong ({len(wrong)}): "
+            + "; ".join(
+                f"{w['field']} {w['reference']} -> {w['typed']}"
+                + (f" ({w['confidence']:.2f})" if w.get("confidence") is not None else "")
+                for w in wrong
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -106,6 +117,27 @@ def confusion_png(report: dict, path: str | Path, title: str = "") -> Path:
         "rows: reference type; columns: prediction; green: right, red: wrong",
         fill="black",
     )
+    path = Path(path)
+    image.save(path)
+    return path
+
+
+def wrong_cells_png(wrong: list[dict], pictures: list[np.ndarray], path: str | Path, title: str = "") -> Path:
+    """The wrongly typed cells side by side, as a reviewer would look at them: each
+    picture captioned with its field, the reference type and what the pipeline said."""
+    from PIL import Image, ImageDraw
+
+    side, caption, per_row = 128, 30, 6
+    rows = -(-len(pictures) // per_row)
+    image = Image.new("RGB", (per_row * (side + 6) + 6, 28 + rows * (side + caption + 6)), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((6, 8), title, fill="black")
+    for k, (w, picture) in enumerate(zip(wrong, pictures, strict=True)):
+        x, y = 6 + (k % per_row) * (side + 6), 28 + (k // per_row) * (side + caption + 6)
+        image.paste(Image.fromarray(np.asarray(picture, np.uint8)).resize((side, side)), (x, y))
+        p = "" if w.get("confidence") is None else f" {w['confidence']:.2f}"
+        draw.text((x, y + side + 2), f"{w['field']}: {w['reference'][:5]}", fill="black")
+        draw.text((x, y + side + 15), f"-> {w['typed'][:5]}{p}", fill=(180, 0, 0))
     path = Path(path)
     image.save(path)
     return path
