@@ -29,6 +29,7 @@ from napari_wbc.core.train_classifier import BALANCE, _scores
 from napari_wbc.models import load_model
 
 COLOUR_CONDITIONS = ("none", "hema+", "hema-", "dim", "gray")
+BOOTSTRAP = 2000
 
 
 def main() -> None:
@@ -53,6 +54,16 @@ def main() -> None:
     folder = np.array([s.split("/")[0] for s in ex["source"]])
     wbc = target < 5  # the five types; 5 is not_wbc
 
+    # a field's crops (its cells with the reference's and the segmenter's outlines, and the
+    # same field with artefacts painted in) stand or fall together: resampled as one
+    field = np.array([str(s).split(":")[0].replace("+artefacts", "") for s in ex["source"]])
+    fields, where = np.unique(field[wbc], return_inverse=True)
+    draws = np.random.default_rng(0).multinomial(
+        len(fields), np.full(len(fields), 1 / len(fields)), BOOTSTRAP
+    )
+    crops = draws @ np.bincount(where, minlength=len(fields))
+    base: dict = {}  # the first classifier's right crops per draw, and its accuracy
+
     def show(name: str, prob: np.ndarray) -> None:
         s, pred = _scores(prob, target), prob.argmax(1)
         per = ", ".join(
@@ -61,11 +72,25 @@ def main() -> None:
             for m in [(folder == d) & wbc]
         )
         recall = ", ".join(f"{k} {100 * v:.0f}" for k, v in s["recall"].items())
-        print(f"| {name} | {100 * s['white_cell_accuracy']:.1f} | {s['score']:.3f} | {recall} | {per} |")
+        accuracy = 100 * s["white_cell_accuracy"]
+        right = draws @ np.bincount(where, weights=(pred == target)[wbc], minlength=len(fields))
+        against = ""
+        if base:
+            lo, hi = np.percentile(100 * (right - base["right"]) / crops, [2.5, 97.5])
+            against = f"{accuracy - base['accuracy']:+.1f} ({lo:+.1f}, {hi:+.1f})"
+        else:
+            base.update(right=right, accuracy=accuracy)
+        print(f"| {name} | {accuracy:.1f} | {against} | {s['score']:.3f} | {recall} | {per} |")
 
-    print(f"{int(wbc.sum())} val white cells, {int((~wbc).sum())} negatives; {CONDITIONS[args.condition][0]}")
-    print("| classifier(s) | white cells % | val score | recall % | white cells % per folder |")
-    print("|---|---|---|---|---|")
+    print(
+        f"{int(wbc.sum())} val white cells in {len(fields)} fields, {int((~wbc).sum())} negatives; "
+        + ("the crops as they are" if args.condition == "none" else CONDITIONS[args.condition][0])
+    )
+    print(
+        "| classifier(s) | white cells % | against the first: difference (95% interval, fields resampled) "
+        "| val score | recall % | white cells % per folder |"
+    )
+    print("|---|---|---|---|---|---|")
     for w, prob in probs.items():
         show(w, prob)
     if args.type_prior:
