@@ -27,6 +27,7 @@ from robustness import CONDITIONS  # bench/, beside this script
 from napari_wbc.core.celltypes import predict_crops
 from napari_wbc.core.train_classifier import BALANCE, _scores
 from napari_wbc.models import load_model
+from napari_wbc.models.celltype import CLASSES
 
 COLOUR_CONDITIONS = ("none", "hema+", "hema-", "dim", "gray")
 BOOTSTRAP = 2000
@@ -97,10 +98,10 @@ def main() -> None:
         from pathlib import Path
 
         with np.load(Path(args.examples).with_name("examples_train.npz")) as z:
-            counts = np.bincount(z["target"], minlength=prob.shape[1]).astype(np.float64)
+            counts = np.bincount(z["target"], minlength=len(CLASSES)).astype(np.float64)
         for w, prob in probs.items():
             for tau in args.type_prior:
-                weight = np.ones(prob.shape[1])
+                weight = np.ones(len(CLASSES))
                 weight[:5] = counts[:5] ** (tau * BALANCE) / counts[:5].max() ** (tau * BALANCE)
                 reweighted = prob * weight
                 reweighted[:, :5] *= prob[:, :5].sum(1, keepdims=True) / reweighted[:, :5].sum(
