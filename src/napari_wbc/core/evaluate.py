@@ -112,12 +112,13 @@ def evaluate_dataset(
                     wrong.append(
                         {"field": pair.stem, "reference": truth, "typed": kind, "confidence": confidence}
                     )
-                    shown = (
-                        (result.cells, result.nuclei, cell)
-                        if cell
-                        else (reference, np.where(label == 2, reference, 0), r)
-                    )
-                    wrong_thumbs.append(_cell_picture(image, *shown))
+                    if out is not None:  # the picture is only written with the reports
+                        shown = (
+                            (result.cells, result.nuclei, cell)
+                            if cell
+                            else (reference, np.where(label == 2, reference, 0), r)
+                        )
+                        wrong_thumbs.append(_cell_picture(image, *shown))
             if classifier is not None:
                 nuclei = np.where(label == 2, reference, 0)
                 alone, _ = classify_cells(*classifier, image, reference, nuclei, device)
